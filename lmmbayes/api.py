@@ -1,0 +1,158 @@
+"""The public entry points: the only place that runs the whole pipeline.
+
+formula -> spec -> design -> resolved priors -> engine model -> sample -> Fit.
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .design import Design, build_design
+from .engines import joint
+from .errors import FitError
+from .fit import Fit
+from .formula import parse_formula
+from .posterior import scale_draws, to_datatree
+from .priors import Prior, PriorSet, PriorTable, as_prior_set, prior_table, resolve_priors
+from .sampling import SAMPLERS, SamplerConfig, sample
+
+FAMILIES = ("gaussian",)
+METHODS = ("joint",)
+_HYPER = ("Intercept_c", "b_c", "sigma")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise FitError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _check_family(family: Any) -> str:
+    if not isinstance(family, str) or family.lower() not in FAMILIES:
+        raise FitError(f"Unknown family {family!r}; supported families: {list(FAMILIES)}.")
+    return family.lower()
+
+
+def sampler_config(chains: Any, draws: Any, tune: Any, seed: Any, target_accept: Any,
+                   progress: Any, sampler: Any) -> SamplerConfig:
+    """Validate the sampling options; FitError naming the bad one otherwise."""
+    chains = _positive_int(chains, "chains")
+    draws = _positive_int(draws, "draws")
+    if isinstance(tune, bool) or not isinstance(tune, numbers.Integral) or tune < 0:
+        raise FitError(f"tune must be a non-negative integer, got {tune!r}.")
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**32))
+    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise FitError(f"seed must be None or a non-negative integer below 2**63, got {seed!r}.")
+    if isinstance(target_accept, bool) or not isinstance(target_accept, numbers.Real) \
+            or not 0 < float(target_accept) < 1:
+        raise FitError(f"target_accept must be a number strictly between 0 and 1, got {target_accept!r}.")
+    if sampler not in SAMPLERS:
+        raise FitError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
+    return SamplerConfig(chains, draws, int(tune), int(seed), float(target_accept), bool(progress), sampler)
+
+
+def _joint_effects(raw: dict[str, np.ndarray], design: Design) -> dict[str, np.ndarray]:
+    """r = z @ (diag(sd) Lcorr)' for every draw of the joint engine."""
+    return {
+        f.name: np.einsum("cdlk,cdjk->cdlj", raw[f"z__{f.name}"], scale_draws(raw, f.name))
+        for f in design.factors
+    }
+
+
+def fit(
+    formula: str,
+    data: Any,
+    priors: Prior | PriorSet | Iterable[Prior] | None = None,
+    *,
+    family: str = "gaussian",
+    chains: int = 4,
+    draws: int = 1000,
+    tune: int = 1000,
+    seed: int | None = None,
+    target_accept: float = 0.8,
+    progress: bool = True,
+    method: str = "joint",
+    sampler: str = "nutpie",
+) -> Fit:
+    """Fit a Bayesian linear mixed model, brms style.
+
+    Parameters
+    ----------
+    formula : str
+        lme4/brms syntax, e.g. ``"y ~ x + (1 + x | g)"``.
+    data : pandas.DataFrame or polars.DataFrame
+        Never modified. Rows with missing values in the formula's columns
+        are dropped with a warning (their labels: ``Fit.dropped_rows``).
+    priors : Prior, sum of priors or list of priors, optional
+        See :func:`lmmbayes.prior`; everything else gets brms's defaults.
+    family : {"gaussian"}
+    chains, draws, tune : int
+        Number of chains, post-warmup draws per chain and warmup draws.
+    seed : int, optional
+        Makes the fit reproducible draw for draw.
+    target_accept : float
+        NUTS's target acceptance (brms's ``adapt_delta``).
+    progress : bool
+        Show the sampler's progress bar.
+    method : {"joint"}
+        The engine.
+    sampler : {"nutpie", "pymc"}
+        nutpie (Rust NUTS, default) or PyMC's own NUTS.
+
+    Returns
+    -------
+    Fit
+    """
+    family = _check_family(family)
+    if method not in METHODS:
+        raise FitError(f"Unknown method {method!r}; choose one of {list(METHODS)}.")
+    config = sampler_config(chains, draws, tune, seed, target_accept, progress, sampler)
+    user_priors = as_prior_set(priors)
+    t0 = time.perf_counter()
+    design = build_design(parse_formula(formula), data)
+    resolved = resolve_priors(design, user_priors)
+    model = joint.build_model(design, resolved)
+    names = [n for n in _HYPER if n in model.named_vars]
+    for f in design.factors:
+        names += [f"sd__{f.name}", f"Lcorr__{f.name}", f"z__{f.name}"]
+    t1 = time.perf_counter()
+    raw = sample(model, config, names)
+    t2 = time.perf_counter()
+    effects = _joint_effects(raw.posterior, design)
+    attrs = {"engine": "joint", "sampler": config.sampler, "seed": config.seed}
+    idata = to_datatree(design, raw.posterior, effects, raw.sample_stats, attrs)
+    timings = {"build": t1 - t0, **raw.timings, "postprocess": time.perf_counter() - t2}
+    result = Fit(design, resolved, family, "joint", config, idata, timings)
+    _warn_after_sampling(result)
+    return result
+
+
+def _warn_after_sampling(result: Fit) -> None:
+    import warnings
+
+    from .errors import ConvergenceWarning
+
+    for text in result.warnings:
+        warnings.warn(text, ConvergenceWarning, stacklevel=3)
+
+
+def get_prior(formula: str, data: Any, family: str = "gaussian") -> PriorTable:
+    """Every parameter a prior can be set on, with brms's data-scaled default.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``prior, class, coef, group, source``. Printing it adds a
+        note on brms's centred-intercept convention.
+    """
+    _check_family(family)
+    return prior_table(build_design(parse_formula(formula), data))
+
+
+default_prior = get_prior

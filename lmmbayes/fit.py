@@ -1,0 +1,153 @@
+"""The frozen :class:`Fit`: thin methods over the summary and diagnostics modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import summary as _summary
+from .design import Design
+from .diagnostics import SamplerReport, advice, sampler_report
+from .posterior import flat_draws
+from .priors import ResolvedPriors
+from .sampling import SamplerConfig
+
+ENGINE_LABELS = {
+    "joint": "joint (all random effects sampled by NUTS)",
+    "collapsed": "collapsed (random effects integrated out, then drawn exactly)",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Fit:
+    """A fitted Bayesian linear mixed model.
+
+    Attributes
+    ----------
+    design : Design
+        The data as the model saw it (after dropping rows with missing values).
+    priors : ResolvedPriors
+        The prior of every parameter, user-set or default.
+    family : str
+    engine : str
+        ``"joint"`` or ``"collapsed"``.
+    config : SamplerConfig
+        Chains, draws, tune, seed, target_accept and sampler used.
+    idata : xarray.DataTree
+        ArviZ DataTree with groups ``posterior`` (brms-named blocks, see
+        :mod:`lmmbayes.posterior`), ``sample_stats`` and ``observed_data``.
+    timings : dict
+        Seconds spent building, compiling and sampling.
+    """
+
+    design: Design
+    priors: ResolvedPriors
+    family: str
+    engine: str
+    config: SamplerConfig
+    idata: xr.DataTree
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # -- basic facts ---------------------------------------------------------
+    @property
+    def formula(self) -> str:
+        return self.design.spec.formula
+
+    @property
+    def nobs(self) -> int:
+        """Number of observations used (after dropping rows with missing values)."""
+        return self.design.n_obs
+
+    @property
+    def dropped_rows(self) -> tuple[Any, ...]:
+        """Index labels of the user's rows dropped for missing values."""
+        return self.design.dropped_index
+
+    @property
+    def posterior(self) -> xr.Dataset:
+        return self.idata["posterior"].to_dataset()
+
+    @cached_property
+    def sampler_report(self) -> SamplerReport:
+        """Divergences, max-tree-depth hits, E-BFMI and step size per chain."""
+        return sampler_report(self.idata["sample_stats"].to_dataset())
+
+    # -- tables --------------------------------------------------------------
+    def summary(self) -> _summary.Summary:
+        """brms's summary: print it for the familiar layout, or use its tables."""
+        return self._summary
+
+    @cached_property
+    def _summary(self) -> _summary.Summary:
+        c = self.config
+        header = (
+            ("Family", self.family),
+            ("Links", "mu = identity; sigma = identity"),
+            ("Formula", self.formula),
+            ("Data", f"data (Number of observations: {self.nobs})"),
+            ("Draws", f"{c.chains} chains, each with iter = {c.tune + c.draws}; warmup = {c.tune}; "
+                      f"thin = 1;\n         total post-warmup draws = {c.chains * c.draws}"),
+            ("Engine", ENGINE_LABELS[self.engine]),
+        )
+        footer = (
+            f"Draws were sampled using {c.sampler} (NUTS). For each parameter, Bulk_ESS\n"
+            "and Tail_ESS are effective sample size measures, and Rhat is the potential\n"
+            "scale reduction factor on split chains (at convergence, Rhat = 1)."
+        )
+        base = _summary.build_summary(self.posterior, self.design, header, (), footer)
+        rhat = base.to_frame()["Rhat"].to_numpy(dtype=float)
+        rhat_max = float(np.nanmax(rhat)) if np.isfinite(rhat).any() else float("nan")
+        warns = advice(self.sampler_report, rhat_max, c.target_accept)
+        return _summary.Summary(base.header, base.group_blocks, base.fixed, base.spec, warns, footer)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The sampler and convergence warnings shown under the summary."""
+        return self._summary.warnings
+
+    def posterior_summary(self, probs: tuple[float, ...] = (0.025, 0.975)) -> pd.DataFrame:
+        """Every parameter by its brms name: Estimate, Est.Error and quantiles."""
+        return _summary.posterior_summary(self.posterior, self.design, probs)
+
+    def fixef(self, probs: tuple[float, ...] = (0.025, 0.975)) -> pd.DataFrame:
+        """Population-level effects (``Intercept`` on the original scale)."""
+        return _summary.fixef(self.posterior, self.design, probs)
+
+    def ranef(self, probs: tuple[float, ...] = (0.025, 0.975)) -> dict[str, pd.DataFrame]:
+        """Group-level deviations per factor, rows indexed by (level, term)."""
+        return _summary.ranef(self.posterior, self.design, probs)
+
+    def coef(self, probs: tuple[float, ...] = (0.025, 0.975)) -> dict[str, pd.DataFrame]:
+        """Population plus group-level effects per factor and level."""
+        return _summary.coef(self.posterior, self.design, probs)
+
+    def varcorr(self, probs: tuple[float, ...] = (0.025, 0.975)) -> dict[str, dict[str, pd.DataFrame]]:
+        """Standard deviations and correlations per factor, and the residual SD."""
+        return _summary.varcorr(self.posterior, self.design, probs)
+
+    VarCorr = varcorr
+
+    def prior_summary(self) -> pd.DataFrame:
+        """The prior of every parameter: prior, class, coef, group, lb, ub, source."""
+        return self.priors.frame()
+
+    def draws(self, *, include_random: bool = True) -> pd.DataFrame:
+        """One row per draw with ``.chain``, ``.iteration``, ``.draw`` and brms-named columns."""
+        names, arr = flat_draws(self.posterior, self.design, random=include_random)
+        n_chain, n_draw = arr.shape[:2]
+        frame = pd.DataFrame(arr.reshape(n_chain * n_draw, -1), columns=names)
+        meta = pd.DataFrame({
+            ".chain": np.repeat(np.arange(1, n_chain + 1), n_draw),
+            ".iteration": np.tile(np.arange(1, n_draw + 1), n_chain),
+            ".draw": np.arange(1, n_chain * n_draw + 1),
+        })
+        return pd.concat([frame, meta], axis=1)
+
+    def __repr__(self) -> str:
+        return (f"<lmmbayes.Fit {self.formula!r}: {self.nobs} observations, {self.engine} engine, "
+                f"{self.config.chains} x {self.config.draws} draws>")
