@@ -12,18 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from .design import Design, build_design
+from .design import build_design
 from .engines import joint
 from .errors import FitError
 from .fit import Fit
 from .formula import parse_formula
-from .posterior import scale_draws, to_datatree
+from .posterior import to_datatree
 from .priors import Prior, PriorSet, PriorTable, as_prior_set, prior_table, resolve_priors
-from .sampling import SAMPLERS, SamplerConfig, sample
+from .sampling import SAMPLERS, SamplerConfig
 
 FAMILIES = ("gaussian",)
-METHODS = ("joint",)
-_HYPER = ("Intercept_c", "b_c", "sigma")
+ENGINES = {"joint": joint.run}
+METHODS = tuple(ENGINES)
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -55,14 +55,6 @@ def sampler_config(chains: Any, draws: Any, tune: Any, seed: Any, target_accept:
     if sampler not in SAMPLERS:
         raise FitError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
     return SamplerConfig(chains, draws, int(tune), int(seed), float(target_accept), bool(progress), sampler)
-
-
-def _joint_effects(raw: dict[str, np.ndarray], design: Design) -> dict[str, np.ndarray]:
-    """r = z @ (diag(sd) Lcorr)' for every draw of the joint engine."""
-    return {
-        f.name: np.einsum("cdlk,cdjk->cdlj", raw[f"z__{f.name}"], scale_draws(raw, f.name))
-        for f in design.factors
-    }
 
 
 def fit(
@@ -117,20 +109,15 @@ def fit(
     t0 = time.perf_counter()
     design = build_design(parse_formula(formula), data)
     resolved = resolve_priors(design, user_priors)
-    model = joint.build_model(design, resolved)
-    names = [n for n in _HYPER if n in model.named_vars]
-    for f in design.factors:
-        names += [f"sd__{f.name}", f"Lcorr__{f.name}", f"z__{f.name}"]
     t1 = time.perf_counter()
-    raw = sample(model, config, names)
+    result = ENGINES[method](design, resolved, config)
     t2 = time.perf_counter()
-    effects = _joint_effects(raw.posterior, design)
-    attrs = {"engine": "joint", "sampler": config.sampler, "seed": config.seed}
-    idata = to_datatree(design, raw.posterior, effects, raw.sample_stats, attrs)
-    timings = {"build": t1 - t0, **raw.timings, "postprocess": time.perf_counter() - t2}
-    result = Fit(design, resolved, family, "joint", config, idata, timings)
-    _warn_after_sampling(result)
-    return result
+    attrs = {"engine": method, "sampler": config.sampler, "seed": config.seed}
+    idata = to_datatree(design, result.raw, result.effects, result.sample_stats, attrs)
+    timings = {"design": t1 - t0, **result.timings, "postprocess": time.perf_counter() - t2}
+    fitted = Fit(design, resolved, family, method, config, idata, timings)
+    _warn_after_sampling(fitted)
+    return fitted
 
 
 def _warn_after_sampling(result: Fit) -> None:

@@ -347,12 +347,12 @@ class ResolvedPriors:
 
 
 def _settable_listing(design: Design) -> str:
-    rows = [f"  class={s.class_!r}" + (f", coef={s.coef!r}" if s.coef else "")
-            + (f", group={s.group!r}" if s.group else "") for s in slots(design)]
-    classes = sorted({s.class_ for s in slots(design)})
-    return "Parameters that can be set (as get_prior() lists them):\n" + "\n".join(
-        [f"  class={c!r}" for c in classes] + rows
-    )
+    table = prior_table(design)
+    rows = [
+        "  " + ", ".join(f"{k}={r[k]!r}" for k in ("class", "coef", "group") if r[k] or k == "class")
+        for _, r in table.iterrows()
+    ]
+    return "Parameters that can be set (as get_prior() lists them):\n" + "\n".join(rows)
 
 
 def resolve_priors(design: Design, priors: PriorSet) -> ResolvedPriors:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pymc as pm
+import pytensor
 
 from .errors import FitError
 
@@ -74,7 +75,12 @@ def _sample_nutpie(model: pm.Model, config: SamplerConfig, var_names: list[str])
 
     t0 = time.perf_counter()
     try:
-        compiled = nutpie.compile_pymc_model(model, backend="numba", var_names=var_names)
+        # fastmath lets LLVM reassociate differently in a fresh compile than in
+        # code loaded from PyTensor's numba cache, so the same seed would give
+        # different draws in a cold and a warm process; exact arithmetic keeps
+        # fits reproducible bit for bit across processes.
+        with pytensor.config.change_flags(numba__fastmath=False):
+            compiled = nutpie.compile_pymc_model(model, backend="numba", var_names=var_names)
     except Exception as exc:
         raise FitError(f"nutpie could not compile the model: {exc}") from exc
     t1 = time.perf_counter()

@@ -140,3 +140,34 @@ def build_hyper(design: Design, resolved: ResolvedPriors) -> Hyper:
 def centred_X(design: Design) -> np.ndarray:
     """X with its column means removed when the intercept is centred."""
     return design.X - design.x_means
+
+
+@dataclass(frozen=True, eq=False)
+class EngineResult:
+    """What every engine hands back to :func:`lmmbayes.fit`.
+
+    Attributes
+    ----------
+    raw : dict
+        (chain, draw, ...) draws of the shared Deterministics: ``Intercept_c``
+        (if centred), ``b_c``, ``sigma``, ``sd__<factor>``, ``Lcorr__<factor>``.
+    effects : dict
+        Per factor, (chain, draw, levels, q) draws of the random effects.
+    sample_stats : dict
+        Sampler statistics by ArviZ name.
+    timings : dict
+        Seconds per stage (build, compile, sample, ...).
+    """
+
+    raw: dict[str, np.ndarray]
+    effects: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray]
+    timings: dict[str, float]
+
+
+def hyper_names(design: Design, model: pm.Model) -> list[str]:
+    """Names of the shared Deterministics present in ``model``."""
+    names = [n for n in ("Intercept_c", "b_c", "sigma") if n in model.named_vars]
+    for f in design.factors:
+        names += [f"sd__{f.name}", f"Lcorr__{f.name}"]
+    return names

@@ -8,12 +8,17 @@ matrix is ever built. Works for any family PyMC has; lmmbayes uses Gaussian.
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
 from ..design import Design
+from ..posterior import scale_draws
 from ..priors import ResolvedPriors
-from .common import build_hyper, centred_X
+from ..sampling import SamplerConfig, sample
+from .common import EngineResult, build_hyper, centred_X, hyper_names
 
 
 def build_model(design: Design, resolved: ResolvedPriors) -> pm.Model:
@@ -27,3 +32,18 @@ def build_model(design: Design, resolved: ResolvedPriors) -> pm.Model:
             mu = mu + (r[f.index] * f.Z).sum(axis=1)
         pm.Normal("y", mu=mu, sigma=hyper.sigma, observed=design.y)
     return model
+
+
+def run(design: Design, resolved: ResolvedPriors, config: SamplerConfig) -> EngineResult:
+    """Build, sample and turn the non-centred draws into random effects."""
+    t0 = time.perf_counter()
+    model = build_model(design, resolved)
+    names = hyper_names(design, model) + [f"z__{f.name}" for f in design.factors]
+    t1 = time.perf_counter()
+    trace = sample(model, config, names)
+    raw = trace.posterior
+    effects = {
+        f.name: np.einsum("cdlk,cdjk->cdlj", raw[f"z__{f.name}"], scale_draws(raw, f.name))
+        for f in design.factors
+    }
+    return EngineResult(raw, effects, trace.sample_stats, {"build": t1 - t0, **trace.timings})

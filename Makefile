@@ -1,0 +1,28 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Both create (or reuse) a local virtual environment in .venv and install what they need.
+PYTHON ?= $(shell command -v python3.12 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test validate clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "lmmbayes needs Python >= 3.12, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m lmmbayes.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Long validations (simulation-based calibration, coverage): not part of `make test`.
+validate: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow -o addopts=""
+
+clean:
+	rm -rf $(VENV) .pytest_cache
