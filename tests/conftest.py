@@ -1,0 +1,74 @@
+"""Shared fixtures: data sets and fitted models, each fitted once per session.
+
+Fits are small (2 chains, few hundred draws): enough for the assertions,
+cheap for CI. Numba compilation dominates the cost of a small fit, so the
+same fitted objects are reused across test modules.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmmbayes as lb
+
+TUTORIAL_PRIORS = [
+    lb.prior("normal(200, 1)", class_="Intercept"),
+    lb.prior("normal(4, 1)", class_="b", coef="std_age"),
+    lb.prior("normal(0, 100)", class_="sigma"),
+    lb.prior("normal(0, 10)", class_="sd", group="county"),
+]
+SLOPE = "bounce_time ~ std_age + (1 + std_age | county)"
+
+
+def quiet_fit(*args, **kwargs):
+    """lb.fit without the sampler's advisory warnings (tests assert on them explicitly)."""
+    kwargs.setdefault("progress", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.ConvergenceWarning)
+        return lb.fit(*args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def bounce() -> pd.DataFrame:
+    return lb.datasets.load_bounce_times()
+
+
+@pytest.fixture(scope="session")
+def bounce_slope_fit(bounce) -> lb.Fit:
+    return quiet_fit(SLOPE, bounce, TUTORIAL_PRIORS, chains=2, draws=400, tune=400, seed=11)
+
+
+def simulate_lmm(seed: int = 1, n_groups: int = 30, per_group: int = 20) -> tuple[pd.DataFrame, dict]:
+    """y ~ x + cat + (1 + x | g) with known parameters."""
+    rng = np.random.default_rng(seed)
+    truth = {"b_Intercept": 1.0, "b_x": 2.0, "b_catb": 0.5, "b_catc": -0.5,
+             "sd_g__Intercept": 1.0, "sd_g__x": 0.5, "cor_g__Intercept__x": 0.3, "sigma": 0.8}
+    n = n_groups * per_group
+    g = np.repeat(np.arange(n_groups), per_group)
+    x = rng.normal(size=n)
+    cat = rng.choice(["a", "b", "c"], size=n)
+    sd = np.array([truth["sd_g__Intercept"], truth["sd_g__x"]])
+    rho = truth["cor_g__Intercept__x"]
+    cov = np.diag(sd) @ np.array([[1, rho], [rho, 1]]) @ np.diag(sd)
+    r = rng.multivariate_normal(np.zeros(2), cov, size=n_groups)
+    mu = (truth["b_Intercept"] + truth["b_x"] * x + truth["b_catb"] * (cat == "b")
+          + truth["b_catc"] * (cat == "c") + r[g, 0] + r[g, 1] * x)
+    y = mu + rng.normal(scale=truth["sigma"], size=n)
+    data = pd.DataFrame({"y": y, "x": x, "cat": cat, "g": [f"g{i:02d}" for i in g]})
+    return data, truth
+
+
+@pytest.fixture(scope="session")
+def simulated():
+    return simulate_lmm()
+
+
+@pytest.fixture(scope="session")
+def simulated_fit(simulated) -> lb.Fit:
+    data, _ = simulated
+    priors = [lb.prior("normal(0, 5)", class_="b"), lb.prior("normal(0, 5)", class_="Intercept")]
+    return quiet_fit("y ~ x + cat + (1 + x | g)", data, priors, chains=2, draws=500, tune=500, seed=5)
