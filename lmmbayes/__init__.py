@@ -28,6 +28,34 @@ from .priors import Prior, PriorSet, prior
 
 __version__ = "0.1.0"
 
+# Workflow functions load on first use, so `import lmmbayes` stays light (no matplotlib).
+_LAZY = {
+    "plot_groups": "plots",
+    "plot_prior_predictive": "plots",
+    "plot_trace": "plots",
+    "plot_rank": "plots",
+    "plot_acf": "plots",
+    "plot_parallel": "plots",
+    "plot_pairs": "plots",
+    "plot_energy": "plots",
+    "plot_ranef": "plots",
+    "prior_predictive": "prior_predictive",
+    "loo_compare": "compare",
+    "load": "persist",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lmmbayes' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 __all__ = [
     "ConvergenceWarning",
     "DataError",
@@ -43,6 +71,7 @@ __all__ = [
     "datasets",
     "default_prior",
     "fit",
+    *_LAZY,
     "get_prior",
     "prior",
     "register_distribution",

@@ -148,6 +148,79 @@ class Fit:
         })
         return pd.concat([frame, meta], axis=1)
 
+    # -- workflow: thin delegations to the modules that own each job -------------
+    def diagnostics(self) -> Any:
+        """Per-parameter R-hat, ESS and MCSE plus the sampler report (see :mod:`lmmbayes.diagnostics`)."""
+        from .diagnostics import diagnostics_table
+
+        return diagnostics_table(self)
+
+    def posterior_epred(self, newdata: Any = None, **kwargs: Any) -> np.ndarray:
+        """Draws of the expected response, (draws, rows). See :func:`lmmbayes.predict.posterior_epred`."""
+        from .predict import posterior_epred
+
+        return posterior_epred(self, newdata, **kwargs)
+
+    def posterior_predict(self, newdata: Any = None, **kwargs: Any) -> np.ndarray:
+        """Draws of new observations, (draws, rows). See :func:`lmmbayes.predict.posterior_predict`."""
+        from .predict import posterior_predict
+
+        return posterior_predict(self, newdata, **kwargs)
+
+    def predict(self, newdata: Any = None, **kwargs: Any) -> pd.DataFrame:
+        """Per-row summary of posterior_predict: Estimate, Est.Error, Q2.5, Q97.5."""
+        from .predict import predict
+
+        return predict(self, newdata, **kwargs)
+
+    def fitted(self, newdata: Any = None, **kwargs: Any) -> pd.DataFrame:
+        """Per-row summary of posterior_epred: Estimate, Est.Error, Q2.5, Q97.5."""
+        from .predict import fitted
+
+        return fitted(self, newdata, **kwargs)
+
+    def log_lik(self, **kwargs: Any) -> np.ndarray:
+        """Pointwise log-likelihood, (chain, draw, observation), computed on demand."""
+        from .compare import log_lik
+
+        return log_lik(self, **kwargs)
+
+    def loo(self, **kwargs: Any) -> Any:
+        """PSIS-LOO (arviz-stats) from the pointwise log-likelihood."""
+        from .compare import loo
+
+        return loo(self, **kwargs)
+
+    def waic(self, **kwargs: Any) -> Any:
+        """WAIC from the pointwise log-likelihood."""
+        from .compare import waic
+
+        return waic(self, **kwargs)
+
+    def bayes_r2(self, **kwargs: Any) -> pd.DataFrame:
+        """Bayesian R-squared (Gelman, Goodrich, Gabry and Vehtari 2019)."""
+        from .compare import bayes_r2
+
+        return bayes_r2(self, **kwargs)
+
+    def pp_check(self, kind: str = "dens_overlay", ndraws: int = 50, **kwargs: Any) -> Any:
+        """Posterior predictive check figure: "dens_overlay", "hist" or "stat"."""
+        from .checks import pp_check
+
+        return pp_check(self, kind=kind, ndraws=ndraws, **kwargs)
+
+    def plot(self, kind: str = "trace", **kwargs: Any) -> Any:
+        """brms's ``mcmc_plot``: kind is trace, rank, acf, parallel, pairs, energy or ranef."""
+        from . import plots
+
+        return plots.plot(self, kind, **kwargs)
+
+    def save(self, path: Any) -> None:
+        """Write the fit to one file; :func:`lmmbayes.load` restores it."""
+        from .persist import save
+
+        save(self, path)
+
     def __repr__(self) -> str:
         return (f"<lmmbayes.Fit {self.formula!r}: {self.nobs} observations, {self.engine} engine, "
                 f"{self.config.chains} x {self.config.draws} draws>")
