@@ -172,7 +172,7 @@ def formula_variables(spec: FormulaSpec) -> list[str]:
         raise FormulaError(f"Could not parse the formula {spec.formula!r}: {exc}") from exc
     for g in spec.groups:
         names += list(g.factor_vars)
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def _check_frame(df: pd.DataFrame, needed: list[str], formula: str) -> None:
@@ -269,6 +269,45 @@ def _build_factor(spec: FormulaSpec, name: str, frame: pd.DataFrame) -> Factor:
     )
 
 
+#: Condition number of the standardised population-level columns above which
+#: lmmbayes warns about collinearity (pairwise |r| of about 0.9999 reaches it).
+COLLINEARITY_LIMIT = 1e3
+
+
+def collinear_columns(X: np.ndarray, names: tuple[str, ...], centre: bool) -> tuple[list[str], float]:
+    """Columns in the worst near-linear dependence, and the condition number.
+
+    Columns are scaled to unit length so units do not matter. With a centred
+    intercept they are centred first (the intercept is then implicit), so a
+    constant column counts as collinear with the intercept.
+    """
+    if X.shape[1] == 0:
+        return [], 1.0
+    M = X - X.mean(axis=0) if centre else X
+    scale = np.sqrt((M**2).sum(axis=0))
+    flat = np.flatnonzero(scale <= 1e-12 * max(1.0, float(np.abs(X).max())))
+    if flat.size:
+        return [names[k] for k in flat], float("inf")
+    _, sv, vt = np.linalg.svd(M / scale, full_matrices=False)
+    cond = float(sv[0] / sv[-1]) if sv[-1] > 0 else float("inf")
+    if X.shape[1] < 2 and centre:
+        return [], cond
+    return [names[k] for k in np.flatnonzero(np.abs(vt[-1]) > 0.1)], cond
+
+
+def _warn_collinearity(X: np.ndarray, names: tuple[str, ...], centre: bool) -> None:
+    cols, cond = collinear_columns(X, names, centre)
+    if cols and cond > COLLINEARITY_LIMIT:
+        kind = "exactly" if cond > 1e12 else "strongly"
+        warnings.warn(
+            f"Population-level columns {cols} are {kind} collinear (condition number {cond:.3g}"
+            f"{', constant with the intercept' if np.isinf(cond) else ''}); their coefficients "
+            "are identified only by their priors. Drop or combine some of them.",
+            DataWarning,
+            stacklevel=3,
+        )
+
+
 def build_design(spec: FormulaSpec, data: Any) -> Design:
     """Evaluate ``spec`` on ``data``.
 
@@ -324,6 +363,7 @@ def build_design(spec: FormulaSpec, data: Any) -> Design:
     if spec.intercept == "centred":
         X, labels = X[:, 1:], labels[1:]
     coef_names = tuple(brms_name(c) for c in labels)
+    _warn_collinearity(X, coef_names, spec.intercept == "centred")
     factors = tuple(_build_factor(spec, name, frame) for name in spec.factors)
     return Design(
         spec=spec,

@@ -1,0 +1,147 @@
+"""The catalogue of bad inputs: each gets an lmmbayes error (or a documented
+warning) whose message names the culprit and says what would be valid.
+
+No case may end in a raw KeyError, IndexError, ValueError or a
+PyMC/formulae/pytensor traceback: the assertions check the exception class
+is an lmmbayes one, not merely that *something* was raised.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmmbayes as lb
+
+RNG = np.random.default_rng(0)
+N = 40
+DATA = pd.DataFrame({
+    "y": RNG.normal(size=N),
+    "x": RNG.normal(size=N),
+    "cat": RNG.choice(["a", "b"], size=N),
+    "g": np.repeat(["g1", "g2", "g3", "g4"], N // 4),
+    "word": ["w"] * N,
+})
+
+
+def with_col(**cols):
+    return DATA.assign(**cols)
+
+
+def fit(formula="y ~ x", data=DATA, priors=None, **kw):
+    # Every case must fail before sampling; a tiny budget keeps a mistake cheap.
+    kw.setdefault("chains", 1)
+    kw.setdefault("draws", 5)
+    kw.setdefault("tune", 5)
+    kw.setdefault("progress", False)
+    return lb.fit(formula, data, priors, **kw)
+
+
+P = lb.prior
+CASES = [
+    # formulas
+    ("syntax: trailing plus", lambda: fit("y ~ x +"), lb.FormulaError, ["position 7"]),
+    ("syntax: double plus", lambda: fit("y ~ x + + g"), lb.FormulaError, ["position 8"]),
+    ("syntax: unclosed paren", lambda: fit("y ~ x + (1 | g"), lb.FormulaError, ["Unclosed '('", "position 8"]),
+    ("syntax: stray paren", lambda: fit("y ~ x)"), lb.FormulaError, ["Unmatched ')'", "position 5"]),
+    ("syntax: two tildes", lambda: fit("y ~ x ~ g"), lb.FormulaError, ["exactly one '~'"]),
+    ("formula not a string", lambda: fit(["y ~ x"]), lb.FormulaError, ["must be a string"]),
+    ("unknown column", lambda: fit("y ~ x + nope"), lb.FormulaError, ["'nope'", "available columns"]),
+    ("unknown grouping column", lambda: fit("y ~ x + (1 | nope)"), lb.FormulaError, ["'nope'"]),
+    ("unknown function", lambda: fit("y ~ frob(x)"), lb.FormulaError, ["'frob'", "available functions"]),
+    ("no response", lambda: fit("~ x"), lb.FormulaError, ["no response"]),
+    ("empty right-hand side", lambda: fit("y ~ "), lb.FormulaError, ["nothing after '~'"]),
+    ("response not numeric", lambda: fit("word ~ x"), lb.DataError, ["'word'", "must be numeric"]),
+    ("group term with no factor", lambda: fit("y ~ x + (1 | )"), lb.FormulaError, ["no grouping factor"]),
+    ("group term with no terms", lambda: fit("y ~ x + ( | g)"), lb.FormulaError, ["nothing before '|'"]),
+    ("bar outside parentheses", lambda: fit("y ~ x | g"), lb.FormulaError, ["own parentheses"]),
+    ("grouping factor single level", lambda: fit("y ~ x + (1 | word)"), lb.DataError, ["'word'", "single level"]),
+    ("term listed twice", lambda: fit("y ~ x + x"), lb.FormulaError, ["'x'", "listed twice"]),
+    ("group term listed twice", lambda: fit("y ~ x + (1 | g) + (1 | g)"), lb.FormulaError, ["listed twice"]),
+    ("subtracting a term", lambda: fit("y ~ x - cat"), lb.FormulaError, ["'cat'", "only '- 1'"]),
+    ("Intercept keyword with intercept", lambda: fit("y ~ Intercept + x"), lb.FormulaError, ["0 + Intercept"]),
+    ("grouping by expression", lambda: fit("y ~ x + (1 | log(g))"), lb.FormulaError, ["not a column name"]),
+    # data
+    ("data is a dict", lambda: fit(data=DATA.to_dict()), lb.DataError, ["dict", "pandas or polars"]),
+    ("data is an array", lambda: fit(data=DATA.to_numpy()), lb.DataError, ["ndarray", "pandas or polars"]),
+    ("data is None", lambda: fit(data=None), lb.DataError, ["NoneType", "pandas or polars"]),
+    ("empty data", lambda: fit(data=DATA.iloc[:0]), lb.DataError, ["no rows"]),
+    ("all rows missing", lambda: fit(data=with_col(x=np.nan)), lb.DataError, ["missing value", "'x'"]),
+    ("infinite predictor", lambda: fit(data=with_col(x=np.r_[np.inf, DATA.x[1:]])), lb.DataError, ["'x'", "infinite"]),
+    ("infinite response", lambda: fit(data=with_col(y=np.r_[-np.inf, DATA.y[1:]])), lb.DataError, ["'y'", "infinite"]),
+    ("strings in the response", lambda: fit(data=with_col(y=DATA.y.astype(str))), lb.DataError, ["'y'", "numeric"]),
+    ("duplicate column names", lambda: fit(data=pd.concat([DATA, DATA[["x"]]], axis=1)), lb.DataError, ["duplicate column", "'x'"]),
+    # priors
+    ("unknown distribution", lambda: P("gauss(0, 1)"), lb.PriorError, ["'gauss'", "Valid names"]),
+    ("wrong arity", lambda: P("normal(0)"), lb.PriorError, ["normal(mu, sigma)", "1 were given"]),
+    ("non-numeric argument", lambda: P("normal(0, big)"), lb.PriorError, ["'big'", "not a number"]),
+    ("negative scale", lambda: P("normal(0, -2)"), lb.PriorError, ["sigma", "> 0", "-2"]),
+    ("infinite argument", lambda: P("normal(0, inf)"), lb.PriorError, ["must be finite"]),
+    ("lkj eta zero", lambda: P("lkj(0)", class_="cor"), lb.PriorError, ["eta", "> 0"]),
+    ("unknown class", lambda: P("normal(0, 1)", class_="slope"), lb.PriorError, ["'slope'", "valid classes"]),
+    ("coef matches nothing", lambda: fit(priors=[P("normal(0, 1)", coef="z")]), lb.PriorError,
+     ["coef='z'", "can be set", "coef='x'"]),
+    ("group matches nothing", lambda: fit("y ~ x + (1 | g)", priors=[P("normal(0, 1)", class_="sd", group="h")]),
+     lb.PriorError, ["group='h'", "group='g'"]),
+    ("sd prior without group terms", lambda: fit(priors=[P("normal(0, 1)", class_="sd")]), lb.PriorError,
+     ["class='sd'", "matches no parameter"]),
+    ("cor prior on uncorrelated factor", lambda: fit("y ~ x + (1 | g)", priors=[P("lkj(2)", class_="cor", group="g")]),
+     lb.PriorError, ["'g' has no correlated terms"]),
+    ("cor prior needs lkj", lambda: P("normal(0, 1)", class_="cor"), lb.PriorError, ["needs an LKJ prior"]),
+    ("bounds contradict the distribution", lambda: P("exponential(1)", ub=-1), lb.PriorError, ["leave no mass"]),
+    ("lb above ub", lambda: P("normal(0, 1)", lb=1, ub=0), lb.PriorError, ["lb (1.0) must be smaller than ub (0.0)"]),
+    ("negative lb on sd", lambda: P("normal(0, 1)", class_="sd", lb=-1), lb.PriorError, ["lb must be >= 0"]),
+    ("same target twice", lambda: fit(priors=[P("normal(0, 1)", coef="x"), P("normal(0, 5)", coef="x")]),
+     lb.PriorError, ["Two different priors", "coef='x'"]),
+    ("priors not prior objects", lambda: fit(priors=["normal(0, 1)"]), lb.PriorError, ["lmmbayes.prior"]),
+    ("prior string not a string", lambda: P(5), lb.PriorError, ["must be a string"]),
+    # fit options
+    ("chains zero", lambda: fit(chains=0), lb.FitError, ["chains", "positive integer", "0"]),
+    ("draws float", lambda: fit(draws=10.5), lb.FitError, ["draws", "positive integer"]),
+    ("tune negative", lambda: fit(tune=-1), lb.FitError, ["tune", "non-negative integer"]),
+    ("target_accept one", lambda: fit(target_accept=1), lb.FitError, ["target_accept", "between 0 and 1"]),
+    ("target_accept string", lambda: fit(target_accept="high"), lb.FitError, ["target_accept"]),
+    ("seed negative", lambda: fit(seed=-3), lb.FitError, ["seed", "non-negative integer"]),
+    ("seed float", lambda: fit(seed=1.5), lb.FitError, ["seed"]),
+    ("unknown family", lambda: fit(family="binomial"), lb.FitError, ["'binomial'", "gaussian"]),
+    ("unknown method", lambda: fit(method="vi"), lb.FitError, ["'vi'", "joint"]),
+    ("unknown sampler", lambda: fit(sampler="hmc"), lb.FitError, ["'hmc'", "nutpie"]),
+    ("get_prior unknown family", lambda: lb.get_prior("y ~ x", DATA, family="poisson"), lb.FitError, ["'poisson'"]),
+]
+
+
+@pytest.mark.parametrize(("label", "call", "error", "needles"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input(label, call, error, needles):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.DataWarning)
+        with pytest.raises(lb.LmmbayesError) as info:
+            call()
+    assert isinstance(info.value, error), f"{label}: got {type(info.value).__name__}: {info.value}"
+    for needle in needles:
+        assert needle in str(info.value), f"{label}: {needle!r} not in {info.value}"
+
+
+def test_catalogue_is_large_enough():
+    assert len(CASES) >= 40
+
+
+DOCUMENTED_WARNINGS = [
+    ("rows with missing values", lambda: lb.get_prior("y ~ x", with_col(x=np.r_[np.nan, DATA.x[1:]])),
+     "Dropped 1 of 40 rows"),
+    ("unused categories", lambda: lb.get_prior(
+        "y ~ x + (1 | g)", with_col(g=pd.Categorical(DATA.g, categories=["g1", "g2", "g3", "g4", "g5"]))),
+     "'g' has unused categories ['g5']"),
+    ("collinear predictors", lambda: lb.get_prior("y ~ x + x2", with_col(x2=3 * DATA.x)),
+     "['x', 'x2'] are exactly collinear"),
+    ("constant predictor", lambda: lb.get_prior("y ~ x + k", with_col(k=1.0)), "['k']"),
+]
+
+
+@pytest.mark.parametrize(("label", "call", "needle"), DOCUMENTED_WARNINGS, ids=[c[0] for c in DOCUMENTED_WARNINGS])
+def test_documented_warnings(label, call, needle):
+    with pytest.warns(lb.DataWarning) as record:
+        call()
+    assert any(needle in str(w.message) for w in record), [str(w.message) for w in record]
