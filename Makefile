@@ -21,7 +21,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # Long validations (simulation-based calibration, coverage): not part of `make test`.
+# Writes docs/validation.md.
 validate: $(STAMP)
+	$(BIN)/python validation/sbc.py
 	$(BIN)/python -m pytest -q -m slow -o addopts=""
 
 clean:

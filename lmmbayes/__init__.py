@@ -42,6 +42,7 @@ _LAZY = {
     "prior_predictive": "prior_predictive",
     "loo_compare": "compare",
     "load": "persist",
+    "simulation_based_calibration": "sbc",
 }
 
 

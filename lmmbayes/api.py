@@ -20,6 +20,7 @@ from .formula import parse_formula
 from .posterior import to_datatree
 from .priors import Prior, PriorSet, PriorTable, as_prior_set, prior_table, resolve_priors
 from .sampling import SAMPLERS, SamplerConfig
+from .scaling import standardise, unscale
 
 FAMILIES = ("gaussian",)
 ENGINES = {"joint": joint.run}
@@ -110,10 +111,14 @@ def fit(
     design = build_design(parse_formula(formula), data)
     resolved = resolve_priors(design, user_priors)
     t1 = time.perf_counter()
-    result = ENGINES[method](design, resolved, config)
+    # Engines sample on a standardised response; draws come back on the user's scale.
+    scaled_design, scaled_priors, scale = standardise(design, resolved)
+    result = ENGINES[method](scaled_design, scaled_priors, config)
     t2 = time.perf_counter()
-    attrs = {"engine": method, "sampler": config.sampler, "seed": config.seed}
-    idata = to_datatree(design, result.raw, result.effects, result.sample_stats, attrs)
+    raw, effects = unscale(result.raw, result.effects, design, scale)
+    attrs = {"engine": method, "sampler": config.sampler, "seed": config.seed,
+             "response_shift": scale.shift, "response_scale": scale.scale}
+    idata = to_datatree(design, raw, effects, result.sample_stats, attrs)
     timings = {"design": t1 - t0, **result.timings, "postprocess": time.perf_counter() - t2}
     fitted = Fit(design, resolved, family, method, config, idata, timings)
     _warn_after_sampling(fitted)

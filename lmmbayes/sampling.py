@@ -8,9 +8,13 @@ measured separately.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pymc as pm
@@ -57,7 +61,8 @@ class RawTrace:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def sample(model: pm.Model, config: SamplerConfig, var_names: list[str]) -> RawTrace:
+def sample(model: pm.Model, config: SamplerConfig, var_names: list[str],
+           start: dict[str, np.ndarray] | None = None) -> RawTrace:
     """Sample ``model`` and return the variables in ``var_names``.
 
     Raises
@@ -66,24 +71,54 @@ def sample(model: pm.Model, config: SamplerConfig, var_names: list[str]) -> RawT
         If the sampler fails (the message keeps the sampler's own reason).
     """
     if config.sampler == "nutpie":
-        return _sample_nutpie(model, config, var_names)
-    return _sample_pymc(model, config, var_names)
+        return _sample_nutpie(model, config, var_names, start)
+    return _sample_pymc(model, config, var_names, start)
 
 
-def _sample_nutpie(model: pm.Model, config: SamplerConfig, var_names: list[str]) -> RawTrace:
+@contextmanager
+def _private_tempdir() -> Iterator[None]:
+    """Route temporary files into a directory removed afterwards.
+
+    PyTensor's numba backend writes every generated function's source to a
+    temporary file and never deletes it; compiling inside a private
+    directory leaves nothing behind, also when the user interrupts.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="lmmbayes-") as private:
+        tempfile.tempdir = private
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
+
+
+def compile_nutpie(model: pm.Model, var_names: list[str],
+                   start: dict[str, np.ndarray] | None = None) -> Any:
+    """Compile ``model`` for nutpie once; :func:`sample_compiled` can reuse it.
+
+    Models whose response is a ``pm.Data`` container called ``y_obs`` can be
+    re-sampled for a new response with ``compiled.with_data(y_obs=...)``
+    without compiling again (what simulation-based calibration needs).
+    """
     import nutpie
 
-    t0 = time.perf_counter()
     try:
         # fastmath lets LLVM reassociate differently in a fresh compile than in
         # code loaded from PyTensor's numba cache, so the same seed would give
         # different draws in a cold and a warm process; exact arithmetic keeps
         # fits reproducible bit for bit across processes.
-        with pytensor.config.change_flags(numba__fastmath=False):
-            compiled = nutpie.compile_pymc_model(model, backend="numba", var_names=var_names)
+        with pytensor.config.change_flags(numba__fastmath=False), _private_tempdir():
+            return nutpie.compile_pymc_model(model, backend="numba", var_names=var_names,
+                                             initial_points=start or None)
     except Exception as exc:
         raise FitError(f"nutpie could not compile the model: {exc}") from exc
-    t1 = time.perf_counter()
+
+
+def sample_compiled(compiled: Any, config: SamplerConfig, var_names: list[str]) -> RawTrace:
+    """Run nutpie on a compiled model."""
+    import nutpie
+
+    t0 = time.perf_counter()
     try:
         trace = nutpie.sample(
             compiled,
@@ -100,17 +135,31 @@ def _sample_nutpie(model: pm.Model, config: SamplerConfig, var_names: list[str])
         raise
     except Exception as exc:
         raise FitError(f"nutpie failed while sampling: {exc}") from exc
-    t2 = time.perf_counter()
     post = trace["posterior"]
     stats = trace["sample_stats"]
+    got = post.sizes.get("draw", 0)
+    if got < config.draws:
+        # nutpie catches Ctrl-C and returns the draws so far; a Fit that claims
+        # more draws than it holds would be silently wrong, so abort instead.
+        raise KeyboardInterrupt(f"sampling interrupted after {got} of {config.draws} draws per chain")
     return RawTrace(
         posterior={n: np.asarray(post[n].values) for n in var_names if n in post},
         sample_stats={new: np.asarray(stats[old].values) for old, new in _NUTPIE_STATS.items() if old in stats},
-        timings={"compile": t1 - t0, "sample": t2 - t1},
+        timings={"sample": time.perf_counter() - t0},
     )
 
 
-def _sample_pymc(model: pm.Model, config: SamplerConfig, var_names: list[str]) -> RawTrace:
+def _sample_nutpie(model: pm.Model, config: SamplerConfig, var_names: list[str],
+                   start: dict[str, np.ndarray] | None) -> RawTrace:
+    t0 = time.perf_counter()
+    compiled = compile_nutpie(model, var_names, start)
+    compile_s = time.perf_counter() - t0
+    trace = sample_compiled(compiled, config, var_names)
+    return RawTrace(trace.posterior, trace.sample_stats, {"compile": compile_s, **trace.timings})
+
+
+def _sample_pymc(model: pm.Model, config: SamplerConfig, var_names: list[str],
+                 start: dict[str, np.ndarray] | None) -> RawTrace:
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -126,6 +175,7 @@ def _sample_pymc(model: pm.Model, config: SamplerConfig, var_names: list[str]) -
                 nuts_sampler="pymc",
                 compute_convergence_checks=False,
                 var_names=var_names,
+                initvals=start or None,
                 model=model,
             )
     except KeyboardInterrupt:

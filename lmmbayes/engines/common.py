@@ -56,8 +56,25 @@ def prior_variable(p: Prior, name: str, size: int) -> pt.TensorVariable:
     )
 
 
-def _vector(resolved: ResolvedPriors, slots: list[Slot], name: str) -> pt.TensorVariable:
-    """One vector over ``slots``, with one PyMC variable per distinct prior."""
+def _start(p: Prior, default: float) -> float | None:
+    """A starting value inside the prior's bounds near ``default``, or None."""
+    lo = p.lb if p.lb is not None else -np.inf
+    hi = p.ub if p.ub is not None else np.inf
+    if p.family.builtin and p.family.support == "positive":
+        lo = max(lo, 0.0)
+    if lo < default < hi:
+        return default
+    if np.isfinite(lo) and np.isfinite(hi):
+        return (lo + hi) / 2
+    return lo + 1.0 if np.isfinite(lo) else (hi - 1.0 if np.isfinite(hi) else None)
+
+
+def _vector(resolved: ResolvedPriors, slots: list[Slot], name: str,
+            start: dict[str, np.ndarray] | None = None, default: float = 0.5) -> pt.TensorVariable:
+    """One vector over ``slots``, with one PyMC variable per distinct prior.
+
+    With ``start`` given, record a starting value for each variable there.
+    """
     groups: dict[int, list[int]] = defaultdict(list)
     priors: list[Prior] = []
     for i, s in enumerate(slots):
@@ -69,11 +86,17 @@ def _vector(resolved: ResolvedPriors, slots: list[Slot], name: str) -> pt.Tensor
         else:
             priors.append(p)
             groups[len(priors) - 1].append(i)
+    names = [name] if len(priors) == 1 else [f"{name}_{k}" for k in range(len(priors))]
+    variables = [prior_variable(p, n, len(groups[k])) for k, (p, n) in enumerate(zip(priors, names))]
+    if start is not None:
+        for k, (p, n) in enumerate(zip(priors, names)):
+            value = _start(p, default)
+            if value is not None and p.family.builtin:
+                start[n] = np.full(len(groups[k]), value)
     if len(priors) == 1:
-        return prior_variable(priors[0], name, len(slots))
+        return variables[0]
     out = pt.zeros(len(slots))
-    for k, p in enumerate(priors):
-        var = prior_variable(p, f"{name}_{k}", len(groups[k]))
+    for k, var in enumerate(variables):
         out = pt.set_subtensor(out[np.array(groups[k])], var)
     return out
 
@@ -93,6 +116,7 @@ class Hyper:
     sigma: pt.TensorVariable
     sd: dict[str, pt.TensorVariable]
     lcorr: dict[str, pt.TensorVariable]
+    start: dict[str, np.ndarray]
 
     def fixed_mean(self, Xc: np.ndarray) -> pt.TensorVariable:
         """Intercept + centred columns times coefficients, (N,)."""
@@ -120,7 +144,14 @@ def factor_lcorr(resolved: ResolvedPriors, f: Factor) -> pt.TensorVariable:
 
 
 def build_hyper(design: Design, resolved: ResolvedPriors) -> Hyper:
-    """Declare β, σ, sd and correlations in the current model context."""
+    """Declare β, σ, sd and correlations in the current model context.
+
+    ``Hyper.start`` holds starting values for σ and the sd's at half the
+    response's scale (engines sample a standardised response, see
+    :mod:`lmmbayes.scaling`): starting at a vague prior's support point, far
+    out in its tail, left chains stuck for hundreds of iterations.
+    """
+    start: dict[str, np.ndarray] = {}
     intercept = None
     if design.centred_intercept:
         raw = prior_variable(resolved.get("Intercept"), "Intercept_raw", 1)
@@ -128,13 +159,14 @@ def build_hyper(design: Design, resolved: ResolvedPriors) -> Hyper:
     b_slots = [Slot("b", c) for c in design.coef_names]
     b = _vector(resolved, b_slots, "b_raw") if b_slots else pt.zeros(0)
     b = pm.Deterministic("b_c", b)
-    sigma = pm.Deterministic("sigma", prior_variable(resolved.get("sigma"), "sigma_raw", 1)[0])
+    sigma = _vector(resolved, [Slot("sigma")], "sigma_raw", start)
+    sigma = pm.Deterministic("sigma", sigma[0])
     sd, lcorr = {}, {}
     for f in design.factors:
-        vec = _vector(resolved, [Slot("sd", t, f.name) for t in f.terms], f"sd_raw__{f.name}")
+        vec = _vector(resolved, [Slot("sd", t, f.name) for t in f.terms], f"sd_raw__{f.name}", start)
         sd[f.name] = pm.Deterministic(f"sd__{f.name}", vec)
         lcorr[f.name] = factor_lcorr(resolved, f)
-    return Hyper(intercept, b, sigma, sd, lcorr)
+    return Hyper(intercept, b, sigma, sd, lcorr, start)
 
 
 def centred_X(design: Design) -> np.ndarray:

@@ -23,6 +23,11 @@ from .common import EngineResult, build_hyper, centred_X, hyper_names
 
 def build_model(design: Design, resolved: ResolvedPriors) -> pm.Model:
     """The joint PyMC model of ``design`` under ``resolved`` priors."""
+    return build_model_and_start(design, resolved)[0]
+
+
+def build_model_and_start(design: Design, resolved: ResolvedPriors) -> tuple[pm.Model, dict[str, np.ndarray]]:
+    """The joint model and starting values for its σ and sd variables."""
     with pm.Model() as model:
         hyper = build_hyper(design, resolved)
         mu = hyper.fixed_mean(centred_X(design))
@@ -30,17 +35,19 @@ def build_model(design: Design, resolved: ResolvedPriors) -> pm.Model:
             z = pm.Normal(f"z__{f.name}", 0.0, 1.0, shape=(f.n_levels, len(f.terms)))
             r = pt.dot(z, hyper.scale(f.name).T)
             mu = mu + (r[f.index] * f.Z).sum(axis=1)
-        pm.Normal("y", mu=mu, sigma=hyper.sigma, observed=design.y)
-    return model
+        # A data container, so a compiled model can be re-used for a new response.
+        y_obs = pm.Data("y_obs", design.y)
+        pm.Normal("y", mu=mu, sigma=hyper.sigma, observed=y_obs)
+    return model, hyper.start
 
 
 def run(design: Design, resolved: ResolvedPriors, config: SamplerConfig) -> EngineResult:
     """Build, sample and turn the non-centred draws into random effects."""
     t0 = time.perf_counter()
-    model = build_model(design, resolved)
+    model, start = build_model_and_start(design, resolved)
     names = hyper_names(design, model) + [f"z__{f.name}" for f in design.factors]
     t1 = time.perf_counter()
-    trace = sample(model, config, names)
+    trace = sample(model, config, names, start)
     raw = trace.posterior
     effects = {
         f.name: np.einsum("cdlk,cdjk->cdlj", raw[f"z__{f.name}"], scale_draws(raw, f.name))
