@@ -43,6 +43,7 @@ _LAZY = {
     "loo_compare": "compare",
     "load": "persist",
     "simulation_based_calibration": "sbc",
+    "report": "reporting",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .design import build_design
-from .engines import joint
+from .engines import collapsed, joint
 from .errors import FitError
 from .fit import Fit
 from .formula import parse_formula
@@ -23,8 +23,9 @@ from .sampling import SAMPLERS, SamplerConfig
 from .scaling import standardise, unscale
 
 FAMILIES = ("gaussian",)
-ENGINES = {"joint": joint.run}
-METHODS = tuple(ENGINES)
+ENGINES = {"joint": joint.run, "collapsed": collapsed.run}
+METHODS = ("auto", *ENGINES)
+SAMPLE_PRIOR = ("no", "only")
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -70,8 +71,9 @@ def fit(
     seed: int | None = None,
     target_accept: float = 0.8,
     progress: bool = True,
-    method: str = "joint",
+    method: str = "auto",
     sampler: str = "nutpie",
+    sample_prior: str = "no",
 ) -> Fit:
     """Fit a Bayesian linear mixed model, brms style.
 
@@ -93,10 +95,19 @@ def fit(
         NUTS's target acceptance (brms's ``adapt_delta``).
     progress : bool
         Show the sampler's progress bar.
-    method : {"joint"}
-        The engine.
+    method : {"auto", "collapsed", "joint"}
+        The engine. ``"collapsed"`` integrates the random effects out and
+        samples only β, σ, the sd's and correlations, then draws the random
+        effects exactly (Gaussian models with one grouping factor or two nested
+        ones); ``"joint"`` samples every random effect (non-centred). ``"auto"``
+        picks collapsed where it applies, joint otherwise.
     sampler : {"nutpie", "pymc"}
         nutpie (Rust NUTS, default) or PyMC's own NUTS.
+    sample_prior : {"no", "only"}
+        ``"only"`` skips NUTS and returns a Fit whose draws come from the
+        priors alone (one chain of ``draws``), as brms's ``sample_prior =
+        "only"``; every parameter then needs a proper prior (PriorError
+        otherwise, naming those with flat priors).
 
     Returns
     -------
@@ -106,11 +117,24 @@ def fit(
     if method not in METHODS:
         raise FitError(f"Unknown method {method!r}; choose one of {list(METHODS)}.")
     config = sampler_config(chains, draws, tune, seed, target_accept, progress, sampler)
+    if sample_prior not in SAMPLE_PRIOR:
+        raise FitError(f"Unknown sample_prior {sample_prior!r}; choose one of {list(SAMPLE_PRIOR)}.")
     user_priors = as_prior_set(priors)
     t0 = time.perf_counter()
     design = build_design(parse_formula(formula), data)
     resolved = resolve_priors(design, user_priors)
     t1 = time.perf_counter()
+    if sample_prior == "only":  # forward-simulate the priors: no sampler, no engine choice
+        from dataclasses import replace
+
+        from .prior_predictive import prior_idata
+
+        config = replace(config, chains=1, tune=0)
+        idata = prior_idata(design, resolved, config.draws, config.seed)
+        timings = {"design": t1 - t0, "prior": time.perf_counter() - t1}
+        return Fit(design, resolved, family, "joint", config, idata, timings)
+    if method == "auto":
+        method = "collapsed" if collapsed.applies(design) else "joint"
     # Engines sample on a standardised response; draws come back on the user's scale.
     scaled_design, scaled_priors, scale = standardise(design, resolved)
     result = ENGINES[method](scaled_design, scaled_priors, config)
