@@ -39,7 +39,7 @@ _LAZY = {
     "plot_pairs": "plots",
     "plot_energy": "plots",
     "plot_ranef": "plots",
-    "prior_predictive": "prior_predictive",
+    "prior_predictive": "priorsim",
     "loo_compare": "compare",
     "load": "persist",
     "simulation_based_calibration": "sbc",

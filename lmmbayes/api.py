@@ -127,7 +127,7 @@ def fit(
     if sample_prior == "only":  # forward-simulate the priors: no sampler, no engine choice
         from dataclasses import replace
 
-        from .prior_predictive import prior_idata
+        from .priorsim import prior_idata
 
         config = replace(config, chains=1, tune=0)
         idata = prior_idata(design, resolved, config.draws, config.seed)

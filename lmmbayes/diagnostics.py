@@ -8,9 +8,14 @@ the flat brms-named draws.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
+from arviz_stats.base import array_stats
+
+from .posterior import flat_draws
 
 RHAT_LIMIT = 1.05
 EBFMI_LIMIT = 0.3
@@ -84,3 +89,115 @@ def advice(report: SamplerReport, rhat_max: float, target_accept: float) -> tupl
             "the sampler explores poorly; consider reparameterising."
         )
     return tuple(out)
+
+
+# -- per-parameter convergence table --------------------------------------------
+
+#: Bulk and tail ESS below this many per chain draw a warning (Vehtari et al. 2021).
+ESS_PER_CHAIN_LIMIT = 100
+DIAGNOSTIC_COLUMNS = ["Rhat", "Bulk_ESS", "Tail_ESS", "MCSE_mean", "MCSE_sd"]
+
+
+def convergence_table(names: list[str], draws: np.ndarray) -> pd.DataFrame:
+    """Rhat, Bulk_ESS, Tail_ESS, MCSE_mean and MCSE_sd of (chain, draw, K) draws.
+
+    Rhat is the rank-normalised split R-hat; Tail_ESS the smaller ESS of the
+    5% and 95% quantiles (Vehtari et al. 2021), all from arviz-stats.
+    """
+    kw = {"chain_axis": 0, "draw_axis": 1}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = {
+            "Rhat": array_stats.rhat(draws, method="rank", **kw),
+            "Bulk_ESS": array_stats.ess(draws, method="bulk", **kw),
+            "Tail_ESS": np.minimum(array_stats.ess(draws, method="quantile", prob=0.05, **kw),
+                                   array_stats.ess(draws, method="quantile", prob=0.95, **kw)),
+            "MCSE_mean": array_stats.mcse(draws, method="mean", **kw),
+            "MCSE_sd": array_stats.mcse(draws, method="sd", **kw),
+        }
+    return pd.DataFrame(table, index=pd.Index(names), columns=DIAGNOSTIC_COLUMNS)
+
+
+def ess_advice(table: pd.DataFrame, n_chains: int) -> tuple[str, ...]:
+    """Warnings for low bulk and tail ESS, worded as rstan does."""
+    limit = ESS_PER_CHAIN_LIMIT * n_chains
+    out = []
+    for column, what in (("Bulk_ESS", "posterior means and medians"),
+                         ("Tail_ESS", "posterior variances and tail quantiles")):
+        low = table.index[table[column].to_numpy(dtype=float) < limit].tolist()
+        if low:
+            shown = ", ".join(low[:5]) + (f" and {len(low) - 5} more" if len(low) > 5 else "")
+            out.append(
+                f"{column} is below {limit} ({ESS_PER_CHAIN_LIMIT} per chain) for {shown}: "
+                f"{what} may be unreliable. Running more draws may help."
+            )
+    return tuple(out)
+
+
+def format_sampler_report(report: SamplerReport) -> str:
+    """The sampler report as a few lines of text."""
+    if report.n_draws == 0:
+        return "No sampler statistics (the draws were not made by NUTS, e.g. sample_prior='only')."
+    fmt = lambda values: ", ".join(f"{v:.3g}" for v in values) or "NA"  # noqa: E731
+    return "\n".join([
+        f"Divergent transitions: {report.divergences} of {report.n_draws} "
+        f"({100 * report.divergence_share:.1f}%)",
+        f"Max tree depth hits:   {report.max_treedepth_hits}",
+        f"E-BFMI per chain:      {fmt(report.ebfmi)}",
+        f"Step size per chain:   {fmt(report.step_size)}",
+    ])
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Convergence diagnostics of a fit: what ``Fit.diagnostics()`` returns.
+
+    Attributes
+    ----------
+    parameters : pandas.DataFrame
+        Indexed by brms parameter names (random effects included); columns
+        Rhat, Bulk_ESS, Tail_ESS, MCSE_mean, MCSE_sd.
+    sampler : SamplerReport
+        Divergences, max-tree-depth hits, E-BFMI and step size per chain.
+    warnings : tuple of str
+        Advice in words, empty when nothing looks wrong.
+    """
+
+    parameters: pd.DataFrame
+    sampler: SamplerReport
+    warnings: tuple[str, ...]
+
+    def __str__(self) -> str:
+        shown = self.parameters.copy()
+        for col in ("Rhat", "MCSE_mean", "MCSE_sd"):
+            shown[col] = shown[col].map(lambda v: "NA" if not np.isfinite(v) else f"{v:.3g}")
+        for col in ("Bulk_ESS", "Tail_ESS"):
+            shown[col] = shown[col].map(lambda v: "NA" if not np.isfinite(v) else f"{int(round(v))}")
+        lines = ["Parameters:", shown.to_string(), "", "Sampler:", format_sampler_report(self.sampler)]
+        lines += [f"Warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: object, cycle: bool) -> None:  # IPython
+        p.text(str(self))  # type: ignore[attr-defined]
+
+
+def diagnostics_table(fit: Any, *, include_random: bool = True) -> Diagnostics:
+    """Per-parameter R-hat, ESS and MCSE plus the sampler report of a fit.
+
+    Parameters
+    ----------
+    fit : lmmbayes.Fit
+    include_random : bool
+        Include the random effects ``r_<g>[level,term]`` (default, as brms's
+        ``rhat()`` and ``neff_ratio()`` do).
+
+    Returns
+    -------
+    Diagnostics
+    """
+    names, draws = flat_draws(fit.posterior, fit.design, random=include_random)
+    table = convergence_table(names, draws)
+    report = fit.sampler_report
+    rhat = table["Rhat"].to_numpy(dtype=float)
+    rhat_max = float(np.nanmax(rhat)) if np.isfinite(rhat).any() else float("nan")
+    warns = advice(report, rhat_max, fit.config.target_accept) + ess_advice(table, draws.shape[0])
+    return Diagnostics(table, report, warns)

@@ -69,6 +69,11 @@ class Fit:
         return self.design.dropped_index
 
     @property
+    def prior_only(self) -> bool:
+        """True for ``fit(..., sample_prior="only")``: the draws are from the prior."""
+        return self.idata["posterior"].attrs.get("sample_prior") == "only"
+
+    @property
     def posterior(self) -> xr.Dataset:
         return self.idata["posterior"].to_dataset()
 
@@ -92,10 +97,12 @@ class Fit:
             ("Data", f"data (Number of observations: {self.nobs})"),
             ("Draws", f"{c.chains} chains, each with iter = {c.tune + c.draws}; warmup = {c.tune}; "
                       f"thin = 1;\n         total post-warmup draws = {c.chains * c.draws}"),
-            ("Engine", ENGINE_LABELS[self.engine]),
+            ("Engine", "none: draws from the prior (sample_prior='only')" if self.prior_only
+             else ENGINE_LABELS[self.engine]),
         )
+        source = "drawn from the prior" if self.prior_only else f"sampled using {c.sampler} (NUTS)"
         footer = (
-            f"Draws were sampled using {c.sampler} (NUTS). For each parameter, Bulk_ESS\n"
+            f"Draws were {source}. For each parameter, Bulk_ESS\n"
             "and Tail_ESS are effective sample size measures, and Rhat is the potential\n"
             "scale reduction factor on split chains (at convergence, Rhat = 1)."
         )

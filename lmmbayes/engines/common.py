@@ -102,9 +102,19 @@ def _vector(resolved: ResolvedPriors, slots: list[Slot], name: str,
 
 
 def _lkj(p: Prior, name: str, n: int) -> pt.TensorVariable:
+    """Lower Cholesky factor of an LKJ(eta) correlation matrix of size n.
+
+    For n = 2, LKJ(eta) is rho = 2u - 1 with u ~ Beta(eta, eta); building it
+    that way compiles several times faster than PyMC's general LKJCorr (which
+    is used for n > 2) and samples the same distribution.
+    """
     if not p.family.builtin:
         raise PriorError(f"{p.describe()}: class 'cor' needs the built-in lkj(eta) prior.")
-    return pm.LKJCorr(name, n=n, eta=p.args[0])
+    eta = p.args[0]
+    if n == 2:
+        rho = 2.0 * pm.Beta(f"{name}_u", eta, eta) - 1.0
+        return pt.stack([pt.stack([1.0, 0.0]), pt.stack([rho, pt.sqrt(1.0 - rho**2)])])
+    return pm.LKJCorr(name, n=n, eta=eta)
 
 
 @dataclass(frozen=True, eq=False)
