@@ -216,7 +216,11 @@ def engine_pair(request):
     """The same model fitted by both engines: (collapsed fit, joint fit)."""
     formula, seed, nested = AGREEMENT_CASES[request.param]
     data = simulate(seed, nested)
-    kw = dict(chains=CHAINS, draws=DRAWS, tune=DRAWS, seed=seed)
+    # The joint engine's non-centred nested model has a heavy-tailed sd_a
+    # posterior (8 levels) and some divergences; 2 x 1000 draws estimate its
+    # SD too noisily for a 15% check (4 x 4000 agree within 5%).
+    draws = 2500 if nested else DRAWS
+    kw = dict(chains=4 if nested else CHAINS, draws=draws, tune=DRAWS, seed=seed)
     return tuple(quiet_fit(formula, data, AGREEMENT_PRIORS, method=m, **kw) for m in ("collapsed", "joint"))
 
 
@@ -248,7 +252,7 @@ def test_effects_layout_and_exact_draws_are_nearly_independent(engine_pair):
     assert collapsed.engine == "collapsed"
     for f in collapsed.design.factors:
         r = collapsed.posterior[f"r_{f.name}"]
-        assert r.shape == (CHAINS, DRAWS, f.n_levels, len(f.terms))
+        assert r.shape == (collapsed.config.chains, collapsed.config.draws, f.n_levels, len(f.terms))
         assert r.dims == ("chain", "draw", f"{f.name}__level", f"{f.name}__term")
         assert joint.posterior[f"r_{f.name}"].shape == r.shape
     # Each random-effect draw is exact given its hyperparameter draw, so its

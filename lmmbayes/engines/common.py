@@ -128,9 +128,9 @@ class Hyper:
     lcorr: dict[str, pt.TensorVariable]
     start: dict[str, np.ndarray]
 
-    def fixed_mean(self, Xc: np.ndarray) -> pt.TensorVariable:
+    def fixed_mean(self, Xc: np.ndarray | pt.TensorVariable) -> pt.TensorVariable:
         """Intercept + centred columns times coefficients, (N,)."""
-        mu = pt.zeros(Xc.shape[0]) if Xc.shape[1] == 0 else pt.dot(Xc, self.b)
+        mu = pt.dot(Xc, self.b)
         return mu if self.intercept is None else mu + self.intercept
 
     def scale(self, factor: str) -> pt.TensorVariable:

@@ -30,12 +30,19 @@ def build_model_and_start(design: Design, resolved: ResolvedPriors) -> tuple[pm.
     """The joint model and starting values for its σ and sd variables."""
     with pm.Model() as model:
         hyper = build_hyper(design, resolved)
-        mu = hyper.fixed_mean(centred_X(design))
+        # Every data array is a data container, not a constant: the compiled
+        # code then depends on the model's structure only, so PyTensor's numba
+        # cache serves any data set of the same shape of model, and a new
+        # response can be swapped in without compiling (simulation studies).
+        X = pm.Data("X_c", centred_X(design))
+        mu = hyper.fixed_mean(X)
         for f in design.factors:
-            z = pm.Normal(f"z__{f.name}", 0.0, 1.0, shape=(f.n_levels, len(f.terms)))
+            index = pm.Data(f"index__{f.name}", f.index)
+            Z = pm.Data(f"Z__{f.name}", f.Z)
+            n_levels = pm.Data(f"n_levels__{f.name}", np.int64(f.n_levels))
+            z = pm.Normal(f"z__{f.name}", 0.0, 1.0, shape=(n_levels, len(f.terms)))
             r = pt.dot(z, hyper.scale(f.name).T)
-            mu = mu + (r[f.index] * f.Z).sum(axis=1)
-        # A data container, so a compiled model can be re-used for a new response.
+            mu = mu + (r[index] * Z).sum(axis=1)
         y_obs = pm.Data("y_obs", design.y)
         pm.Normal("y", mu=mu, sigma=hyper.sigma, observed=y_obs)
     return model, hyper.start
