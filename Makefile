@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test validate clean
+.PHONY: demo test validate docs docs-fast bench bench-env clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "lmmbayes needs Python >= 3.12, found " + sys.version.split()[0]'
@@ -25,6 +25,24 @@ test: $(STAMP)
 validate: $(STAMP)
 	$(BIN)/python validation/sbc.py
 	$(BIN)/python -m pytest -q -m slow -o addopts=""
+
+# The documentation site: regenerate the tutorial's figures from the example, then build
+# with mkdocs in strict mode (broken references fail). No network needed. Output: site/.
+docs: $(STAMP)
+	$(BIN)/python examples/bounce_times_workflow.py docs/figures
+	$(BIN)/mkdocs build --strict
+
+# What CI runs (tests/test_docs.py): strict build on the committed figures.
+docs-fast: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# Benchmarks against bambi (its own environment: bambi 0.21 pins formulae < 0.7).
+bench-env:
+	test -x benchmarks/.venv-bambi/bin/python || ($(PYTHON) -m venv benchmarks/.venv-bambi && \
+	  benchmarks/.venv-bambi/bin/python -m pip install --quiet "bambi==0.21.*" nutpie)
+
+bench: $(STAMP) bench-env
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
