@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .design import build_design
+from .design import Design, build_design
+from .distributed import build_dask_design, is_dask_frame
 from .engines import collapsed, joint
 from .errors import FitError
 from .fit import Fit
@@ -81,9 +82,13 @@ def fit(
     ----------
     formula : str
         lme4/brms syntax, e.g. ``"y ~ x + (1 + x | g)"``.
-    data : pandas.DataFrame or polars.DataFrame
+    data : pandas.DataFrame, polars.DataFrame or dask.dataframe.DataFrame
         Never modified. Rows with missing values in the formula's columns
         are dropped with a warning (their labels: ``Fit.dropped_rows``).
+        A Dask frame is reduced to cross-products partition by partition
+        (:mod:`lmmbayes.distributed`) and fitted by the collapsed engine; the
+        Fit's design then holds no rows (``fit.design.rows_in_memory`` is
+        False).
     priors : Prior, sum of priors or list of priors, optional
         See :func:`lmmbayes.prior`; everything else gets brms's defaults.
     family : {"gaussian"}
@@ -100,7 +105,7 @@ def fit(
         samples only β, σ, the sd's and correlations, then draws the random
         effects exactly (Gaussian models with one grouping factor or two nested
         ones); ``"joint"`` samples every random effect (non-centred). ``"auto"``
-        picks collapsed where it applies, joint otherwise.
+        picks collapsed where it applies (always for Dask data), joint otherwise.
     sampler : {"nutpie", "pymc"}
         nutpie (Rust NUTS, default) or PyMC's own NUTS.
     sample_prior : {"no", "only"}
@@ -121,7 +126,7 @@ def fit(
         raise FitError(f"Unknown sample_prior {sample_prior!r}; choose one of {list(SAMPLE_PRIOR)}.")
     user_priors = as_prior_set(priors)
     t0 = time.perf_counter()
-    design = build_design(parse_formula(formula), data)
+    design = _design(formula, data, method)
     resolved = resolve_priors(design, user_priors)
     t1 = time.perf_counter()
     if sample_prior == "only":  # forward-simulate the priors: no sampler, no engine choice
@@ -134,7 +139,7 @@ def fit(
         timings = {"design": t1 - t0, "prior": time.perf_counter() - t1}
         return Fit(design, resolved, family, "joint", config, idata, timings)
     if method == "auto":
-        method = "collapsed" if collapsed.applies(design) else "joint"
+        method = "collapsed" if not design.rows_in_memory or collapsed.applies(design) else "joint"
     # Engines sample on a standardised response; draws come back on the user's scale.
     scaled_design, scaled_priors, scale = standardise(design, resolved)
     result = ENGINES[method](scaled_design, scaled_priors, config)
@@ -147,6 +152,18 @@ def fit(
     fitted = Fit(design, resolved, family, method, config, idata, timings)
     _warn_after_sampling(fitted)
     return fitted
+
+
+def _design(formula: str, data: Any, method: str) -> Design:
+    """The design of ``data``: in memory, or reduced on Dask for a Dask DataFrame."""
+    spec = parse_formula(formula)
+    if not is_dask_frame(data):
+        return build_design(spec, data)
+    if method == "joint":
+        raise FitError('method="joint" needs the rows in memory, and a Dask DataFrame is reduced to '
+                       'cross-products; use method="collapsed" (or "auto"), or fit a pandas frame '
+                       "(ddf.compute()) with the joint engine.")
+    return build_dask_design(spec, data)
 
 
 def _warn_after_sampling(result: Fit) -> None:
@@ -168,7 +185,7 @@ def get_prior(formula: str, data: Any, family: str = "gaussian") -> PriorTable:
         note on brms's centred-intercept convention.
     """
     _check_family(family)
-    return prior_table(build_design(parse_formula(formula), data))
+    return prior_table(_design(formula, data, "auto"))
 
 
 default_prior = get_prior

@@ -1,12 +1,18 @@
-"""Model checking and comparison: pointwise log-likelihood, PSIS-LOO, WAIC, loo_compare, Bayes R2.
+"""Predictive model checking and comparison: pointwise log-likelihood, PSIS-LOO, WAIC,
+``loo_compare`` and Bayesian R², as brms's ``log_lik``, ``loo``, ``waic``,
+``loo_compare`` and ``bayes_R2``.
 
-The pointwise log-likelihood is not stored on a Fit: it is computed on
-demand from the draws (in row chunks, so memory stays bounded for large N),
-conditional on the drawn random effects, as brms does.
+The pointwise log-likelihood is computed on demand from the draws, conditional
+on the drawn random effects (as brms does), in row chunks so that temporaries
+stay bounded for large N. It is never stored on the Fit: ``loo`` and ``waic``
+build a temporary DataTree with a ``log_likelihood`` group and leave
+``fit.idata`` untouched.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -16,143 +22,329 @@ import pandas as pd
 import xarray as xr
 from scipy.special import logsumexp
 
-from .errors import LmmbayesError, LmmbayesWarning
-from .predict import posterior_epred
+from .design import require_rows
+from .errors import DataError, LmmbayesError, LmmbayesWarning
+from .predict import draw_indices, fitted_rows, linear_predictor, stack_draws, summarise_draws
 
+#: Pareto k above which PSIS-LOO is unreliable for an observation (Vehtari et al. 2024).
 PARETO_K_LIMIT = 0.7
+#: p_waic of one observation above which WAIC is unreliable (the loo package's rule).
+P_WAIC_LIMIT = 0.4
+#: Elements of one (draws x rows) temporary when computing the log-likelihood in chunks.
+_CHUNK_ELEMENTS = 2**22
 
 
 class ParetoKWarning(LmmbayesWarning):
-    """Some observations have Pareto k above 0.7: PSIS-LOO is unreliable for them."""
+    """PSIS-LOO is unreliable for some observations (Pareto k above 0.7)."""
 
 
-@dataclass(frozen=True)
-class Criterion:
-    """An information criterion with its pointwise terms.
+class WAICWarning(LmmbayesWarning):
+    """WAIC is unreliable for some observations (p_waic above 0.4)."""
 
-    Attributes
-    ----------
-    name : str
-        ``"loo"`` or ``"waic"``.
-    elpd, se, p : float
-        Expected log predictive density, its standard error, effective number of parameters.
-    pointwise : numpy.ndarray
-        Per-observation elpd.
-    pareto_k : numpy.ndarray or None
-        Per-observation Pareto k (LOO only).
-    """
 
-    name: str
-    elpd: float
-    se: float
-    p: float
-    pointwise: np.ndarray
-    pareto_k: np.ndarray | None = None
-
-    @property
-    def n_high_k(self) -> int:
-        return 0 if self.pareto_k is None else int((self.pareto_k > PARETO_K_LIMIT).sum())
-
-    def __str__(self) -> str:
-        lines = [f"Computed from {len(self.pointwise)} observations.",
-                 f"elpd_{self.name} {self.elpd:10.1f}  SE {self.se:6.1f}",
-                 f"p_{self.name}    {self.p:10.1f}  ",
-                 f"{'looic' if self.name == 'loo' else 'waic'}    {-2 * self.elpd:10.1f}  SE {2 * self.se:6.1f}"]
-        if self.pareto_k is not None:
-            lines.append(f"Pareto k > {PARETO_K_LIMIT}: {self.n_high_k} observation(s).")
-        return "\n".join(lines)
+def _check_chunk(chunk_size: Any, n_samples: int) -> int:
+    if chunk_size is None:
+        return max(1, _CHUNK_ELEMENTS // max(1, n_samples))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise LmmbayesError(f"chunk_size must be a positive integer (rows per chunk), got {chunk_size!r}.")
+    return int(chunk_size)
 
 
 def log_lik(fit: Any, *, chunk_size: int | None = None) -> np.ndarray:
-    """Pointwise Gaussian log-likelihood of the fitted data, (chain, draw, N)."""
-    design = fit.design
-    n_chain, n_draw = fit.posterior["sigma"].shape
-    sigma = fit.posterior["sigma"].values.reshape(-1, 1)
-    eta = posterior_epred(fit)  # (S, N); rows are needed once
-    chunk = chunk_size or max(1, int(5e7 // max(1, eta.shape[0])))
-    out = np.empty_like(eta)
-    for start in range(0, design.n_obs, chunk):
-        part = slice(start, start + chunk)
-        resid = (design.y[part][None, :] - eta[:, part]) / sigma
-        out[:, part] = -0.5 * resid**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
-    return out.reshape(n_chain, n_draw, -1)
+    """Pointwise Gaussian log-likelihood of the fitted data.
 
+    ``log N(y_i | mu_i, sigma)`` per draw, with ``mu_i`` including the drawn
+    random effects of observation ``i``'s levels.
 
-def loo(fit: Any) -> Criterion:
-    """PSIS-LOO (Vehtari, Gelman and Gabry 2017) via arviz-stats."""
-    from arviz_stats import loo as az_loo
-
-    ll = log_lik(fit)
-    tree = xr.DataTree.from_dict({
-        "posterior": fit.posterior[["sigma"]],
-        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), ll)}),
-        "observed_data": xr.Dataset({"y": (("obs",), fit.design.y)}),
-    })
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # we warn ourselves, naming the model
-        result = az_loo(tree, pointwise=True, var_name="y")
-    pointwise = np.asarray(result.elpd_i).reshape(-1)
-    return Criterion("loo", float(result.elpd), float(result.se), float(result.p), pointwise,
-                     np.asarray(result.pareto_k).reshape(-1))
-
-
-def waic(fit: Any) -> Criterion:
-    """WAIC (Watanabe 2010) with the variance-based penalty."""
-    ll = log_lik(fit)
-    ll = ll.reshape(-1, ll.shape[-1])
-    lppd = logsumexp(ll, axis=0) - np.log(ll.shape[0])
-    p_i = ll.var(axis=0, ddof=1)
-    pointwise = lppd - p_i
-    return Criterion("waic", float(pointwise.sum()), float(np.sqrt(len(pointwise) * pointwise.var())),
-                     float(p_i.sum()), pointwise)
-
-
-def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
-    """Compare fits of the same data by PSIS-LOO, best first (like loo's ``loo_compare``).
+    Parameters
+    ----------
+    fit : Fit
+    chunk_size : int, optional
+        Rows per chunk; by default about 4 million draw-row pairs at a time.
 
     Returns
     -------
-    DataFrame
-        Columns ``elpd_diff`` (0 for the best), ``se_diff`` (SE of the paired
-        pointwise difference), ``elpd_loo``, ``se_elpd_loo``, ``p_loo``,
-        ``n_high_k``; index: ``names`` or the formulas.
+    numpy.ndarray
+        (chain, draw, N).
+    """
+    design = fit.design
+    require_rows(design, "The pointwise log-likelihood (loo, waic, loo_compare)",
+                 "Compare models on the data in memory, or on a pandas sample of it "
+                 "(ddf.sample(frac=...).compute()).")
+    posterior = fit.idata["posterior"]
+    n_chain, n_draw = posterior["sigma"].shape
+    total = n_chain * n_draw
+    idx = draw_indices(total, None)
+    sigma = stack_draws(np.asarray(posterior["sigma"].values))[:, None]
+    log_norm = -np.log(sigma) - 0.5 * math.log(2 * math.pi)
+    rows = fitted_rows(design, design.factors)
+    chunk = _check_chunk(chunk_size, total)
+    out = np.empty((total, design.n_obs))
+    for start in range(0, design.n_obs, chunk):
+        part = slice(start, min(start + chunk, design.n_obs))
+        mu = linear_predictor(fit, rows, idx, row_slice=part)
+        z = (design.y[part][None, :] - mu) / sigma
+        out[:, part] = log_norm - 0.5 * z * z
+    return out.reshape(n_chain, n_draw, design.n_obs)
+
+
+def _log_lik_tree(fit: Any, ll: np.ndarray) -> xr.DataTree:
+    """A temporary DataTree with posterior, log_likelihood and observed_data groups."""
+    n_chain, n_draw, n = ll.shape
+    coords = {"chain": np.arange(n_chain), "draw": np.arange(n_draw), "obs": np.arange(n)}
+    return xr.DataTree.from_dict({
+        "posterior": fit.idata["posterior"].to_dataset(),  # for the relative efficiency (reff)
+        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), ll)}, coords=coords),
+        "observed_data": xr.Dataset({"y": (("obs",), fit.design.y)}, coords={"obs": coords["obs"]}),
+    })
+
+
+def _model_label(fit: Any) -> str:
+    return f"'{fit.formula}'"
+
+
+def loo(fit: Any, *, label: str | None = None) -> Any:
+    """PSIS-LOO cross-validation (Vehtari, Gelman and Gabry 2017) with arviz-stats.
+
+    Parameters
+    ----------
+    fit : Fit
+    label : str, optional
+        Name of the model in the warning (default: its formula).
+
+    Returns
+    -------
+    arviz_stats.ELPDData
+        ``elpd`` (elpd_loo), ``se``, ``p`` (p_loo), pointwise ``elpd_i`` and
+        ``pareto_k``; printing it gives the loo package's table.
+
+    Warns
+    -----
+    ParetoKWarning
+        When some observations have Pareto k above 0.7, naming the model and
+        how many observations.
+    """
+    from arviz_stats import loo as az_loo
+
+    tree = _log_lik_tree(fit, log_lik(fit))
+    with warnings.catch_warnings(), np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        # arviz-stats warns without naming the model; lmmbayes warns below instead.
+        warnings.filterwarnings("ignore", message=".*[Pp]areto.*")
+        warnings.filterwarnings("ignore", message=".*[Ee]stimated shape parameter.*")
+        result = az_loo(tree, pointwise=True, var_name="y")
+    k = np.asarray(result.pareto_k).reshape(-1)
+    high = int((k > PARETO_K_LIMIT).sum())
+    if high:
+        warnings.warn(
+            f"Model {label or _model_label(fit)}: {high} of {k.size} observations have Pareto k > "
+            f"{PARETO_K_LIMIT}, so PSIS-LOO is unreliable for them; consider K-fold "
+            "cross-validation or moment matching.",
+            ParetoKWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class WAIC:
+    """The widely applicable information criterion (Watanabe 2010), loo-package style.
+
+    Attributes
+    ----------
+    elpd_waic, se_elpd_waic : float
+    p_waic, se_p_waic : float
+    waic, se_waic : float
+        ``-2 * elpd_waic`` and its SE.
+    n_samples, n_data_points : int
+    pointwise : pandas.DataFrame
+        Columns ``elpd_waic``, ``p_waic``, ``waic``, one row per observation.
+    """
+
+    elpd_waic: float
+    se_elpd_waic: float
+    p_waic: float
+    se_p_waic: float
+    waic: float
+    se_waic: float
+    n_samples: int
+    n_data_points: int
+    pointwise: pd.DataFrame
+
+    # The names arviz-stats's ELPDData uses, so LOO and WAIC read alike.
+    @property
+    def elpd(self) -> float:
+        return self.elpd_waic
+
+    @property
+    def se(self) -> float:
+        return self.se_elpd_waic
+
+    @property
+    def p(self) -> float:
+        return self.p_waic
+
+    def estimates(self) -> pd.DataFrame:
+        """brms's ``waic(fit)$estimates``: Estimate and SE of elpd_waic, p_waic, waic."""
+        return pd.DataFrame({"Estimate": [self.elpd_waic, self.p_waic, self.waic],
+                             "SE": [self.se_elpd_waic, self.se_p_waic, self.se_waic]},
+                            index=["elpd_waic", "p_waic", "waic"])
+
+    def __str__(self) -> str:
+        table = self.estimates().to_string(float_format=lambda v: f"{v:.1f}")
+        return (f"Computed from {self.n_samples} by {self.n_data_points} log-likelihood matrix.\n\n"
+                f"{table}")
+
+
+def waic(fit: Any) -> WAIC:
+    """WAIC from the pointwise log-likelihood (computed here; arviz-stats has none).
+
+    ``lppd_i = log mean_s exp(ll_si)``, ``p_waic_i = var_s(ll_si)``,
+    ``elpd_waic = sum_i (lppd_i - p_waic_i)`` with ``SE = sqrt(N var_i(elpd_i))``,
+    as the loo package computes them.
+
+    Warns
+    -----
+    WAICWarning
+        When some ``p_waic_i`` exceed 0.4 (WAIC unreliable; use :func:`loo`).
+    """
+    ll = log_lik(fit)
+    n_samples, n = ll.shape[0] * ll.shape[1], ll.shape[2]
+    ll = ll.reshape(n_samples, n)
+    lppd = logsumexp(ll, axis=0) - math.log(n_samples)
+    p_i = ll.var(axis=0, ddof=1)
+    elpd_i = lppd - p_i
+    root_n = math.sqrt(n)
+    se_elpd = float(root_n * elpd_i.std(ddof=1)) if n > 1 else float("nan")
+    se_p = float(root_n * p_i.std(ddof=1)) if n > 1 else float("nan")
+    high = int((p_i > P_WAIC_LIMIT).sum())
+    if high:
+        warnings.warn(
+            f"Model {_model_label(fit)}: {high} of {n} observations have p_waic > {P_WAIC_LIMIT}; "
+            "WAIC is unreliable for them, use loo() instead.",
+            WAICWarning,
+            stacklevel=2,
+        )
+    pointwise = pd.DataFrame({"elpd_waic": elpd_i, "p_waic": p_i, "waic": -2 * elpd_i})
+    elpd = float(elpd_i.sum())
+    return WAIC(elpd, se_elpd, float(p_i.sum()), se_p, -2 * elpd, 2 * se_elpd, n_samples, n, pointwise)
+
+
+def _names(fits: tuple[Any, ...], names: Any) -> list[str]:
+    if names is None:
+        labels = [f.formula for f in fits]
+        # Same formula twice (e.g. other priors): number them so rows stay distinct.
+        return [lab if labels.count(lab) == 1 else f"{lab} [{k}]" for k, lab in enumerate(labels, start=1)]
+    labels = [names] if isinstance(names, str) else list(names)
+    if len(labels) != len(fits) or len(set(labels)) != len(labels) \
+            or not all(isinstance(n, str) for n in labels):
+        raise LmmbayesError(
+            f"names must give one distinct string per fit ({len(fits)} fits), got {names!r}."
+        )
+    return labels
+
+
+def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
+    """Compare models fitted to the same data by PSIS-LOO, like brms's ``loo_compare``.
+
+    Parameters
+    ----------
+    *fits : Fit
+        Two or more fits of the same observations.
+    names : list of str, optional
+        Row labels; default the formulas.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Best model first. Columns ``elpd_diff`` (difference to the best, 0 for
+        the best), ``se_diff`` (SE of the paired pointwise differences,
+        ``sqrt(N) * sd(elpd_i - elpd_i[best])``), ``elpd_loo``, ``se_elpd_loo``,
+        ``p_loo``, ``looic``, ``se_looic`` and ``n_high_k`` (observations with
+        Pareto k > 0.7). A difference of several ``se_diff`` is a clear one.
+
+    Raises
+    ------
+    LmmbayesError
+        Fewer than two fits, or names that do not match them.
+    DataError
+        Fits of different data (different numbers of observations or responses).
+
+    Warns
+    -----
+    ParetoKWarning
+        Per model with Pareto k > 0.7 somewhere, naming the model.
     """
     from .fit import Fit
 
-    if len(fits) < 2 or not all(isinstance(f, Fit) for f in fits):
-        raise LmmbayesError("loo_compare needs at least two Fit objects.")
-    labels = list(names) if names is not None else [f.formula for f in fits]
-    if len(labels) != len(fits) or len(set(labels)) != len(labels):
-        raise LmmbayesError(f"names must give one distinct name per fit, got {labels!r}.")
-    y0 = fits[0].design.y
-    for label, f in zip(labels, fits):
-        if f.design.n_obs != len(y0) or not np.array_equal(f.design.y, y0):
-            raise LmmbayesError(f"'{label}' was fitted to different data (rows or response); "
-                                "loo_compare needs every model fitted to the same observations.")
-    results = [loo(f) for f in fits]
-    for label, r in zip(labels, results):
-        if r.n_high_k:
-            warnings.warn(f"'{label}': {r.n_high_k} observation(s) have Pareto k > {PARETO_K_LIMIT}; "
-                          "PSIS-LOO is unreliable for them (consider K-fold cross-validation).",
-                          ParetoKWarning, stacklevel=2)
+    if len(fits) == 1 and isinstance(fits[0], (list, tuple)):
+        fits = tuple(fits[0])
+    if len(fits) < 2:
+        raise LmmbayesError(f"loo_compare needs at least two fits to compare, got {len(fits)}.")
+    bad = [type(f).__name__ for f in fits if not isinstance(f, Fit)]
+    if bad:
+        raise LmmbayesError(f"loo_compare takes lmmbayes Fit objects, got {bad}.")
+    labels = _names(fits, names)
+    ref_label, ref = labels[0], fits[0].design
+    for label, f in zip(labels[1:], fits[1:]):
+        if f.design.n_obs != ref.n_obs or not np.array_equal(f.design.y, ref.y):
+            what = (f"{f.design.n_obs} vs {ref.n_obs} observations" if f.design.n_obs != ref.n_obs
+                    else "the same number of observations but different responses")
+            raise DataError(
+                f"loo_compare needs models fitted to the same data: '{label}' and '{ref_label}' were "
+                f"fitted to different data ({what}; e.g. other rows dropped for missing values)."
+            )
+    results = [loo(f, label=f"'{lab}'") for lab, f in zip(labels, fits)]
+    elpd_i = [np.asarray(r.elpd_i).reshape(-1) for r in results]
     best = int(np.argmax([r.elpd for r in results]))
+    n = ref.n_obs
     rows = []
-    for label, r in zip(labels, results):
-        diff = r.pointwise - results[best].pointwise
-        rows.append({"model": label, "elpd_diff": float(diff.sum()),
-                     "se_diff": float(np.sqrt(len(diff) * diff.var())), "elpd_loo": r.elpd,
-                     "se_elpd_loo": r.se, "p_loo": r.p, "n_high_k": r.n_high_k})
-    table = pd.DataFrame(rows).set_index("model")
-    return table.sort_values("elpd_diff", ascending=False)
+    for label, r, e in zip(labels, results, elpd_i):
+        diff = e - elpd_i[best]
+        se_diff = float(math.sqrt(n) * diff.std(ddof=1)) if n > 1 else float("nan")
+        k = np.asarray(r.pareto_k).reshape(-1)
+        rows.append({"elpd_diff": float(diff.sum()), "se_diff": se_diff, "elpd_loo": float(r.elpd),
+                     "se_elpd_loo": float(r.se), "p_loo": float(r.p), "looic": -2 * float(r.elpd),
+                     "se_looic": 2 * float(r.se), "n_high_k": int((k > PARETO_K_LIMIT).sum())})
+    table = pd.DataFrame(rows, index=pd.Index(labels, name="model"))
+    order = np.argsort(-table["elpd_loo"].to_numpy(), kind="stable")
+    return table.iloc[order]
 
 
-def bayes_r2(fit: Any, probs: tuple[float, ...] = (0.025, 0.975)) -> pd.DataFrame:
-    """Bayesian R2 (Gelman, Goodrich, Gabry and Vehtari 2019): var(fit) / (var(fit) + sigma^2) per draw."""
-    from .summary import describe
+def bayes_r2(fit: Any, *, method: str = "model", include_groups: Any = True,
+             probs: tuple[float, ...] = (0.025, 0.975)) -> pd.DataFrame:
+    """Bayesian R² (Gelman, Goodrich, Gabry and Vehtari 2019), one value per draw.
 
-    eta = posterior_epred(fit)
-    var_fit = eta.var(axis=1, ddof=1)
-    sigma2 = fit.posterior["sigma"].values.reshape(-1) ** 2
-    r2 = var_fit / (var_fit + sigma2)
-    n_chain, n_draw = fit.posterior["sigma"].shape
-    return describe(["R2"], r2.reshape(n_chain, n_draw, 1), probs)
+    Parameters
+    ----------
+    method : {"model", "residual"}
+        ``"model"`` (default): ``var(mu) / (var(mu) + sigma^2)`` with the
+        model's residual variance, as in the paper and rstanarm.
+        ``"residual"``: ``var(mu) / (var(mu) + var(y - mu))``, as brms's
+        ``bayes_R2`` computes it.
+    include_groups : bool or list of str
+        Which group-level terms ``mu`` includes (see
+        :func:`lmmbayes.predict.posterior_epred`); False gives the
+        population-level ("marginal") R².
+    probs : tuple of float
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row ``R2`` with ``Estimate``, ``Est.Error``, ``Q2.5``, ``Q97.5``.
+    """
+    from .predict import posterior_epred
+
+    if method not in ("model", "residual"):
+        raise LmmbayesError(f"Unknown bayes_r2 method {method!r}; choose 'model' or 'residual'.")
+    require_rows(fit.design, "bayes_r2()", "Compute it on a fit of the data in memory.")
+    mu = posterior_epred(fit, include_groups=include_groups)
+    var_mu = mu.var(axis=1, ddof=1)
+    if method == "model":
+        var_res = stack_draws(np.asarray(fit.idata["posterior"]["sigma"].values)) ** 2
+    else:
+        var_res = (fit.design.y[None, :] - mu).var(axis=1, ddof=1)
+    r2 = var_mu / (var_mu + var_res)
+    return summarise_draws(r2[:, None], pd.Index(["R2"]), probs)
+
+
+__all__ = ["ParetoKWarning", "WAIC", "WAICWarning", "bayes_r2", "log_lik", "loo", "loo_compare", "waic"]

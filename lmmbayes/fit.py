@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ class Fit:
     ----------
     design : Design
         The data as the model saw it (after dropping rows with missing values).
+        For a Dask DataFrame it holds no rows (``design.rows_in_memory`` is
+        False): only the cross-products and statistics the fit needed.
     priors : ResolvedPriors
         The prior of every parameter, user-set or default.
     family : str
@@ -40,7 +43,8 @@ class Fit:
         Chains, draws, tune, seed, target_accept and sampler used.
     idata : xarray.DataTree
         ArviZ DataTree with groups ``posterior`` (brms-named blocks, see
-        :mod:`lmmbayes.posterior`), ``sample_stats`` and ``observed_data``.
+        :mod:`lmmbayes.posterior`), ``sample_stats`` and ``observed_data``
+        (without rows when the design holds none).
     timings : dict
         Seconds spent building, compiling and sampling.
     """
@@ -222,11 +226,11 @@ class Fit:
 
         return plots.plot(self, kind, **kwargs)
 
-    def save(self, path: Any) -> None:
-        """Write the fit to one file; :func:`lmmbayes.load` restores it."""
+    def save(self, path: Any) -> Path:
+        """Write the fit to one file and return its path; :func:`lmmbayes.load` restores it."""
         from .persist import save
 
-        save(self, path)
+        return save(self, path)
 
     def __repr__(self) -> str:
         return (f"<lmmbayes.Fit {self.formula!r}: {self.nobs} observations, {self.engine} engine, "

@@ -55,6 +55,10 @@ def to_datatree(design: Design, raw: dict[str, np.ndarray], effects: dict[str, n
         Engine Deterministics (see :mod:`lmmbayes.engines.common`).
     effects : dict
         Per factor, (C, D, levels, q) draws of the random effects.
+
+    The ``observed_data`` group holds the response the model was fitted to;
+    it has no rows when the design holds none (``design.rows_in_memory`` is
+    False, Dask input).
     """
     b = fixed_draws(raw, design)
     n_chain, n_draw = b.shape[:2]
@@ -76,7 +80,8 @@ def to_datatree(design: Design, raw: dict[str, np.ndarray], effects: dict[str, n
     posterior = xr.Dataset(data, coords=coords, attrs=dict(attrs))
     stats = xr.Dataset({k: (SAMPLE_DIMS, v) for k, v in sample_stats.items()},
                        coords={"chain": coords["chain"], "draw": coords["draw"]})
-    observed = xr.Dataset({"y": (("obs",), design.y)}, coords={"obs": np.arange(design.n_obs)})
+    # A design without rows (Dask input) has an empty y: observed_data then holds no rows.
+    observed = xr.Dataset({"y": (("obs",), design.y)}, coords={"obs": np.arange(design.y.shape[0])})
     return xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats,
                                   "observed_data": observed})
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .design import Design
+from .design import Design, r_mad
 from .distributions import Distribution, callable_distribution, lookup
 from .errors import PriorError
 
@@ -254,14 +254,13 @@ def as_prior_set(priors: Prior | PriorSet | Iterable[Prior] | None) -> PriorSet:
 
 # --- defaults --------------------------------------------------------------
 
-def r_mad(y: np.ndarray) -> float:
-    """R's ``mad()``: 1.4826 times the median absolute deviation from the median."""
-    return float(1.4826 * np.median(np.abs(y - np.median(y))))
-
-
 def default_scale(y: np.ndarray) -> float:
     """brms's data scale: ``max(2.5, mad(y))`` rounded to one decimal."""
-    return round(max(2.5, r_mad(y)), 1)
+    return _scale_from_mad(r_mad(y))
+
+
+def _scale_from_mad(mad: float) -> float:
+    return round(max(2.5, mad), 1)
 
 
 def _default(text: str, class_: str, coef: str = "", group: str = "") -> Prior:
@@ -294,8 +293,9 @@ def slots(design: Design) -> list[Slot]:
 
 def default_priors(design: Design) -> dict[str, Prior]:
     """brms's data-scaled class-level defaults for this response."""
-    scale = format_number(default_scale(design.y))
-    centre = format_number(round(float(np.median(design.y)), 1))
+    # Median and MAD come from the design: a design without rows (Dask input) keeps them.
+    scale = format_number(_scale_from_mad(design.y_mad))
+    centre = format_number(round(design.y_median, 1))
     return {
         "b": _default("flat", "b"),
         "Intercept": _default(f"student_t(3, {centre}, {scale})", "Intercept"),

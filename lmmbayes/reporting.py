@@ -116,7 +116,11 @@ def report(fits: Fit | Sequence[Fit], path: str | Path, *, data: pd.DataFrame | 
         from .compare import loo_compare
 
         names = [f"model {k}: {f.formula}" for k, f in enumerate(items, start=1)]
-        body += ["<h2>Model comparison (PSIS-LOO)</h2>", _table(loo_compare(*items, names=names), "compare")]
+        try:
+            comparison = _table(loo_compare(*items, names=names), "compare")
+        except LmmbayesError as exc:  # e.g. fits of different data, or of a Dask frame
+            comparison = f"<p>Not shown: {html.escape(str(exc))}</p>"
+        body += ["<h2>Model comparison (PSIS-LOO)</h2>", comparison]
     body += [_model_section(k, f) for k, f in enumerate(items, start=1)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style>{_CHECK}</head><body>{''.join(body)}</body></html>")

@@ -80,10 +80,9 @@ def standardise(design: Design, resolved: ResolvedPriors) -> tuple[Design, Resol
     Without an intercept the response is only scaled (a shift could not be
     absorbed by any coefficient).
     """
-    y = design.y
-    spread = float(np.std(y))
+    spread = design.y_sd
     s = spread if spread > 0 and np.isfinite(spread) else 1.0
-    m = float(np.mean(y)) if design.spec.intercept != "none" else 0.0
+    m = design.y_mean if design.spec.intercept != "none" else 0.0
     scale = Scale(m, s)
     mapped = []
     for slot, p in resolved.table:
@@ -91,7 +90,7 @@ def standardise(design: Design, resolved: ResolvedPriors) -> tuple[Design, Resol
         if q is None:
             return design, resolved, Scale()
         mapped.append((slot, q))
-    return replace(design, y=(y - m) / s), ResolvedPriors(tuple(mapped)), scale
+    return design.rescaled_response(m, s), ResolvedPriors(tuple(mapped)), scale
 
 
 def unscale(raw: dict[str, np.ndarray], effects: dict[str, np.ndarray], design: Design,

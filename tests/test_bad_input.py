@@ -113,6 +113,40 @@ CASES = [
 ]
 
 
+_FITTED: dict[str, lb.Fit] = {}
+
+
+def fitted() -> lb.Fit:
+    """One small fit shared by the prediction cases (fitted on first use)."""
+    if "fit" not in _FITTED:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _FITTED["fit"] = lb.fit("y ~ x + cat + (1 | g)", DATA, chains=1, draws=50, tune=50, seed=1,
+                                    progress=False)
+    return _FITTED["fit"]
+
+
+CASES += [
+    # prediction
+    ("newdata missing a predictor", lambda: fitted().predict(pd.DataFrame({"cat": ["a"], "g": ["g1"]})),
+     lb.DataError, ["['x']", "lacks the column"]),
+    ("unseen group level", lambda: fitted().predict(pd.DataFrame({"x": [0.0], "cat": ["a"], "g": ["g9"]})),
+     lb.DataError, ["'g'", "['g9']", "allow_new_levels=True"]),
+    ("unseen categorical level", lambda: fitted().predict(pd.DataFrame({"x": [0.0], "cat": ["z"], "g": ["g1"]})),
+     lb.DataError, ["(z)", "'cat'", "levels seen in training"]),
+    ("newdata with missing values", lambda: fitted().predict(pd.DataFrame({"x": [np.nan], "cat": ["a"], "g": ["g1"]})),
+     lb.DataError, ["['x']", "missing values"]),
+    ("newdata not a frame", lambda: fitted().predict({"x": [0.0]}), lb.DataError, ["pandas or polars"]),
+    ("bad sample_new_levels", lambda: fitted().predict(pd.DataFrame({"x": [0.0], "cat": ["a"], "g": ["g9"]}),
+                                                       allow_new_levels=True, sample_new_levels="old_levels"),
+     lb.LmmbayesError, ["sample_new_levels", "uncertainty"]),
+    ("bad pp_check kind", lambda: fitted().pp_check("violin"), lb.LmmbayesError, ["'violin'", "dens_overlay"]),
+    ("bad plot kind", lambda: fitted().plot("histogram"), lb.LmmbayesError, ["'histogram'", "trace"]),
+    ("unknown sample_prior", lambda: fit(sample_prior="yes"), lb.FitError, ["'yes'", "only"]),
+    ("load a missing file", lambda: lb.load("/nonexistent/fit.lmmb"), lb.FitError, ["Could not read"]),
+]
+
+
 @pytest.mark.parametrize(("label", "call", "error", "needles"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input(label, call, error, needles):
     with warnings.catch_warnings():

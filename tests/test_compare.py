@@ -1,83 +1,182 @@
-"""LOO, WAIC, loo_compare, Bayes R2 and pp_check through the public API."""
+"""Log-likelihood, LOO, WAIC, loo_compare, Bayes R2 and pp_check through the public API.
+
+On the bounce data the two random-effects models of the tutorial must clearly
+beat the linear regression in PSIS-LOO: the counties differ in their mean
+bounce time, which a single regression line cannot express.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from scipy.special import logsumexp  # noqa: E402
+from scipy.stats import norm  # noqa: E402
 
 import lmmbayes as lb  # noqa: E402
 from conftest import TUTORIAL_PRIORS, quiet_fit  # noqa: E402
+from lmmbayes.compare import ParetoKWarning, WAICWarning  # noqa: E402
 
 NO_SD = [p for p in TUTORIAL_PRIORS if p.class_ != "sd"]
+KW = dict(chains=2, draws=300, tune=300, seed=11)
 
 
 @pytest.fixture(scope="module")
-def candidates(bounce, bounce_slope_fit):
-    kw = dict(chains=2, draws=400, tune=400, seed=11)
-    linear = quiet_fit("bounce_time ~ std_age", bounce, NO_SD, **kw)
-    intercept = quiet_fit("bounce_time ~ std_age + (1 | county)", bounce, TUTORIAL_PRIORS, **kw)
-    return {"linear regression": linear, "random intercept": intercept, "random slope": bounce_slope_fit}
+def candidates(bounce, bounce_slope_fit) -> dict[str, lb.Fit]:
+    return {
+        "linear regression": quiet_fit("bounce_time ~ std_age", bounce, NO_SD, **KW),
+        "random intercept": quiet_fit("bounce_time ~ std_age + (1 | county)", bounce, TUTORIAL_PRIORS, **KW),
+        "random intercept and slope": bounce_slope_fit,
+    }
 
 
-def test_log_lik_matches_normal_density(candidates):
-    from scipy.stats import norm
-
-    fit = candidates["linear regression"]
-    ll = fit.log_lik()
-    eta = fit.posterior_epred()
-    sigma = fit.posterior["sigma"].values.reshape(-1, 1)
-    np.testing.assert_allclose(ll.reshape(-1, ll.shape[-1]), norm.logpdf(fit.design.y, eta, sigma), rtol=1e-10)
-    np.testing.assert_allclose(fit.log_lik(chunk_size=7), ll)
+@pytest.fixture(scope="module")
+def comparison(candidates) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ParetoKWarning)  # these models have no influential points
+        return lb.loo_compare(*candidates.values(), names=list(candidates))
 
 
-def test_loo_and_waic_agree(candidates):
+def test_log_lik_is_the_normal_density_given_the_random_effects(candidates):
     fit = candidates["random intercept"]
-    loo, waic = fit.loo(), fit.waic()
-    assert np.isfinite([loo.elpd, loo.se, loo.p]).all()
-    assert abs(loo.elpd - waic.elpd) < 2
-    assert 3 < loo.p < 15  # ~ 2 fixed effects, sigma, sd and 8 partially pooled intercepts
-    assert "elpd_loo" in str(loo) and loo.pareto_k.shape == (613,)
+    ll = fit.log_lik()
+    assert ll.shape == (2, 300, 613)
+    mu = fit.posterior_epred()  # includes each draw's county intercepts
+    sigma = fit.posterior["sigma"].values.reshape(-1, 1)
+    np.testing.assert_allclose(ll.reshape(-1, 613), norm.logpdf(fit.design.y, mu, sigma), rtol=1e-10)
+    np.testing.assert_allclose(fit.log_lik(chunk_size=7), ll, rtol=1e-13)
+    assert "log_likelihood" not in fit.idata.children  # computed on demand, never stored
+    with pytest.raises(lb.LmmbayesError, match="chunk_size"):
+        fit.log_lik(chunk_size=0)
 
 
-def test_random_intercepts_clearly_beat_linear_regression(candidates):
-    table = lb.loo_compare(*candidates.values(), names=list(candidates))
-    assert list(table.columns) == ["elpd_diff", "se_diff", "elpd_loo", "se_elpd_loo", "p_loo", "n_high_k"]
-    assert table["elpd_diff"].iloc[0] == 0
+def test_loo_and_waic_are_finite_and_agree(candidates):
+    fit = candidates["random intercept"]
+    with warnings.catch_warnings():
+        # The loo package's p_waic > 0.4 rule may flag an outlying observation or two.
+        warnings.simplefilter("ignore", WAICWarning)
+        loo, waic = fit.loo(), fit.waic()
+    assert np.isfinite([loo.elpd, loo.se, loo.p, waic.elpd, waic.se, waic.p]).all()
+    assert abs(loo.elpd - waic.elpd) < 1.0 and abs(loo.p - waic.p) < 1.0
+    assert 5 < loo.p < 15  # 2 coefficients, sigma, sd and 8 partially pooled intercepts
+    assert np.asarray(loo.pareto_k).shape == (613,)
+    assert "elpd_loo" in str(loo) and "elpd_waic" in str(waic)
+    assert list(waic.estimates().index) == ["elpd_waic", "p_waic", "waic"]
+    assert waic.waic == pytest.approx(-2 * waic.elpd_waic)
+
+
+def test_waic_by_hand(candidates):
+    fit = candidates["linear regression"]
+    ll = fit.log_lik().reshape(-1, 613)
+    lppd = logsumexp(ll, axis=0) - np.log(ll.shape[0])
+    p = ll.var(axis=0, ddof=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WAICWarning)
+        waic = fit.waic()
+    assert waic.elpd_waic == pytest.approx((lppd - p).sum(), rel=1e-12)
+    assert waic.se_elpd_waic == pytest.approx(np.sqrt(613) * (lppd - p).std(ddof=1), rel=1e-12)
+
+
+def test_random_effects_clearly_beat_the_regression(comparison):
+    table = comparison
+    print("\n" + table.round(2).to_string())
+    assert list(table.columns) == ["elpd_diff", "se_diff", "elpd_loo", "se_elpd_loo", "p_loo", "looic",
+                                   "se_looic", "n_high_k"]
+    assert table["elpd_diff"].iloc[0] == 0 and table["se_diff"].iloc[0] == 0
+    assert (np.diff(table["elpd_loo"].to_numpy()) <= 0).all()  # best first
     assert table.index[-1] == "linear regression"
     worst = table.loc["linear regression"]
     assert worst["elpd_diff"] < -4 * worst["se_diff"]
+    for name in ("random intercept", "random intercept and slope"):
+        assert table.loc[name, "elpd_loo"] - worst["elpd_loo"] > 4 * worst["se_diff"]
+    np.testing.assert_allclose(table["looic"], -2 * table["elpd_loo"])
 
 
-def test_loo_compare_errors(candidates, simulated_fit):
+def test_se_diff_is_the_paired_pointwise_se(candidates, comparison):
+    best = comparison.index[0]
+    a = np.asarray(candidates[best].loo().elpd_i)
+    b = np.asarray(candidates["linear regression"].loo().elpd_i)
+    diff = b - a
+    row = comparison.loc["linear regression"]
+    assert row["elpd_diff"] == pytest.approx(diff.sum(), rel=1e-10)
+    assert row["se_diff"] == pytest.approx(np.sqrt(613) * diff.std(ddof=1), rel=1e-10)
+
+
+def test_loo_compare_defaults_and_errors(candidates, bounce):
+    a, b = candidates["random intercept"], candidates["linear regression"]
+    assert list(lb.loo_compare(a, b).index) == [a.formula, b.formula]
     with pytest.raises(lb.LmmbayesError, match="at least two"):
-        lb.loo_compare(candidates["random intercept"])
-    with pytest.raises(lb.LmmbayesError, match="different data"):
-        lb.loo_compare(candidates["random intercept"], simulated_fit)
-    with pytest.raises(lb.LmmbayesError, match="one distinct name"):
-        lb.loo_compare(*candidates.values(), names=["a", "a", "b"])
+        lb.loo_compare(a)
+    with pytest.raises(lb.LmmbayesError, match="one distinct string per fit"):
+        lb.loo_compare(a, b, names=["x", "x"])
+    with pytest.raises(lb.LmmbayesError, match="Fit objects"):
+        lb.loo_compare(a, "b")
+    other = quiet_fit("bounce_time ~ std_age", bounce.iloc[:500], NO_SD, sample_prior="only", draws=50, seed=1)
+    with pytest.raises(lb.DataError, match=r"fitted to different data \(500 vs 613 observations"):
+        lb.loo_compare(a, other)
+    shifted = quiet_fit("bounce_time ~ std_age", bounce.assign(bounce_time=bounce["bounce_time"] + 1), NO_SD,
+                        sample_prior="only", draws=50, seed=1)
+    with pytest.raises(lb.DataError, match="different responses"):
+        lb.loo_compare(a, shifted)
+
+
+def test_pareto_k_warning_names_the_model(bounce):
+    # Draws from the prior explain the data badly: some observations dominate their weights.
+    prior_only = quiet_fit("bounce_time ~ std_age", bounce, NO_SD, sample_prior="only", draws=100, seed=1)
+    with pytest.warns(ParetoKWarning, match=r"Model 'bounce_time ~ std_age': \d+ of 613 observations have "
+                                            r"Pareto k > 0.7"):
+        prior_only.loo()
+    assert issubclass(ParetoKWarning, lb.LmmbayesWarning)
 
 
 def test_bayes_r2(candidates):
-    r2 = {k: f.bayes_r2().loc["R2", "Estimate"] for k, f in candidates.items()}
-    assert all(0 < v < 1 for v in r2.values())
-    assert r2["random intercept"] > r2["linear regression"] + 0.3
+    r2 = {name: fit.bayes_r2() for name, fit in candidates.items()}
+    for table in r2.values():
+        assert list(table.index) == ["R2"] and list(table.columns) == ["Estimate", "Est.Error", "Q2.5", "Q97.5"]
+        assert 0 < table.loc["R2", "Q2.5"] <= table.loc["R2", "Q97.5"] < 1
+    assert r2["random intercept"].loc["R2", "Estimate"] > r2["linear regression"].loc["R2", "Estimate"] + 0.3
+    fit = candidates["random intercept"]
+    residual = fit.bayes_r2(method="residual").loc["R2", "Estimate"]
+    assert residual == pytest.approx(r2["random intercept"].loc["R2", "Estimate"], abs=0.05)
+    # without the county intercepts the model explains little (the marginal R2)
+    assert fit.bayes_r2(include_groups=False).loc["R2", "Estimate"] < 0.5 * r2["random intercept"].loc["R2", "Estimate"]
+    with pytest.raises(lb.LmmbayesError, match="'model' or 'residual'"):
+        fit.bayes_r2(method="loo")
 
 
-@pytest.mark.parametrize(("kind", "axes", "lines"), [("dens_overlay", 1, 20 + 2), ("hist", 9, None), ("stat", 1, 1)])
-def test_pp_check(candidates, kind, axes, lines):
+@pytest.mark.parametrize(("kind", "n_axes", "n_lines"), [("dens_overlay", 1, 20 + 1), ("hist", 9, 0),
+                                                          ("stat", 1, 1)])
+def test_pp_check_figures(candidates, kind, n_axes, n_lines):
     fig = candidates["random intercept"].pp_check(kind, ndraws=20, seed=1)
-    assert len(fig.axes) == axes
-    if lines is not None:
-        assert len(fig.axes[0].lines) == lines
+    try:
+        assert len(fig.axes) == n_axes
+        assert len(fig.axes[0].lines) == n_lines
+        if kind == "dens_overlay":  # observed: one thick line drawn last, over thin replicates
+            widths = [line.get_linewidth() for line in fig.axes[0].lines]
+            assert widths[-1] > 3 * max(widths[:-1])
+        else:
+            assert len(fig.axes[0].patches) > 0
+    finally:
+        plt.close(fig)
+
+
+def test_pp_check_options_and_errors(candidates):
+    fit = candidates["random intercept"]
+    fig = fit.pp_check("hist", ndraws=3, seed=1)
+    assert len(fig.axes) == 4
     plt.close(fig)
-
-
-def test_pp_check_errors(candidates):
-    with pytest.raises(lb.LmmbayesError, match="dens_overlay"):
-        candidates["random intercept"].pp_check("violin")
-    with pytest.raises(lb.LmmbayesError, match="ndraws"):
-        candidates["random intercept"].pp_check(ndraws=0)
+    fig = fit.pp_check("stat", ndraws=None, stat="sd", seed=1)
+    assert "sd(y)" in fig.axes[0].get_legend_handles_labels()[1][1]
+    plt.close(fig)
+    with pytest.raises(lb.LmmbayesError, match=r"Unknown pp_check kind 'violin'.*'dens_overlay', 'hist', 'stat'"):
+        fit.pp_check("violin")
+    with pytest.raises(lb.LmmbayesError, match="Unknown stat 'kurtosis'"):
+        fit.pp_check("stat", stat="kurtosis")
+    with pytest.raises(lb.LmmbayesError, match="ndraws must be a positive integer"):
+        fit.pp_check(ndraws=0)

@@ -1,6 +1,15 @@
-"""Prediction through the public API: shapes, agreement with fitted values, new levels, errors."""
+"""Prediction through the public API: shapes, agreement with fitted values computed
+independently from posterior means, population-only predictions, new levels, errors,
+and that the user's data frame is never modified.
+
+One sampled fit (the session's ``bounce_slope_fit``) plus fits with
+``sample_prior="only"``, which need no sampler and no compilation, for designs
+with categorical predictors, transforms and several grouping factors.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -8,86 +17,192 @@ import pytest
 
 import lmmbayes as lb
 
+N_DRAWS = 2 * 400  # bounce_slope_fit: 2 chains of 400 draws
+
 
 @pytest.fixture(scope="module")
-def newdata():
-    return pd.DataFrame({"std_age": [-1.0, 0.0, 1.5], "county": ["kent", "devon", "kent"]})
+def newdata() -> pd.DataFrame:
+    # A non-default index: tables must keep it so rows can be joined back.
+    return pd.DataFrame({"std_age": [-1.0, 0.0, 1.5], "county": ["kent", "devon", "kent"]},
+                        index=["a", "b", "c"])
 
 
-def test_shapes(bounce_slope_fit, newdata):
-    n_draws = 2 * 400
-    assert bounce_slope_fit.posterior_epred().shape == (n_draws, 613)
-    assert bounce_slope_fit.posterior_predict(newdata, seed=1).shape == (n_draws, 3)
-    assert bounce_slope_fit.posterior_predict(newdata, draws=50, seed=1).shape == (50, 3)
-    table = bounce_slope_fit.predict(newdata, seed=1)
-    assert list(table.columns) == ["Estimate", "Est.Error", "Q2.5", "Q97.5"] and len(table) == 3
+@pytest.fixture(scope="module")
+def mixed() -> tuple[lb.Fit, pd.DataFrame]:
+    """A prior-only fit of a design with a categorical predictor, a transform, nesting and ``||``."""
+    rng = np.random.default_rng(3)
+    n = 150
+    data = pd.DataFrame({
+        "y": rng.normal(size=n), "x": rng.normal(size=n),
+        "cat": rng.choice(["a", "b", "c"], n), "g": rng.choice([1, 2, 30], n),
+        "site": rng.choice(["N", "S"], n), "plot": rng.choice(["p_1", "p2"], n),
+    })
+    priors = [lb.prior("normal(0, 1)", class_="b"), lb.prior("normal(0, 1)", class_="Intercept"),
+              lb.prior("exponential(1)", class_="sd"), lb.prior("exponential(1)", class_="sigma")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.LmmbayesWarning)
+        fit = lb.fit("y ~ x + cat + scale(x) + (1 + x || g) + (1 | site/plot)", data, priors,
+                     sample_prior="only", draws=300, seed=4)
+    return fit, data
 
 
-def test_epred_mean_equals_fitted_values_from_posterior_means(bounce_slope_fit, bounce):
-    """The model is linear, so the mean of epred is the fitted value at the posterior means."""
-    post = bounce_slope_fit.posterior
+def _posterior_mean_prediction(fit: lb.Fit, frame: pd.DataFrame) -> np.ndarray:
+    """mu at the posterior means, from the draws and the data alone (no lmmbayes prediction code)."""
+    post = fit.posterior
     b = post["b"].mean(("chain", "draw")).values
     r = post["r_county"].mean(("chain", "draw")).values
-    levels = list(post["county__level"].values)
-    g = bounce["county"].map({lev: k for k, lev in enumerate(levels)}).to_numpy()
-    x = bounce["std_age"].to_numpy()
-    expected = b[0] + b[1] * x + r[g, 0] + r[g, 1] * x
+    levels = [str(v) for v in post["county__level"].values]
+    g = frame["county"].map({lev: k for k, lev in enumerate(levels)}).to_numpy()
+    x = frame["std_age"].to_numpy()
+    return b[0] + b[1] * x + r[g, 0] + r[g, 1] * x
+
+
+def test_shapes_and_tables(bounce_slope_fit, newdata):
+    assert bounce_slope_fit.posterior_epred().shape == (N_DRAWS, 613)
+    assert bounce_slope_fit.posterior_predict(newdata, seed=1).shape == (N_DRAWS, 3)
+    assert bounce_slope_fit.posterior_epred(newdata, draws=50).shape == (50, 3)
+    assert bounce_slope_fit.posterior_epred(newdata, draws=[0, 5, 799]).shape == (3, 3)
+    for table in (bounce_slope_fit.predict(newdata, seed=1), bounce_slope_fit.fitted(newdata)):
+        assert list(table.columns) == ["Estimate", "Est.Error", "Q2.5", "Q97.5"]
+        assert list(table.index) == ["a", "b", "c"]
+        assert (table["Q2.5"] < table["Estimate"]).all() and (table["Estimate"] < table["Q97.5"]).all()
+    assert len(bounce_slope_fit.fitted()) == 613
+
+
+def test_epred_mean_equals_fitted_values_at_posterior_means(bounce_slope_fit, bounce):
+    """mu is linear in the parameters, so its posterior mean is mu at the posterior means."""
+    expected = _posterior_mean_prediction(bounce_slope_fit, bounce)
     np.testing.assert_allclose(bounce_slope_fit.posterior_epred().mean(axis=0), expected, rtol=1e-10)
     np.testing.assert_allclose(bounce_slope_fit.fitted()["Estimate"], expected, rtol=1e-10)
 
 
-def test_newdata_equals_training_rows(bounce_slope_fit, bounce):
-    first = bounce.iloc[:5]
-    np.testing.assert_allclose(bounce_slope_fit.posterior_epred(first),
-                               bounce_slope_fit.posterior_epred()[:, :5], rtol=1e-12)
+def test_newdata_rows_equal_training_rows(bounce_slope_fit, bounce):
+    rows = bounce.iloc[[0, 100, 612]]
+    np.testing.assert_allclose(bounce_slope_fit.posterior_epred(rows),
+                               bounce_slope_fit.posterior_epred()[:, [0, 100, 612]], rtol=1e-12)
+    np.testing.assert_allclose(bounce_slope_fit.posterior_epred(rows).mean(axis=0),
+                               _posterior_mean_prediction(bounce_slope_fit, rows), rtol=1e-10)
+
+
+def test_draw_subsets(bounce_slope_fit, newdata):
+    full = bounce_slope_fit.posterior_epred(newdata)
+    np.testing.assert_array_equal(bounce_slope_fit.posterior_epred(newdata, draws=[3, 7]), full[[3, 7]])
+    np.testing.assert_array_equal(bounce_slope_fit.posterior_epred(newdata, draws=40),
+                                  bounce_slope_fit.posterior_epred(newdata, draws=40))
+    with pytest.raises(lb.LmmbayesError, match="draws must be between 1 and the 800"):
+        bounce_slope_fit.posterior_epred(newdata, draws=0)
+    with pytest.raises(lb.LmmbayesError, match="draws must be"):
+        bounce_slope_fit.posterior_epred(newdata, draws=[800])
 
 
 def test_population_only_predictions(bounce_slope_fit, newdata):
-    eta = bounce_slope_fit.posterior_epred(newdata, include_groups=False)
     b = bounce_slope_fit.posterior["b"].values.reshape(-1, 2)
-    np.testing.assert_allclose(eta, b[:, :1] + b[:, 1:] * newdata["std_age"].to_numpy()[None], rtol=1e-12)
-    # without the county column at all
-    eta2 = bounce_slope_fit.posterior_epred(newdata[["std_age"]], include_groups=False)
-    np.testing.assert_allclose(eta, eta2)
+    expected = b[:, :1] + b[:, 1:] * newdata["std_age"].to_numpy()[None, :]
+    mu = bounce_slope_fit.posterior_epred(newdata, include_groups=False)
+    np.testing.assert_allclose(mu, expected, rtol=1e-12)
+    # the grouping column is not needed then, and new levels do not matter
+    np.testing.assert_allclose(bounce_slope_fit.posterior_epred(newdata[["std_age"]], include_groups=False), mu)
+    np.testing.assert_allclose(
+        bounce_slope_fit.posterior_epred(newdata.assign(county="nowhere"), include_groups=False), mu)
+    np.testing.assert_array_equal(bounce_slope_fit.posterior_epred(newdata, include_groups=["county"]),
+                                  bounce_slope_fit.posterior_epred(newdata))
 
 
-def test_new_levels(bounce_slope_fit):
+def test_new_levels_need_permission(bounce_slope_fit):
     new = pd.DataFrame({"std_age": [0.0, 0.0], "county": ["rutland", "kent"]})
-    with pytest.raises(lb.DataError, match=r"not seen in training: \['rutland'\].*allow_new_levels=True"):
+    with pytest.raises(lb.DataError, match=r"factor 'county': \['rutland'\].*known levels: \[.*'kent'.*"
+                                           r"allow_new_levels=True"):
         bounce_slope_fit.posterior_epred(new)
-    for how in ("uncertainty", "gaussian"):
-        eta = bounce_slope_fit.posterior_epred(new, allow_new_levels=True, sample_new_levels=how, seed=2)
-        assert np.isfinite(eta).all()
-        # a new county is far less certain than a known one
-        assert eta[:, 0].std() > 3 * eta[:, 1].std()
-    with pytest.raises(lb.LmmbayesError, match="sample_new_levels"):
-        bounce_slope_fit.posterior_epred(new, allow_new_levels=True, sample_new_levels="old")
+    with pytest.raises(lb.LmmbayesError, match=r"sample_new_levels.*'uncertainty', 'gaussian'"):
+        bounce_slope_fit.posterior_epred(new, allow_new_levels=True, sample_new_levels="newest")
 
 
-def test_prediction_errors(bounce_slope_fit, simulated_fit):
-    with pytest.raises(lb.DataError, match=r"lacks the column\(s\) \['std_age'\]"):
-        bounce_slope_fit.predict(pd.DataFrame({"county": ["kent"]}))
-    with pytest.raises(lb.DataError, match=r"missing values in \['std_age'\]"):
-        bounce_slope_fit.predict(pd.DataFrame({"std_age": [np.nan], "county": ["kent"]}))
-    with pytest.raises(lb.DataError, match="pandas or polars"):
-        bounce_slope_fit.predict([[1.0, "kent"]])
-    with pytest.raises(lb.DataError, match=r"levels \(d\) in 'cat'"):
-        simulated_fit.predict(pd.DataFrame({"x": [0.0], "cat": ["d"], "g": ["g01"]}))
-    with pytest.raises(lb.LmmbayesError, match="unknown grouping factors"):
-        bounce_slope_fit.predict(pd.DataFrame({"std_age": [0.0]}), include_groups=["region"])
-    with pytest.raises(lb.LmmbayesError, match="draws must be an integer"):
-        bounce_slope_fit.predict(draws=0)
+@pytest.mark.parametrize("how", ["uncertainty", "gaussian"])
+def test_new_levels_are_more_uncertain(bounce_slope_fit, how):
+    new = pd.DataFrame({"std_age": [0.0, 0.0, 0.5, 0.0], "county": ["rutland", "kent", "rutland", "york"]})
+    mu = bounce_slope_fit.posterior_epred(new, allow_new_levels=True, sample_new_levels=how, seed=2)
+    assert np.isfinite(mu).all()
+    # a new county is far less certain than a known one
+    assert mu[:, 0].std() > 3 * mu[:, 1].std()
+    np.testing.assert_array_equal(
+        mu, bounce_slope_fit.posterior_epred(new, allow_new_levels=True, sample_new_levels=how, seed=2))
+    # rows of one new level share its effects; another new level gets its own
+    b = bounce_slope_fit.posterior["b"].values.reshape(-1, 2)
+    r0 = mu[:, 0] - b[:, 0]
+    assert not np.allclose(r0, mu[:, 3] - b[:, 0])
+    assert np.corrcoef(r0, mu[:, 2] - b[:, 0] - 0.5 * b[:, 1])[0, 1] > 0.5
 
 
-def test_prediction_leaves_newdata_unchanged(bounce_slope_fit, newdata):
-    before = newdata.copy(deep=True)
-    bounce_slope_fit.predict(newdata, seed=1)
-    bounce_slope_fit.posterior_epred(newdata.assign(county=["a", "b", "c"]), allow_new_levels=True, seed=1)
-    pd.testing.assert_frame_equal(newdata, before)
+def test_gaussian_new_levels_follow_the_fitted_distribution(bounce_slope_fit):
+    """With std_age = 0 a new level's effect is its intercept, N(0, sd_Intercept^2) per draw."""
+    new = pd.DataFrame({"std_age": [0.0], "county": ["rutland"]})
+    mu = bounce_slope_fit.posterior_epred(new, allow_new_levels=True, sample_new_levels="gaussian", seed=5)
+    effect = mu[:, 0] - bounce_slope_fit.posterior_epred(new, include_groups=False)[:, 0]
+    sd = bounce_slope_fit.posterior["sd_county"].sel({"county__term": "Intercept"}).values.reshape(-1)
+    z = effect / sd  # standard normal if the draws use each draw's sd
+    assert abs(z.mean()) < 0.15 and z.std() == pytest.approx(1.0, abs=0.1)
 
 
 def test_predict_adds_residual_noise(bounce_slope_fit, newdata):
-    fitted, predicted = bounce_slope_fit.fitted(newdata), bounce_slope_fit.predict(newdata, seed=1)
+    fitted = bounce_slope_fit.fitted(newdata)
+    predicted = bounce_slope_fit.predict(newdata, seed=1)
     sigma = bounce_slope_fit.posterior_summary().loc["sigma", "Estimate"]
     assert (predicted["Est.Error"] > fitted["Est.Error"]).all()
-    assert predicted["Est.Error"].iloc[0] == pytest.approx(np.hypot(sigma, fitted["Est.Error"].iloc[0]), rel=0.15)
+    np.testing.assert_allclose(predicted["Est.Error"], np.hypot(sigma, fitted["Est.Error"]), rtol=0.12)
+    np.testing.assert_allclose(predicted["Estimate"], fitted["Estimate"], atol=2.0)
+
+
+def test_prediction_errors(bounce_slope_fit):
+    with pytest.raises(lb.DataError, match=r"lacks the column\(s\) \['std_age'\].*'std_age': population-level"):
+        bounce_slope_fit.predict(pd.DataFrame({"county": ["kent"]}))
+    with pytest.raises(lb.DataError, match=r"lacks the column\(s\) \['county'\].*'county': grouping factor 'county'"
+                                           r".*include_groups=False"):
+        bounce_slope_fit.fitted(pd.DataFrame({"std_age": [1.0]}))
+    with pytest.raises(lb.DataError, match=r"missing values in \['std_age'\] \('std_age': 1 of 2 rows\)"):
+        bounce_slope_fit.fitted(pd.DataFrame({"std_age": [np.nan, 1.0], "county": ["kent", "kent"]}))
+    with pytest.raises(lb.DataError, match="must be a pandas or polars DataFrame.*got list"):
+        bounce_slope_fit.posterior_epred([[1.0, "kent"]])
+    with pytest.raises(lb.DataError, match="no rows"):
+        bounce_slope_fit.fitted(pd.DataFrame({"std_age": [], "county": []}))
+    with pytest.raises(lb.LmmbayesError, match=r"unknown grouping factor\(s\) \['region'\].*\['county'\]"):
+        bounce_slope_fit.fitted(pd.DataFrame({"std_age": [0.0]}), include_groups=["region"])
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        bounce_slope_fit.fitted(re_formula=None)
+
+
+def test_unseen_categorical_level(mixed):
+    fit, data = mixed
+    row = pd.DataFrame({"x": [0.3], "cat": ["z"], "g": [2], "site": ["N"], "plot": ["p2"]})
+    with pytest.raises(lb.DataError, match=r"column 'cat' has level\(s\) \(z\).*levels seen in training: \['a', 'b', 'c'\]"):
+        fit.posterior_epred(row)
+    assert fit.posterior_epred(row.assign(cat="b")).shape == (300, 1)
+
+
+def test_mixed_design_matches_its_training_rows(mixed):
+    """Transforms (scale) reuse the training mean and SD; nested and || factors map their levels."""
+    fit, data = mixed
+    rows = data.iloc[[0, 7, 42, 149]]
+    np.testing.assert_allclose(fit.posterior_epred(rows), fit.posterior_epred()[:, [0, 7, 42, 149]], rtol=1e-12)
+    factors = {f.name for f in fit.design.factors}
+    assert factors == {"g", "site", "site:plot"}
+    # a new plot inside a known site: only the site:plot level is new
+    new = rows.iloc[[0]].assign(plot="p9")
+    with pytest.raises(lb.DataError, match=r"factor 'site:plot': \['(N|S)_p9'\]"):
+        fit.posterior_epred(new)
+    assert np.isfinite(fit.posterior_epred(new, allow_new_levels=True, seed=1)).all()
+    np.testing.assert_allclose(fit.posterior_epred(new, include_groups=["g", "site"]),
+                               fit.posterior_epred(rows.iloc[[0]], include_groups=["g", "site"]))
+
+
+def test_users_frame_is_unchanged(bounce_slope_fit, newdata, mixed):
+    before = newdata.copy(deep=True)
+    bounce_slope_fit.predict(newdata, seed=1)
+    bounce_slope_fit.fitted(newdata, include_groups=False)
+    bounce_slope_fit.posterior_epred(newdata.assign(county=["x", "y", "z"]), allow_new_levels=True, seed=1)
+    pd.testing.assert_frame_equal(newdata, before)
+    fit, data = mixed
+    frame = data.iloc[:5].copy()
+    frame["cat"] = frame["cat"].astype("category")
+    snapshot = frame.copy(deep=True)
+    fit.predict(frame, seed=1)
+    pd.testing.assert_frame_equal(frame, snapshot)

@@ -12,8 +12,11 @@ random effects are then drawn exactly, one independent draw per posterior
 draw: ``u | y ~ N(A⁻¹c/σ², A⁻¹)``, ``b = Λu``.
 
 Here ``W`` is ``[1, X − x̄]`` (the centred intercept is a column of ones)
-and the data are reduced once, in numpy, to per-level cross-products. Three
-structures of ``A`` are handled:
+and the data are reduced once to per-level cross-products
+(:mod:`lmmbayes.crossprod`): here in numpy for an in-memory design, or
+partition by partition on Dask (:mod:`lmmbayes.distributed`), which hands
+over a design that holds only the sums. Three structures of ``A`` are
+handled:
 
 - :class:`OneFactor` (one grouping factor): one q × q block per level;
 - :class:`NestedPair` (two factors, one nested in the other, ``(1|a/b)``):
@@ -36,7 +39,9 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from ..design import Design, Factor
+from .. import crossprod
+from ..crossprod import Layout, RowSums, design_sums, layout_of
+from ..design import Design
 from ..errors import FitError
 from ..posterior import scale_draws
 from ..priors import ResolvedPriors
@@ -50,7 +55,7 @@ UNROLL_MAX = 6
 
 #: Largest total number of random effects for the dense fallback (crossed
 #: factors): every gradient costs a dense m × m Cholesky (about 1 ms at m = 200).
-DENSE_MAX = 500
+DENSE_MAX = crossprod.DENSE_MAX
 
 #: Target number of floats per temporary array when drawing random effects.
 _CHUNK_FLOATS = 2_000_000
@@ -58,25 +63,17 @@ _CHUNK_FLOATS = 2_000_000
 Tensor = Any  # a PyTensor variable or a numpy array
 
 
-# -- data reduction (numpy, once) ----------------------------------------------
-
-
-def _group_sums(index: np.ndarray, n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """(n, a, b) sums over rows of ``left[i, :, None] * right[i, None, :]`` per level ``index[i]``."""
-    out = np.empty((n, left.shape[1], right.shape[1]))
-    for i in range(left.shape[1]):
-        for j in range(right.shape[1]):
-            out[:, i, j] = np.bincount(index, weights=left[:, i] * right[:, j], minlength=n)
-    return out
+# -- data reduction: from row sums to the likelihood's cross-products ------------------
 
 
 def fixed_columns(design: Design) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """W, the shifted response and the shift of β.
+    """W, the shifted response and the shift of β, for an in-memory design.
 
     ``W = [1, X − x̄]`` with a centred intercept (so β = (Intercept_c, b_c)),
     else ``X``. With a centred intercept y is centred at its mean and the
     shift moved onto the intercept, so that r'r = y'y − 2β'W'y + β'W'Wβ does
-    not lose digits to cancellation when y sits far from zero.
+    not lose digits to cancellation when y sits far from zero. The engine
+    itself takes the same quantities from :class:`~lmmbayes.crossprod.RowSums`.
 
     Returns
     -------
@@ -111,10 +108,6 @@ class FixedCrossProducts:
     yty: float
     shift: np.ndarray
 
-    @classmethod
-    def reduce(cls, W: np.ndarray, y: np.ndarray, shift: np.ndarray) -> FixedCrossProducts:
-        return cls(int(y.shape[0]), W.T @ W, W.T @ y, float(y @ y), shift)
-
     def residual_ss(self, beta: Tensor) -> Tensor:
         """r'r for coefficients ``beta`` (already shifted)."""
         return self.yty - 2.0 * pt.dot(beta, self.Wty) + pt.dot(beta, pt.dot(self.WtW, beta))
@@ -144,15 +137,27 @@ class FactorCrossProducts:
     def q(self) -> int:
         return self.ZtZ.shape[1]
 
-    @classmethod
-    def reduce(cls, f: Factor, W: np.ndarray, y: np.ndarray) -> FactorCrossProducts:
-        G = f.n_levels
-        return cls(
-            f.name,
-            _group_sums(f.index, G, f.Z, f.Z),
-            _group_sums(f.index, G, f.Z, W),
-            _group_sums(f.index, G, f.Z, y[:, None])[..., 0],
-        )
+
+def _w_columns(centred: bool, p: int) -> slice:
+    """Columns of ``v = [1, x − c, y − c_y]`` that make W: the ones only with a centred intercept."""
+    return slice(0, p + 1) if centred else slice(1, p + 1)
+
+
+def _centred_sums(sums: RowSums, centred: bool) -> tuple[RowSums, np.ndarray]:
+    """The sums shifted as :func:`fixed_columns` shifts W and y, and the shift of β.
+
+    With a centred intercept the columns are centred at their means and the
+    response's mean moves onto the intercept; otherwise nothing is shifted.
+    """
+    p = sums.shift.size - 1
+    if not centred:
+        return sums.recentred(np.zeros(p + 1)), np.zeros(p)
+    means = sums.means
+    beta_shift = np.zeros(p + 1)
+    beta_shift[0] = means[-1]
+    return sums.recentred(means), beta_shift
+
+
 
 
 # -- small batched linear algebra (PyTensor) -------------------------------------
@@ -212,26 +217,67 @@ def _segment_sum(values: Tensor, segment: np.ndarray, n: int) -> Tensor:
 # -- small batched linear algebra (numpy, for the exact draws) --------------------
 
 
+# For q <= UNROLL_MAX these are written out entry by entry, elementwise over the
+# batch: numpy's batched LAPACK calls cost microseconds per tiny matrix, which for
+# 4000 draws x 1000 levels made the exact draws take longer than sampling.
+
+
+def _np_cholesky(A: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factors of a batch (..., q, q) of positive definite matrices."""
+    q = A.shape[-1]
+    if q > UNROLL_MAX:
+        return np.linalg.cholesky(A)
+    L = np.zeros_like(A)
+    for j in range(q):
+        L[..., j, j] = np.sqrt(A[..., j, j] - (L[..., j, :j] ** 2).sum(axis=-1))
+        for i in range(j + 1, q):
+            L[..., i, j] = (A[..., i, j] - (L[..., i, :j] * L[..., j, :j]).sum(axis=-1)) / L[..., j, j]
+    return L
+
+
 def _np_solve_lower(L: np.ndarray, b: np.ndarray) -> np.ndarray:
     """L⁻¹b for batches of lower-triangular L (..., q, q) and b (..., q) or (..., q, r)."""
-    if b.ndim == L.ndim - 1:
-        return np.linalg.solve(L, b[..., None])[..., 0]
-    return np.linalg.solve(L, b)
+    vector = b.ndim == L.ndim - 1
+    q = L.shape[-1]
+    if q > UNROLL_MAX:
+        return np.linalg.solve(L, b[..., None])[..., 0] if vector else np.linalg.solve(L, b)
+    B = b[..., None] if vector else b
+    x = np.empty(np.broadcast_shapes(B.shape, L.shape[:-1] + B.shape[-1:]))
+    for i in range(q):
+        x[..., i, :] = (B[..., i, :] - (L[..., i, :i, None] * x[..., :i, :]).sum(axis=-2)) / L[..., i, i, None]
+    return x[..., 0] if vector else x
 
 
 def _np_solve_upper_t(L: np.ndarray, b: np.ndarray) -> np.ndarray:
     """L'⁻¹b for batches of lower-triangular L and vectors b."""
-    return np.linalg.solve(np.swapaxes(L, -1, -2), b[..., None])[..., 0]
+    q = L.shape[-1]
+    if q > UNROLL_MAX:
+        return np.linalg.solve(np.swapaxes(L, -1, -2), b[..., None])[..., 0]
+    x = np.empty(np.broadcast_shapes(b.shape, L.shape[:-1]))
+    for i in reversed(range(q)):
+        x[..., i] = (b[..., i] - (L[..., i + 1:, i] * x[..., i + 1:]).sum(axis=-1)) / L[..., i, i]
+    return x
 
 
 def _np_c(f: FactorCrossProducts, beta: np.ndarray, lam: np.ndarray, s2: np.ndarray) -> np.ndarray:
     """(s, G, q) c/σ² = Λ'(Z'y − Z'Wβ)/σ² per draw and level."""
-    return np.einsum("sgk,skj->sgj", f.Zty - np.einsum("gkp,sp->sgk", f.ZtW, beta), lam) / s2
+    r = f.Zty - np.tensordot(beta, f.ZtW, axes=([1], [2]))  # (s, G, q)
+    return np.matmul(r, lam) / s2
 
 
 def _np_gram(ZtZ: np.ndarray, left: np.ndarray, right: np.ndarray, s2: np.ndarray) -> np.ndarray:
     """(s, G, q_l, q_r) left' ZtZ_g right / σ² per draw and level."""
-    return np.einsum("skj,gkl,slm->sgjm", left, ZtZ, right, optimize=True) / s2[..., None]
+    (G, a, b), q_l, q_r = ZtZ.shape, left.shape[-1], right.shape[-1]
+    if max(a, b) > UNROLL_MAX:
+        inner = np.matmul(ZtZ[None], right[:, None])  # (s, G, a, q_r)
+        return np.matmul(np.swapaxes(left, -1, -2)[:, None], inner) / s2[..., None]
+    Z = np.moveaxis(ZtZ, 0, -1)  # (a, b, G): each entry contiguous over levels
+    inner = [[sum(Z[k, l] * right[:, l, m, None] for l in range(b)) for m in range(q_r)] for k in range(a)]
+    out = np.empty((left.shape[0], G, q_l, q_r))
+    for j in range(q_l):
+        for m in range(q_r):
+            out[:, :, j, m] = sum(left[:, k, j, None] * inner[k][m] for k in range(a))
+    return out / s2[..., None]
 
 
 def _chunks(n_draws: int, floats_per_draw: int):
@@ -265,9 +311,9 @@ class OneFactor:
         for s in _chunks(beta.shape[0], f.n_levels * f.q * (f.q + 4)):
             lam, s2 = scales[f.name][s], sigma[s, None, None] ** 2
             c = _np_c(f, beta[s] - self.fixed.shift, lam, s2)
-            L = np.linalg.cholesky(np.eye(f.q) + _np_gram(f.ZtZ, lam, lam, s2))
+            L = _np_cholesky(np.eye(f.q) + _np_gram(f.ZtZ, lam, lam, s2))
             u = _np_solve_upper_t(L, _np_solve_lower(L, c) + rng.standard_normal(c.shape))
-            out[s] = np.einsum("sjk,sgk->sgj", lam, u)
+            out[s] = np.matmul(u, np.swapaxes(lam, -1, -2))  # b_g = Λ u_g
         return {f.name: out}
 
 
@@ -317,7 +363,7 @@ class NestedPair:
         for s in _chunks(n, per_draw):
             la, lb, s2 = scales[a.name][s], scales[b.name][s], sigma[s, None, None] ** 2
             bt = beta[s] - self.fixed.shift
-            L_b = np.linalg.cholesky(np.eye(b.q) + _np_gram(b.ZtZ, lb, lb, s2))
+            L_b = _np_cholesky(np.eye(b.q) + _np_gram(b.ZtZ, lb, lb, s2))
             Mt = _np_solve_lower(L_b, _np_gram(self.ZbZa, lb, la, s2))  # (s, G_b, q_b, q_a)
             w_b = _np_solve_lower(L_b, _np_c(b, bt, lb, s2))
             # Schur complement and its right-hand side, summed over each outer level's inner levels.
@@ -326,7 +372,7 @@ class NestedPair:
             d = _np_c(a, bt, la, s2)
             np.add.at(d, (slice(None), self.parent), -np.einsum("sgki,sgk->sgi", Mt, w_b))
             w_b += rng.standard_normal(w_b.shape)  # w = L⁻¹c/σ² + z, then u = L'⁻¹w
-            L_S = np.linalg.cholesky(S)
+            L_S = _np_cholesky(S)
             w_a = _np_solve_lower(L_S, d) + rng.standard_normal(d.shape)
             u_a = _np_solve_upper_t(L_S, w_a)
             u_b = _np_solve_upper_t(L_b, w_b - np.einsum("sgki,sgi->sgk", Mt, u_a[:, self.parent]))
@@ -352,22 +398,27 @@ class DenseEffects:
     Zty: np.ndarray  # (m,)
 
     @classmethod
-    def reduce(cls, fixed: FixedCrossProducts, factors: tuple[Factor, ...], W: np.ndarray,
-               y: np.ndarray) -> DenseEffects:
-        rows = []
-        for f in factors:
-            cols = []
-            for h in factors:
-                # Level pairs (l_f, l_h) as one combined index: a block of Z'Z.
-                pair = f.index * h.n_levels + h.index
-                block = _group_sums(pair, f.n_levels * h.n_levels, f.Z, h.Z)
-                block = block.reshape(f.n_levels, h.n_levels, len(f.terms), len(h.terms))
-                cols.append(block.transpose(0, 2, 1, 3).reshape(f.n_levels * len(f.terms), -1))
-            rows.append(np.concatenate(cols, axis=1))
-        ZtW = [_group_sums(f.index, f.n_levels, f.Z, W).reshape(-1, W.shape[1]) for f in factors]
-        Zty = [_group_sums(f.index, f.n_levels, f.Z, y[:, None]).reshape(-1) for f in factors]
-        return cls(fixed, tuple(f.name for f in factors), tuple((f.n_levels, len(f.terms)) for f in factors),
-                   np.concatenate(rows, axis=0), np.concatenate(ZtW, axis=0), np.concatenate(Zty))
+    def from_sums(cls, fixed: FixedCrossProducts, names: tuple[str, ...], sums: RowSums,
+                  w: slice) -> DenseEffects:
+        """Assemble the dense Z'Z from per-level sums (its diagonal blocks) and pair sums."""
+        shapes = tuple((f.ZtZ.shape[0], f.ZtZ.shape[1]) for f in sums.factors)
+        sizes = [G * q for G, q in shapes]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        ZtZ = np.zeros((offsets[-1], offsets[-1]))
+        for k, f in enumerate(sums.factors):
+            G, q = shapes[k]
+            rows = slice(offsets[k], offsets[k + 1])
+            # Block diagonal over levels: level g's q × q block at rows and columns g*q ... g*q + q.
+            ZtZ[rows, rows] = np.einsum("gh,gij->gihj", np.eye(G), f.ZtZ).reshape(G * q, G * q)
+        for (left, right), joint in zip(sums.layout.pairs, sums.pairs):
+            (G_l, q_l), (G_r, q_r) = shapes[left], shapes[right]
+            block = joint.reshape(G_l, G_r, q_l, q_r).transpose(0, 2, 1, 3).reshape(G_l * q_l, G_r * q_r)
+            rows, cols = slice(offsets[left], offsets[left + 1]), slice(offsets[right], offsets[right + 1])
+            ZtZ[rows, cols] = block
+            ZtZ[cols, rows] = block.T
+        ZtW = np.concatenate([f.ZtV[..., w].reshape(-1, w.stop - w.start) for f in sums.factors], axis=0)
+        Zty = np.concatenate([f.ZtV[..., -1].reshape(-1) for f in sums.factors])
+        return cls(fixed, names, shapes, ZtZ, ZtW, Zty)
 
     def _blocks(self):
         start = 0
@@ -424,29 +475,14 @@ Collapsed = OneFactor | NestedPair | DenseEffects
 # -- which structure applies -----------------------------------------------------
 
 
-def nested_parent(outer: Factor, inner: Factor) -> np.ndarray | None:
-    """(levels of inner,) level of ``outer`` holding each level of ``inner``, or None if not nested."""
-    parent = np.zeros(inner.n_levels, dtype=np.int64)
-    parent[inner.index] = outer.index
-    return parent if np.array_equal(parent[inner.index], outer.index) else None
+def design_layout(design: Design) -> tuple[Layout | None, str]:
+    """The structure of A for ``design``, or None and why the collapsed engine does not apply.
 
-
-def _plan(design: Design) -> tuple[str | None, str]:
-    """The structure of A for ``design`` ("one", "nested", "dense") or None and why not."""
-    factors = design.factors
-    if not factors:
-        return None, "the model has no group-level terms"
-    if len(factors) == 1:
-        return "one", ""
-    if len(factors) == 2 and (nested_parent(*factors) is not None
-                              or nested_parent(factors[1], factors[0]) is not None):
-        return "nested", ""
-    m = sum(f.n_levels * len(f.terms) for f in factors)
-    if m <= DENSE_MAX:
-        return "dense", ""
-    names = ", ".join(f.name for f in factors)
-    return None, (f"its grouping factors ({names}) are neither one factor nor two nested ones, and "
-                  f"their {m} random effects exceed the {DENSE_MAX} a dense Cholesky handles")
+    A design without rows (Dask input) carries the layout of its reduction.
+    """
+    if not design.rows_in_memory:
+        return design.reduced.sums.layout, ""
+    return layout_of(design.factors)
 
 
 def applies(design: Design) -> bool:
@@ -459,35 +495,54 @@ def applies(design: Design) -> bool:
     effects: some ten times fewer effective draws per second), so auto does
     not choose it for them.
     """
-    return _plan(design)[0] in ("one", "nested")
+    layout = design_layout(design)[0]
+    return layout is not None and layout.kind in ("one", "nested")
+
+
+def from_sums(sums: RowSums, names: tuple[str, ...], centred: bool) -> Collapsed:
+    """The likelihood's cross-products from the row sums of a design.
+
+    Parameters
+    ----------
+    sums : RowSums
+        From :func:`lmmbayes.crossprod.reduce_rows` (summed over chunks) or
+        :func:`lmmbayes.crossprod.design_sums`.
+    names : tuple of str
+        The grouping factors' names, in design order.
+    centred : bool
+        Whether the design has a centred intercept.
+    """
+    sums, beta_shift = _centred_sums(sums, centred)
+    w = _w_columns(centred, sums.shift.size - 1)
+    V, layout = sums.VtV, sums.layout
+    fixed = FixedCrossProducts(sums.n, V[w, w], V[w, -1], float(V[-1, -1]), beta_shift)
+    parts = [FactorCrossProducts(name, f.ZtZ, f.ZtV[..., w], f.ZtV[..., -1])
+             for name, f in zip(names, sums.factors)]
+    if layout.kind == "one":
+        return OneFactor(fixed, parts[0])
+    if layout.kind == "dense":
+        return DenseEffects.from_sums(fixed, names, sums, w)
+    ((inner, outer),) = layout.pairs
+    return NestedPair(fixed, parts[outer], parts[inner], layout.parent, sums.pairs[0])
 
 
 def collapse(design: Design) -> Collapsed:
     """Reduce ``design`` to the cross-products of its marginal likelihood.
+
+    An in-memory design is reduced here, in one pass over its rows; a design
+    without rows (Dask input) already holds its reduction.
 
     Raises
     ------
     FitError
         If the collapsed engine does not apply to the design.
     """
-    kind, why = _plan(design)
-    if kind is None:
+    layout, why = design_layout(design)
+    if layout is None:
         raise FitError(f"The collapsed engine does not apply to {design.spec.formula!r}: {why}. "
                        'Use method="joint".')
-    W, y, shift = fixed_columns(design)
-    fixed = FixedCrossProducts.reduce(W, y, shift)
-    if kind == "one":
-        return OneFactor(fixed, FactorCrossProducts.reduce(design.factors[0], W, y))
-    if kind == "dense":
-        return DenseEffects.reduce(fixed, design.factors, W, y)
-    outer, inner = design.factors
-    parent = nested_parent(outer, inner)
-    if parent is None:
-        outer, inner = inner, outer
-        parent = nested_parent(outer, inner)
-    ZbZa = _group_sums(inner.index, inner.n_levels, inner.Z, outer.Z)
-    return NestedPair(fixed, FactorCrossProducts.reduce(outer, W, y),
-                      FactorCrossProducts.reduce(inner, W, y), parent, ZbZa)
+    sums = design_sums(design, layout) if design.rows_in_memory else design.reduced.sums
+    return from_sums(sums, tuple(f.name for f in design.factors), design.centred_intercept)
 
 
 # -- the engine ------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Large-N collapsed fits: wall time by stage and peak memory, one JSON line per run.
+
+    .venv/bin/python benchmarks/large_n.py                 # every case below
+    .venv/bin/python benchmarks/large_n.py memory_1e6      # one case
+
+Each case runs in a fresh process, so that its peak resident memory
+(``resource.getrusage(...).ru_maxrss``) is its own:
+
+- ``memory_1e6``: ``y ~ x + (x | g)``, 10^6 rows and 1000 groups as a pandas
+  frame (:func:`cases.simulated`), fitted in memory;
+- ``dask_1e7``: the same model on 10^7 rows generated lazily, partition by
+  partition (``dask.dataframe.from_map``), so that they never exist in
+  memory at once; reduced on Dask's threaded scheduler.
+
+Both fit 4 chains x 1000 draws (after 1000 warmup). Not part of the test
+suite: it takes minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+FORMULA = "y ~ x + (x | g)"
+GROUPS = 1000
+LEVELS = [f"g{k:04d}" for k in range(GROUPS)]
+SAMPLING = dict(chains=4, draws=1000, tune=1000, seed=1, progress=False)
+
+
+def _priors():
+    import lmmbayes as lb
+
+    return [lb.prior("normal(0, 5)", class_=c) for c in ("Intercept", "b", "sigma")] + [
+        lb.prior("normal(0, 5)", class_="sd", group="g")]
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def lazy_partition(i: int, rows: int, seed: int = 20) -> pd.DataFrame:
+    """Partition ``i`` of the simulated data: cases.simulated's model, generated on demand."""
+    cov = np.array([[1.0, 0.15], [0.15, 0.25]])
+    r = np.random.default_rng(seed).multivariate_normal([0.0, 0.0], cov, size=GROUPS)
+    rng = np.random.default_rng([seed, i])
+    g = rng.integers(0, GROUPS, size=rows)
+    x = rng.normal(size=rows)
+    y = 1.0 + 2.0 * x + r[g, 0] + r[g, 1] * x + rng.normal(size=rows)
+    return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical.from_codes(g, categories=LEVELS)})
+
+
+def _report(case: str, n: int, fit, wall: float, extra: dict) -> dict:
+    t0 = time.perf_counter()
+    table = fit.posterior_summary()
+    summary_s = time.perf_counter() - t0
+    fixef = fit.fixef()["Estimate"]
+    return {
+        "case": case, "n": n, "groups": GROUPS, "chains": fit.config.chains, "draws": fit.config.draws,
+        **extra,
+        "timings_s": {k: round(v, 3) for k, v in fit.timings.items()},
+        "posterior_summary_s": round(summary_s, 3),
+        "fit_wall_s": round(wall, 3),
+        "peak_rss_mb": round(peak_mb(), 1),
+        "parameters": len(table),
+        "b_Intercept": round(float(fixef["Intercept"]), 4), "b_x": round(float(fixef["x"]), 4),
+        "max_rhat": round(float(fit.summary().to_frame()["Rhat"].max()), 4),
+    }
+
+
+def memory_1e6() -> dict:
+    sys.path.insert(0, str(HERE))
+    from cases import simulated
+
+    import lmmbayes as lb
+
+    n = 1_000_000
+    t0 = time.perf_counter()
+    df = simulated(n, GROUPS)
+    data_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit = lb.fit(FORMULA, df, _priors(), method="collapsed", **SAMPLING)
+    return _report("memory_1e6", n, fit, time.perf_counter() - t0, {"data_s": round(data_s, 3)})
+
+
+def dask_1e7(partitions: int = 20) -> dict:
+    import dask
+    import dask.dataframe as dd
+
+    import lmmbayes as lb
+
+    n = 10_000_000
+    rows = n // partitions
+    meta = lazy_partition(0, 0)
+    ddf = dd.from_map(lazy_partition, range(partitions), rows=rows, meta=meta, enforce_metadata=False)
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads", num_workers=2):
+        fit = lb.fit(FORMULA, ddf, _priors(), **SAMPLING)
+    return _report("dask_1e7", n, fit, time.perf_counter() - t0,
+                   {"partitions": partitions, "rows_in_memory": fit.design.rows_in_memory})
+
+
+CASES = {"memory_1e6": memory_1e6, "dask_1e7": dask_1e7}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) == 2 and argv[0] == "--run":
+        print(json.dumps(CASES[argv[1]]()), flush=True)
+        return
+    for case in argv or list(CASES):
+        out = subprocess.run([sys.executable, __file__, "--run", case], capture_output=True, text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        print(lines[-1] if lines else json.dumps({"case": case, "error": out.stderr[-2000:]}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

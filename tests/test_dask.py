@@ -1,0 +1,268 @@
+"""Dask DataFrames: reduced partition by partition, fitted like the same data in memory.
+
+The reduction is checked against the in-memory design (cross-products to
+1e-8 relative, likelihood to 1e-12, default priors exactly) and a fit on a
+Dask cluster against the in-memory collapsed fit with the same seed and
+priors (within Monte Carlo error: see the test for why not draw for draw).
+Unit tests of the exact median and of the row sums need no cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from functools import reduce
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from arviz_stats.base import array_stats
+
+import lmmbayes as lb
+from conftest import quiet_fit
+from lmmbayes import distributed as dist
+from lmmbayes.crossprod import layout_of, reduce_rows
+from lmmbayes.design import build_design, r_mad
+from lmmbayes.engines import collapsed as cl
+from lmmbayes.formula import parse_formula
+from lmmbayes.posterior import flat_draws
+from lmmbayes.priors import as_prior_set, resolve_priors
+from lmmbayes.scaling import standardise
+
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+FORMULA = "y ~ x + (1 + x | g)"
+PRIORS = [lb.prior("normal(0, 5)", class_="Intercept"), lb.prior("normal(0, 5)", class_="b"),
+          lb.prior("normal(0, 2)", class_="sd"), lb.prior("normal(0, 2)", class_="sigma")]
+FIT = dict(chains=2, draws=500, tune=500, seed=8)
+
+
+def simulate(n: int = 20_000, groups: int = 50, seed: int = 6) -> pd.DataFrame:
+    """y ~ x + (1 + x | g) plus a categorical predictor, a nesting factor and a few missing values."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, groups, n)
+    x = rng.normal(size=n)
+    r = rng.multivariate_normal([0, 0], [[1.0, 0.15], [0.15, 0.25]], size=groups)
+    y = 40.0 + 2.0 * x + r[g, 0] + r[g, 1] * x + rng.normal(size=n)  # far from zero on purpose
+    df = pd.DataFrame({"y": y, "x": x, "g": [f"g{k:02d}" for k in g],
+                       "cat": rng.choice(["lo", "mid", "hi"], n), "region": [f"R{k % 5}" for k in g]})
+    df.loc[[3, 250, n - 1000], "x"] = np.nan
+    df.loc[777, "g"] = None
+    return df
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                       dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def frames():
+    df = simulate()
+    return df, dd.from_pandas(df, npartitions=8)
+
+
+def designs(formula: str, df: pd.DataFrame, ddf) -> tuple:
+    spec = parse_formula(formula)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.DataWarning)
+        return build_design(spec, df), dist.build_dask_design(spec, ddf)
+
+
+def reduced_arrays(collapsed) -> dict[str, np.ndarray]:
+    fixed = collapsed.fixed
+    out = {"WtW": fixed.WtW, "Wty": fixed.Wty, "yty": np.array(fixed.yty), "shift": fixed.shift}
+    for name, part in vars(collapsed).items():
+        if isinstance(part, cl.FactorCrossProducts):
+            out |= {f"{name}.ZtZ": part.ZtZ, f"{name}.ZtW": part.ZtW, f"{name}.Zty": part.Zty}
+        elif isinstance(part, np.ndarray):
+            out[name] = part
+    return out
+
+
+# -- the reduction: no sampling --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("formula", [FORMULA, "y ~ x + cat + (1 + x | g)", "y ~ 0 + x + (1 | g)",
+                                     "y ~ x + (1 | region/g)", "y ~ x + (1 | cat) + (1 | region)"])
+def test_cross_products_equal_the_in_memory_ones(client, frames, formula):
+    memory, reduced = designs(formula, *frames)
+    assert not reduced.rows_in_memory and memory.rows_in_memory
+    assert reduced.n_obs == memory.n_obs == 20_000 - memory.n_dropped
+    assert reduced.dropped_index == memory.dropped_index
+    assert reduced.coef_names == memory.coef_names
+    assert [(f.name, f.levels, f.terms, f.blocks) for f in reduced.factors] == \
+        [(f.name, f.levels, f.terms, f.blocks) for f in memory.factors]
+    a, b = cl.collapse(memory), cl.collapse(reduced)
+    assert type(a) is type(b)
+    a, b = reduced_arrays(a), reduced_arrays(b)
+    assert a.keys() == b.keys()
+    for key in a:
+        scale = max(np.abs(a[key]).max(), 1e-300)
+        assert np.abs(a[key] - b[key]).max() <= 1e-8 * scale, key
+    np.testing.assert_allclose(reduced.x_means, memory.x_means, rtol=1e-12)
+    assert reduced.y_mean == pytest.approx(memory.y_mean, rel=1e-12)
+    assert reduced.y_sd == pytest.approx(memory.y_sd, rel=1e-12)
+
+
+def test_default_priors_equal_the_in_memory_ones_exactly(client, frames):
+    memory, reduced = designs(FORMULA, *frames)
+    assert (reduced.y_median, reduced.y_mad) == (memory.y_median, memory.y_mad)
+    df, ddf = frames
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.DataWarning)
+        pd.testing.assert_frame_equal(lb.get_prior(FORMULA, ddf), lb.get_prior(FORMULA, df))
+
+
+def test_missing_values_are_dropped_with_the_same_warning_and_frame_unchanged(client, frames):
+    df, ddf = frames
+    before, before_dask = df.copy(), ddf.compute()
+    with pytest.warns(lb.DataWarning, match=r"Dropped 4 of 20000 rows") as got:
+        design = dist.build_dask_design(parse_formula(FORMULA), ddf)
+    assert len(got) == 1
+    assert design.n_dropped == 4
+    assert sorted(design.dropped_index) == [3, 250, 777, 19_000]
+    pd.testing.assert_frame_equal(df, before)
+    pd.testing.assert_frame_equal(ddf.compute(), before_dask)
+
+
+def test_errors_for_joint_missing_columns_and_stateful_functions(client, frames):
+    _, ddf = frames
+    with pytest.raises(lb.FitError, match=r'method="joint" needs the rows in memory'):
+        lb.fit(FORMULA, ddf, method="joint", progress=False)
+    with pytest.raises(lb.FormulaError, match=r"column\(s\) \['nope'\] that are not in the data"):
+        lb.fit("y ~ nope + (1 | g)", ddf, progress=False)
+    with pytest.raises(lb.FormulaError, match=r"scale\(\) .* compute the transformed column with Dask"):
+        lb.fit("y ~ scale(x) + (1 | g)", ddf, progress=False)
+    with pytest.raises(lb.FitError, match="no group-level terms"):
+        lb.fit("y ~ x", ddf, progress=False)
+
+
+def test_median_and_mad_are_exact_through_the_radix_selection(monkeypatch):
+    # Chunks of a heavy-tailed sample with ties and both signs; a tiny
+    # COLLECT_MAX forces several histogram passes before collecting.
+    rng = np.random.default_rng(2)
+    for n in (1001, 1000):
+        values = np.round(rng.standard_t(2, size=n) * 3, 2)
+        chunks = np.array_split(values, 7)
+
+        def run(fn, combine):
+            return reduce(combine, [fn(c) for c in chunks])
+
+        monkeypatch.setattr(dist, "COLLECT_MAX", 5)
+        med, mad = dist.median_and_mad(run, dist._identity, n)
+        assert (med, mad) == (float(np.median(values)), r_mad(values))
+
+
+def test_row_sums_merge_exactly_across_chunks():
+    # Summing chunks around their own means and merging equals one pass over all rows.
+    df = simulate(n=3000)
+    design = build_design(parse_formula("y ~ x + cat + (1 + x | g)"), df.dropna())
+    layout = layout_of(design.factors)[0]
+    whole = reduce_rows(layout, design.X, design.y, [f.index for f in design.factors],
+                        [f.Z for f in design.factors])
+    parts = [reduce_rows(layout, design.X[s], design.y[s], [f.index[s] for f in design.factors],
+                         [f.Z[s] for f in design.factors])
+             for s in (slice(0, 100), slice(100, 2500), slice(2500, None))]
+    merged = (parts[0] + parts[1] + parts[2]).recentred(whole.shift)
+    np.testing.assert_allclose(merged.VtV, whole.VtV, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(merged.factors[0].ZtV, whole.factors[0].ZtV, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(merged.factors[0].ZtZ, whole.factors[0].ZtZ, rtol=1e-12)
+
+
+def test_import_does_not_import_dask():
+    code = "import sys, lmmbayes; print('dask' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- fits -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fit_pair(client, frames):
+    df, ddf = frames
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.DataWarning)
+        memory = quiet_fit(FORMULA, df, PRIORS, method="collapsed", **FIT)
+        reduced = quiet_fit(FORMULA, ddf, PRIORS, **FIT)
+    return memory, reduced
+
+
+def test_dask_fit_agrees_with_the_in_memory_fit(fit_pair):
+    """Posterior means within 4 combined MCSE for every parameter, random effects included.
+
+    Not draw for draw: the two reductions differ by rounding (1e-15 relative,
+    see the likelihood test), and NUTS amplifies that during warmup until the
+    chains decorrelate, as it would for any change in summation order.
+    """
+    memory, reduced = fit_pair
+    assert reduced.engine == "collapsed" and not reduced.design.rows_in_memory
+    (names, a), (names_r, b) = flat_draws(memory.posterior, memory.design), \
+        flat_draws(reduced.posterior, reduced.design)
+    assert names == names_r
+    kw = {"chain_axis": 0, "draw_axis": 1}
+    tol = 4 * np.hypot(array_stats.mcse(a, method="mean", **kw), array_stats.mcse(b, method="mean", **kw))
+    gap = np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1)))
+    assert not [n for n, g, t in zip(names, gap, tol) if g > t]
+
+
+def test_reduced_likelihoods_agree_to_rounding(client, frames):
+    # What the sampler sees: the standardised marginal likelihood, at random parameter values.
+    memory, reduced = designs(FORMULA, *frames)
+    got = []
+    for design in (memory, reduced):
+        scaled, _, _ = standardise(design, resolve_priors(design, as_prior_set(PRIORS)))
+        got.append(cl.collapse(scaled))
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        beta, L = rng.normal(size=2) * 0.2, np.array([[0.8, 0.0], [0.1, 0.4]]) * rng.uniform(0.5, 1.5)
+        a, b = (cl.marginal_loglik(c, beta, 0.4, {"g": L}).eval() for c in got)
+        assert a == pytest.approx(b, rel=1e-12)
+
+
+def test_the_reduction_is_deterministic(client, frames):
+    spec = parse_formula(FORMULA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.DataWarning)
+        a, b = (reduced_arrays(cl.collapse(dist.build_dask_design(spec, frames[1]))) for _ in range(2))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_dask_fit_looks_like_any_fit(fit_pair):
+    memory, reduced = fit_pair
+    assert reduced.nobs == memory.nobs == 19_996
+    assert str(reduced.summary()).splitlines()[3] == "   Data: data (Number of observations: 19996)"
+    assert list(reduced.fixef().index) == ["Intercept", "x"]
+    assert reduced.ranef()["g"].shape == memory.ranef()["g"].shape
+    assert reduced.coef()["g"].index.equals(memory.coef()["g"].index)
+    pd.testing.assert_frame_equal(reduced.prior_summary(), memory.prior_summary())
+    assert reduced.idata["observed_data"].sizes["obs"] == 0  # the rows stayed on Dask
+
+
+@pytest.mark.parametrize("call", [
+    lambda f: f.loo(), lambda f: f.waic(), lambda f: lb.loo_compare(f, f), lambda f: f.bayes_r2(),
+    lambda f: f.pp_check(), lambda f: f.predict(), lambda f: f.posterior_epred(),
+], ids=["loo", "waic", "loo_compare", "bayes_r2", "pp_check", "predict", "posterior_epred"])
+def test_what_needs_the_rows_says_so(fit_pair, call):
+    with pytest.raises(lb.FitError, match="Dask DataFrame and keeps only their cross-products"):
+        call(fit_pair[1])
+
+
+def test_dask_fit_predicts_new_data_and_survives_save_and_load(fit_pair, frames, tmp_path):
+    reduced = fit_pair[1]
+    new = frames[0].dropna().head(20)
+    before = reduced.predict(new, seed=3)
+    back = lb.load(reduced.save(tmp_path / "dask.lmmb"))
+    assert not back.design.rows_in_memory and back.nobs == reduced.nobs
+    assert str(back.summary()) == str(reduced.summary())
+    pd.testing.assert_frame_equal(back.predict(new, seed=3), before)
+    np.testing.assert_array_equal(back.design.reduced.sums.VtV, reduced.design.reduced.sums.VtV)
