@@ -1,7 +1,7 @@
 """Side-by-side benchmarks: lmmbayes (collapsed, joint) against bambi (PyMC NUTS, nutpie).
 
-Every measurement runs in a fresh process. "cold" uses an empty PyTensor
-compile cache, "warm" runs the same command again on the cache the cold run
+Every measurement runs in a fresh process. "cold" uses empty PyTensor and
+numba compile caches, "warm" runs the same command again on the cache the cold run
 filled. bambi runs in its own environment (benchmarks/.venv-bambi, made by
 `make bench-env`), because bambi 0.21 pins formulae < 0.7.
 
@@ -36,7 +36,9 @@ TOOLS = {
 
 def run_one(tool: str, case: str, chains: int, draws: int, cache: str, timeout: int) -> dict:
     python, script, option = TOOLS[tool]
-    env = {**os.environ, "PYTENSOR_FLAGS": f"base_compiledir={cache}"}
+    # Both compile caches start empty in the cold run: PyTensor's, and numba's, which holds the
+    # collapsed engine's compiled-once log density (lmmbayes.engines.kernel).
+    env = {**os.environ, "PYTENSOR_FLAGS": f"base_compiledir={cache}", "NUMBA_CACHE_DIR": f"{cache}/numba"}
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([str(python), str(HERE / script), case, option, str(chains), str(draws)],

@@ -15,6 +15,7 @@ time.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from scipy import stats
 from .design import build_design
 from .engines.common import hyper_names
 from .engines.joint import build_model
-from .errors import PriorError
+from .errors import FitError, PriorError
 from .formula import parse_formula
 from .posterior import flat_draws, to_datatree
 from .priors import Prior, PriorSet, as_prior_set, resolve_priors
@@ -99,6 +100,7 @@ def simulation_based_calibration(
     level: float = 0.9,
     target_accept: float = 0.9,
     seed: int = 0,
+    method: str = "joint",
 ) -> SBCResult:
     """Run SBC for a model on the predictors and groups of ``data``.
 
@@ -117,6 +119,11 @@ def simulation_based_calibration(
     level : float
         Central interval whose coverage is recorded.
     seed : int
+    method : {"joint", "collapsed"}
+        The engine under test. ``"joint"`` compiles the model once and
+        re-samples it per data set. ``"collapsed"`` runs the whole of
+        :func:`lmmbayes.fit` (reduction, standardisation, sampling, exact
+        random-effect draws, the map back to the data's scale) per data set.
 
     Returns
     -------
@@ -141,18 +148,42 @@ def simulation_based_calibration(
     raw_prior = {n: np.asarray(prior_draws["prior"][n].values) for n in names}
     params, truths = _flat_hyper(design, raw_prior)  # truths: (1, n_sims, K)
     y_sims = np.asarray(prior_draws["prior_predictive"]["y"].values)[0]
-    compiled = compile_nutpie(model, names)
+    if method not in ("joint", "collapsed"):
+        raise FitError(f"Unknown SBC method {method!r}; choose 'joint' or 'collapsed'.")
+    compiled = compile_nutpie(model, names) if method == "joint" else None
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     ranks, covered, divergences = [], [], []
     for i in range(n_sims):
-        config = SamplerConfig(chains, draws, tune, seed + 1 + i, target_accept, False, "nutpie")
-        trace = sample_compiled(compiled.with_data(y_obs=y_sims[i]), config, names)
-        _, post = _flat_hyper(design, trace.posterior)
+        if compiled is not None:
+            config = SamplerConfig(chains, draws, tune, seed + 1 + i, target_accept, False, "nutpie")
+            trace = sample_compiled(compiled.with_data(y_obs=y_sims[i]), config, names)
+            _, post = _flat_hyper(design, trace.posterior)
+            n_div = int(trace.sample_stats.get("diverging", np.zeros(1)).sum())
+        else:
+            post, n_div = _collapsed_fit(formula, data, design, priors, y_sims[i], params,
+                                         dict(chains=chains, draws=draws, tune=tune, seed=seed + 1 + i,
+                                              target_accept=target_accept))
         post = post.reshape(-1, post.shape[-1])[::thin]
         truth = truths[0, i]
         ranks.append((post < truth).sum(axis=0))
         lo, hi = np.quantile(post, [lo_q, hi_q], axis=0)
         covered.append((lo <= truth) & (truth <= hi))
-        divergences.append(int(trace.sample_stats.get("diverging", np.zeros(1)).sum()))
+        divergences.append(n_div)
     n_kept = len(range(0, chains * draws, thin))
     return SBCResult(tuple(params), np.array(ranks), n_kept, np.array(covered), level, np.array(divergences))
+
+
+def _collapsed_fit(formula: str, data: Any, design: Any, priors: Any, y: np.ndarray, params: list[str],
+                   options: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Fit one simulated response with the collapsed engine through :func:`lmmbayes.fit`."""
+    from .api import fit
+    from .design import as_pandas
+
+    frame = as_pandas(data)
+    frame = frame.drop(index=list(design.dropped_index)).assign(**{design.spec.response: y})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SBC counts divergences itself
+        result = fit(formula, frame, priors, method="collapsed", progress=False, **options)
+    names, draws = flat_draws(result.posterior, result.design, random=False)
+    keep = [names.index(p) for p in params]
+    return draws[..., keep], int(result.idata["sample_stats"]["diverging"].values.sum())
