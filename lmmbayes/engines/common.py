@@ -56,17 +56,22 @@ def prior_variable(p: Prior, name: str, size: int) -> pt.TensorVariable:
     )
 
 
-def _start(p: Prior, default: float) -> float | None:
-    """A starting value inside the prior's bounds near ``default``, or None."""
-    lo = p.lb if p.lb is not None else -np.inf
-    hi = p.ub if p.ub is not None else np.inf
-    if p.family.builtin and p.family.support == "positive":
-        lo = max(lo, 0.0)
+def support(p: Prior) -> tuple[float, float]:
+    """The interval a parameter with prior ``p`` lives on: its family's support cut by the bounds."""
+    s_lo, s_hi = p.family.support_bounds(p.args)
+    lo = s_lo if p.lb is None else max(s_lo, p.lb)
+    hi = s_hi if p.ub is None else min(s_hi, p.ub)
+    return lo, hi
+
+
+def start_value(p: Prior, default: float) -> float:
+    """A starting value strictly inside the prior's support, near ``default``."""
+    lo, hi = support(p)
     if lo < default < hi:
         return default
     if np.isfinite(lo) and np.isfinite(hi):
-        return (lo + hi) / 2
-    return lo + 1.0 if np.isfinite(lo) else (hi - 1.0 if np.isfinite(hi) else None)
+        return 0.5 * (lo + hi)
+    return lo + 1.0 if np.isfinite(lo) else hi - 1.0
 
 
 def _vector(resolved: ResolvedPriors, slots: list[Slot], name: str,
@@ -90,9 +95,8 @@ def _vector(resolved: ResolvedPriors, slots: list[Slot], name: str,
     variables = [prior_variable(p, n, len(groups[k])) for k, (p, n) in enumerate(zip(priors, names))]
     if start is not None:
         for k, (p, n) in enumerate(zip(priors, names)):
-            value = _start(p, default)
-            if value is not None and p.family.builtin:
-                start[n] = np.full(len(groups[k]), value)
+            if p.family.builtin:
+                start[n] = np.full(len(groups[k]), start_value(p, default))
     if len(priors) == 1:
         return variables[0]
     out = pt.zeros(len(slots))

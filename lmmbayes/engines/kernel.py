@@ -40,6 +40,7 @@ import numpy as np
 
 from ..design import Design
 from ..priors import Prior, ResolvedPriors, Slot
+from .common import start_value, support
 
 #: Prior families the kernel evaluates, by name; anything else (custom
 #: distributions) uses the PyTensor route.
@@ -265,6 +266,12 @@ _HEADER = 8
 
 
 @numba.njit(cache=True, nogil=True)
+def _take(buf: np.ndarray, o: int, m: int) -> tuple[np.ndarray, int]:
+    """The next ``m`` numbers of the packed buffer from offset ``o``, and the offset after them."""
+    return buf[o:o + m], o + m
+
+
+@numba.njit(cache=True, nogil=True)
 def log_density(x: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> float:
     """Log density (priors, Jacobians and marginal likelihood) at ``x``; its gradient into ``grad``.
 
@@ -275,31 +282,21 @@ def log_density(x: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> float:
     n, yty = buf[6], buf[7]
     k_prior = n_beta + 1 + q
     o = _HEADER
-    fam = buf[o:o + k_prior]
-    o += k_prior
-    args = buf[o:o + 3 * k_prior].reshape((k_prior, 3))
-    o += 3 * k_prior
-    lo = buf[o:o + k_prior]
-    o += k_prior
-    hi = buf[o:o + k_prior]
-    o += k_prior
-    pair_a = buf[o:o + n_pairs]
-    o += n_pairs
-    pair_b = buf[o:o + n_pairs]
-    o += n_pairs
-    eta = buf[o:o + n_pairs]
-    o += n_pairs
-    shift = buf[o:o + n_beta]
-    o += n_beta
-    WtW = buf[o:o + n_beta * n_beta].reshape((n_beta, n_beta))
-    o += n_beta * n_beta
-    Wty = buf[o:o + n_beta]
-    o += n_beta
-    ZtZ = buf[o:o + G * q * q].reshape((G, q, q))
-    o += G * q * q
-    ZtW = buf[o:o + G * q * n_beta].reshape((G, q, n_beta))
-    o += G * q * n_beta
-    Zty = buf[o:o + G * q].reshape((G, q))
+    fam, o = _take(buf, o, k_prior)
+    args, o = _take(buf, o, 3 * k_prior)
+    lo, o = _take(buf, o, k_prior)
+    hi, o = _take(buf, o, k_prior)
+    pair_a, o = _take(buf, o, n_pairs)
+    pair_b, o = _take(buf, o, n_pairs)
+    eta, o = _take(buf, o, n_pairs)
+    shift, o = _take(buf, o, n_beta)
+    WtW, o = _take(buf, o, n_beta * n_beta)
+    Wty, o = _take(buf, o, n_beta)
+    ZtZ, o = _take(buf, o, G * q * q)
+    ZtW, o = _take(buf, o, G * q * n_beta)
+    Zty, o = _take(buf, o, G * q)
+    args, WtW = args.reshape((k_prior, 3)), WtW.reshape((n_beta, n_beta))
+    ZtZ, ZtW, Zty = ZtZ.reshape((G, q, q)), ZtW.reshape((G, q, n_beta)), Zty.reshape((G, q))
 
     lp = 0.0
     vals = np.empty(k_prior)
@@ -390,17 +387,10 @@ def c_callbacks() -> tuple[Any, Any]:
 # -- the model -----------------------------------------------------------------------------
 
 
-def _bounds(p: Prior) -> tuple[float, float]:
-    s_lo, s_hi = p.family.support_bounds(p.args)
-    lo = s_lo if p.lb is None else max(s_lo, p.lb)
-    hi = s_hi if p.ub is None else min(s_hi, p.ub)
-    return lo, hi
-
-
 def _supported(p: Prior) -> bool:
     if not p.family.builtin or p.family.name not in FAMILIES:
         return False
-    lo, hi = _bounds(p)
+    lo, hi = support(p)
     return lo < hi and not (p.family.name == "flat" and math.isfinite(hi))
 
 
@@ -482,16 +472,6 @@ class Kernel:
         return out
 
 
-def _start(p: Prior, default: float) -> float:
-    """A starting value strictly inside the prior's support, near ``default``."""
-    lo, hi = _bounds(p)
-    if lo < default < hi:
-        return default
-    if math.isfinite(lo) and math.isfinite(hi):
-        return 0.5 * (lo + hi)
-    return lo + 1.0 if math.isfinite(lo) else hi - 1.0
-
-
 def build(design: Design, resolved: ResolvedPriors, collapsed: Any) -> Kernel | None:
     """The kernel for ``design`` and its priors, or None where it does not apply.
 
@@ -522,8 +502,8 @@ def build(design: Design, resolved: ResolvedPriors, collapsed: Any) -> Kernel | 
     args = np.zeros((len(priors), 3))
     for k, p in enumerate(priors):
         args[k, :len(p.args)] = p.args
-    bounds = np.array([_bounds(p) for p in priors], dtype=float).reshape(-1, 2)
-    starts = np.array([_start(p, 0.0 if k < n_beta else 0.5) for k, p in enumerate(priors)])
+    bounds = np.array([support(p) for p in priors], dtype=float).reshape(-1, 2)
+    starts = np.array([start_value(p, 0.0 if k < n_beta else 0.5) for k, p in enumerate(priors)])
     fixed, fac = collapsed.fixed, collapsed.factor
     data = (np.ascontiguousarray(fixed.shift, dtype=float), float(fixed.n),
             np.ascontiguousarray(fixed.WtW, dtype=float), np.ascontiguousarray(fixed.Wty, dtype=float),
