@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test validate docs docs-fast bench bench-env clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py lmmbayes/engines/_kernel.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "lmmbayes needs Python >= 3.12, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

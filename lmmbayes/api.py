@@ -8,6 +8,7 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from .fit import Fit
 from .formula import parse_formula
 from .posterior import to_datatree
 from .priors import Prior, PriorSet, PriorTable, as_prior_set, prior_table, resolve_priors
-from .sampling import SAMPLERS, SamplerConfig
+from .sampling import DEFAULT_TARGET_ACCEPT, SAMPLERS, SamplerConfig
 from .scaling import standardise, unscale
 
 FAMILIES = ("gaussian",)
@@ -52,12 +53,14 @@ def sampler_config(chains: Any, draws: Any, tune: Any, seed: Any, target_accept:
         seed = int(np.random.SeedSequence().entropy % (2**32))
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
         raise FitError(f"seed must be None or a non-negative integer below 2**63, got {seed!r}.")
-    if isinstance(target_accept, bool) or not isinstance(target_accept, numbers.Real) \
-            or not 0 < float(target_accept) < 1:
-        raise FitError(f"target_accept must be a number strictly between 0 and 1, got {target_accept!r}.")
+    if target_accept is not None and (isinstance(target_accept, bool) or not isinstance(target_accept, numbers.Real)
+                                      or not 0 < float(target_accept) < 1):
+        raise FitError("target_accept must be None (the engine's default) or a number strictly between 0 and 1, "
+                       f"got {target_accept!r}.")
     if sampler not in SAMPLERS:
         raise FitError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
-    return SamplerConfig(chains, draws, int(tune), int(seed), float(target_accept), bool(progress), sampler)
+    accept = None if target_accept is None else float(target_accept)
+    return SamplerConfig(chains, draws, int(tune), int(seed), accept, bool(progress), sampler)
 
 
 def fit(
@@ -70,7 +73,7 @@ def fit(
     draws: int = 1000,
     tune: int = 1000,
     seed: int | None = None,
-    target_accept: float = 0.8,
+    target_accept: float | None = None,
     progress: bool = True,
     method: str = "auto",
     sampler: str = "nutpie",
@@ -96,8 +99,13 @@ def fit(
         Number of chains, post-warmup draws per chain and warmup draws.
     seed : int, optional
         Makes the fit reproducible draw for draw.
-    target_accept : float
-        NUTS's target acceptance (brms's ``adapt_delta``).
+    target_accept : float, optional
+        NUTS's target acceptance (brms's ``adapt_delta``). None takes the
+        engine's default (``DEFAULT_TARGET_ACCEPT``): 0.8 for the joint
+        engine, as brms; 0.9 for the collapsed engine, whose few parameters
+        include the log-sd of a variance that can sit near zero: at 0.8 its
+        exponential tail sends about one trajectory in 4000 into a divergence,
+        at 0.9 none (and the collapsed posterior costs the same per step).
     progress : bool
         Show the sampler's progress bar.
     method : {"auto", "collapsed", "joint"}
@@ -130,16 +138,16 @@ def fit(
     resolved = resolve_priors(design, user_priors)
     t1 = time.perf_counter()
     if sample_prior == "only":  # forward-simulate the priors: no sampler, no engine choice
-        from dataclasses import replace
-
         from .priorsim import prior_idata
 
-        config = replace(config, chains=1, tune=0)
+        config = replace(config, chains=1, tune=0, target_accept=None)
         idata = prior_idata(design, resolved, config.draws, config.seed)
         timings = {"design": t1 - t0, "prior": time.perf_counter() - t1}
         return Fit(design, resolved, family, "joint", config, idata, timings)
     if method == "auto":
         method = "collapsed" if not design.rows_in_memory or collapsed.applies(design) else "joint"
+    if config.target_accept is None:
+        config = replace(config, target_accept=DEFAULT_TARGET_ACCEPT[method])
     # Engines sample on a standardised response; draws come back on the user's scale.
     scaled_design, scaled_priors, scale = standardise(design, resolved)
     result = ENGINES[method](scaled_design, scaled_priors, config)

@@ -1,0 +1,10 @@
+"""Builds the collapsed engine's C kernel; everything else is in pyproject.toml.
+
+The extension is optional: without a C compiler lmmbayes still installs, and
+the collapsed engine compiles a PyTensor graph per fit instead.
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("lmmbayes.engines._kernel", ["lmmbayes/engines/_kernel.c"],
+                             extra_compile_args=["-O2", "-std=c99", "-fno-fast-math"], optional=True)])
