@@ -15,6 +15,12 @@ effects included; `ESS/s` divides it by the wall seconds. Ratios compare with ba
 in the same run (higher ESS/s ratio and lower wall ratio are better for lmmbayes). bambi
 cannot correlate group-level terms, so it fits `(1 + x | g)` with independent terms: the
 lmmbayes model is the larger one.
+
+lme4 (`lmer`, REML) and brms (rstan) run in R on the same data and priors, in a fresh
+`Rscript` process each (`benchmarks/worker_r.R`). lme4 gives a point estimate, not a posterior,
+so it has no ESS; the line under a table compares lmmbayes's full posterior with it. R keeps
+no compile cache across processes: brms compiles its Stan model in both of its runs, and its
+peak memory is the R process's alone (Stan's chains run in forked children).
 """
 
 
@@ -37,14 +43,22 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             if "error" in r:
                 lines.append(f"| {r['tool']} | {r['phase']} | error: {r['error']} |||||||||")
                 continue
-            eps = r["min_ess"] / r["wall_s"]
+            eps = r["min_ess"] / r["wall_s"] if "min_ess" in r else None
             base = ref.get(r["phase"])
             wall_ratio = r["wall_s"] / base["wall_s"] if base else None
-            ess_ratio = eps / (base["min_ess"] / base["wall_s"]) if base else None
+            ess_ratio = eps / (base["min_ess"] / base["wall_s"]) if base and eps is not None else None
+            ess = f"{r['min_ess']:.0f} ({r.get('min_ess_param', '')})" if "min_ess" in r else "- (point estimate)"
             lines.append(
                 f"| {r['tool']} | {r['phase']} | {_fmt(r.get('import_s'))} | {_fmt(r['wall_s'])} | "
-                f"{_fmt(r.get('compile_s'))} | {_fmt(r.get('sample_s'))} | {r['min_ess']:.0f} "
-                f"({r.get('min_ess_param', '')}) | {eps:.1f} | {r['divergences']} | {r['peak_mb']:.0f} | "
-                f"{_fmt(wall_ratio, '.2f')} | {_fmt(ess_ratio, '.1f')} |")
+                f"{_fmt(r.get('compile_s'))} | {_fmt(r.get('sample_s'))} | {ess} | {_fmt(eps)} | "
+                f"{r.get('divergences', '-')} | {r['peak_mb']:.0f} | {_fmt(wall_ratio, '.2f')} | "
+                f"{_fmt(ess_ratio, '.1f')} |")
         lines.append("")
+        ok = {(r["tool"], r["phase"]): r for r in sub if "error" not in r}
+        lme4 = ok.get(("lme4", "warm")) or ok.get(("lme4", "cold"))
+        for phase in ("cold", "warm"):
+            ours = ok.get(("lmmbayes-collapsed", phase))
+            if lme4 and ours:
+                lines += [f"lmmbayes-collapsed ({phase} cache), full posterior: {ours['wall_s']:.1f} s; lme4's REML "
+                          f"point estimate: {lme4['wall_s']:.1f} s (ratio {ours['wall_s'] / lme4['wall_s']:.2f}).", ""]
     path.write_text("\n".join(lines))

@@ -23,7 +23,7 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from .design import require_rows
-from .errors import DataError, LmmbayesError, LmmbayesWarning
+from .errors import DataError, FitError, LmmbayesError, LmmbayesWarning
 from .predict import draw_indices, fitted_rows, linear_predictor, stack_draws, summarise_draws
 
 #: Pareto k above which PSIS-LOO is unreliable for an observation (Vehtari et al. 2024).
@@ -88,6 +88,94 @@ def log_lik(fit: Any, *, chunk_size: int | None = None) -> np.ndarray:
     return out.reshape(n_chain, n_draw, design.n_obs)
 
 
+@dataclass(frozen=True, eq=False)
+class _PointwiseLoo:
+    """PSIS-LOO's pointwise elpd, p_loo and Pareto k of one partition's rows (shipped to Dask workers).
+
+    Draws are stacked chains first, as :func:`log_lik` does, and reshaped to
+    (chain, draw) for arviz-stats, whose PSIS uses the relative efficiency
+    ``reff`` of the whole posterior, so each row gets what
+    ``arviz_stats.loo`` on the whole matrix gives it.
+    """
+
+    b: np.ndarray  # (S, P), the intercept first where the design centres it
+    sigma: np.ndarray  # (S,)
+    r: tuple[np.ndarray, ...]  # per factor (S, levels, q)
+    centred: bool
+    n_chain: int
+    reff: float
+    chunk: int
+
+    def __call__(self, X: np.ndarray, y: np.ndarray, indexes: list[np.ndarray],
+                 Zs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from arviz_stats.base import array_stats
+
+        if self.centred:
+            X = np.column_stack([np.ones(len(y)), X])
+        out = [np.empty(len(y)) for _ in range(3)]
+        log_norm = -np.log(self.sigma)[:, None] - 0.5 * math.log(2 * math.pi)
+        for start in range(0, len(y), self.chunk):
+            part = slice(start, min(start + self.chunk, len(y)))
+            mu = self.b @ X[part].T
+            for r, idx, Z in zip(self.r, indexes, Zs):
+                for t in range(Z.shape[1]):
+                    mu += r[:, idx[part], t] * Z[part, t]
+            z = (y[part][None, :] - mu) / self.sigma[:, None]
+            ll = (log_norm - 0.5 * z * z).T.reshape(-1, self.n_chain, len(self.sigma) // self.n_chain)
+            for k, values in enumerate(array_stats.loo(ll, chain_axis=-2, draw_axis=-1, r_eff=self.reff)):
+                out[k][part] = values
+        return out[0], out[1], out[2]  # elpd_i, pareto_k, p_loo_i
+
+
+def _concat3(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
+
+
+def _relative_efficiency(fit: Any) -> float:
+    """PSIS's r_eff as ``arviz_stats.loo`` computes it: mean ESS over all posterior values / draws."""
+    import arviz_stats  # noqa: F401  (registers the .azstats accessor)
+
+    posterior = fit.idata["posterior"].to_dataset()
+    n_chain, n_draw = posterior["sigma"].shape
+    if n_chain == 1:
+        return 1.0
+    ess = posterior.azstats.ess(method="mean")
+    return float(np.hstack([ess[v].values.ravel() for v in ess.data_vars]).mean() / (n_chain * n_draw))
+
+
+def _loo_by_partition(fit: Any) -> Any:
+    """PSIS-LOO of a Dask fit, row chunk by row chunk on its partitions (see :func:`loo`)."""
+    from arviz_stats.base import array_stats
+    from arviz_stats.utils import ELPDDataLOO
+
+    source = fit.design.reduced.source
+    if source is None:
+        raise FitError(
+            "PSIS-LOO of a fit made from a Dask DataFrame goes over the rows again, on the Dask "
+            "frame the fit was made from; this fit was read from a file and does not have it. "
+            "Refit from the Dask frame, or compare models on the data in memory."
+        )
+    posterior = fit.idata["posterior"]
+    n_chain, n_draw = posterior["sigma"].shape
+    total = n_chain * n_draw
+    fn = _PointwiseLoo(
+        b=stack_draws(np.asarray(posterior["b"].values)), sigma=stack_draws(np.asarray(posterior["sigma"].values)),
+        r=tuple(stack_draws(np.asarray(posterior[f"r_{f.name}"].values)) for f in fit.design.factors),
+        centred=fit.design.centred_intercept, n_chain=n_chain, reff=_relative_efficiency(fit),
+        chunk=_check_chunk(None, total),
+    )
+    elpd_i, pareto_k, p_loo_i = source.map_rows(fn, _concat3)
+    elpd, se, p_loo, _ = array_stats.loo_summary(elpd_i, p_loo_i)
+    good_k = min(1 - 1 / np.log10(total), 0.7) if total > 1 else 0.7
+    obs = {"obs": np.arange(elpd_i.size)}
+    return ELPDDataLOO(
+        elpd=float(elpd), se=float(se), p=float(p_loo), n_samples=total, n_data_points=int(elpd_i.size),
+        scale="log", warning=bool((pareto_k > good_k).any()), good_k=good_k,
+        elpd_i=xr.DataArray(elpd_i, dims=["obs"], coords=obs), pareto_k=xr.DataArray(pareto_k, dims=["obs"], coords=obs),
+        approx_posterior=False, p_loo_i=xr.DataArray(p_loo_i, dims=["obs"], coords=obs),
+    )
+
+
 def _log_lik_tree(fit: Any, ll: np.ndarray) -> xr.DataTree:
     """A temporary DataTree with posterior, log_likelihood and observed_data groups."""
     n_chain, n_draw, n = ll.shape
@@ -118,6 +206,12 @@ def loo(fit: Any, *, label: str | None = None) -> Any:
         ``elpd`` (elpd_loo), ``se``, ``p`` (p_loo), pointwise ``elpd_i`` and
         ``pareto_k``; printing it gives the loo package's table.
 
+    A fit from a Dask DataFrame goes over the rows again, partition by
+    partition and in chunks of rows, and keeps only the pointwise results
+    (no draws x rows matrix, no ``log_weights``); the numbers are the same
+    as from the whole matrix. That needs the Dask frame the fit was made
+    from, so a Dask fit read back with :func:`lmmbayes.load` cannot do it.
+
     Warns
     -----
     ParetoKWarning
@@ -126,12 +220,14 @@ def loo(fit: Any, *, label: str | None = None) -> Any:
     """
     from arviz_stats import loo as az_loo
 
-    tree = _log_lik_tree(fit, log_lik(fit))
     with warnings.catch_warnings(), np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         # arviz-stats warns without naming the model; lmmbayes warns below instead.
         warnings.filterwarnings("ignore", message=".*[Pp]areto.*")
         warnings.filterwarnings("ignore", message=".*[Ee]stimated shape parameter.*")
-        result = az_loo(tree, pointwise=True, var_name="y")
+        if fit.design.rows_in_memory:
+            result = az_loo(_log_lik_tree(fit, log_lik(fit)), pointwise=True, var_name="y")
+        else:
+            result = _loo_by_partition(fit)
     k = np.asarray(result.pareto_k).reshape(-1)
     high = int((k > PARETO_K_LIMIT).sum())
     if high:

@@ -20,8 +20,8 @@ into its likelihood and :mod:`lmmbayes.distributed` computes them on Dask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -276,12 +276,17 @@ class ReducedRows:
     x_absmax : (p,) array
         Largest absolute value of each population-level column (the
         collinearity check's tolerance for constant columns).
+    source : RowSource or None
+        The lazy Dask frame and its coding, to go over the rows again when
+        asked (PSIS-LOO, :mod:`lmmbayes.compare`); not saved with the fit, so
+        None after :func:`lmmbayes.load`.
     """
 
     sums: RowSums
     y_median: float
     y_mad: float
     x_absmax: np.ndarray
+    source: Any = field(default=None, compare=False, repr=False)
 
     @property
     def n_obs(self) -> int:

@@ -319,11 +319,14 @@ class RowEvaluator:
                              axis=1) for mats in self.term_matrices]
         return X, self.response(frame), indexes, Zs
 
-    def _empty(self) -> PartialSums:
+    def empty_rows(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """What :meth:`rows` returns for a partition without complete rows."""
         qs = [sum(m.design_matrix.shape[1] for m in mats) for mats in self.term_matrices]
-        sums = reduce_rows(self.layout, np.zeros((0, self.p)), np.zeros(0),
-                           [np.zeros(0, dtype=np.int64)] * len(qs), [np.zeros((0, q)) for q in qs])
-        return PartialSums(sums, np.zeros(self.p), 0)
+        return (np.zeros((0, self.p)), np.zeros(0), [np.zeros(0, dtype=np.int64)] * len(qs),
+                [np.zeros((0, q)) for q in qs])
+
+    def _empty(self) -> PartialSums:
+        return PartialSums(reduce_rows(self.layout, *self.empty_rows()), np.zeros(self.p), 0)
 
     def __call__(self, part: pd.DataFrame) -> PartialSums:
         frame = self.complete(part)
@@ -333,6 +336,34 @@ class RowEvaluator:
         finite = np.isfinite(y)
         absmax = np.abs(X).max(axis=0) if X.shape[1] else np.zeros(0)
         return PartialSums(reduce_rows(self.layout, X, y, indexes, Zs), absmax, int((~finite).sum()))
+
+
+@dataclass(frozen=True, eq=False)
+class RowSource:
+    """A Dask fit's rows, left where they are: the lazy frame and the coding fixed when fitting.
+
+    :meth:`map_rows` goes over them once more, partition by partition, for
+    what needs every row (PSIS-LOO in :mod:`lmmbayes.compare`).
+    """
+
+    frame: Any
+    evaluator: RowEvaluator
+
+    def map_rows(self, fn: Callable[..., Any], combine: Callable[[Any, Any], Any]) -> Any:
+        """``fn(X, y, indexes, Zs)`` on the complete rows of every partition, merged by ``combine``."""
+        return map_reduce(self.frame, _OnRows(self.evaluator, fn), combine)
+
+
+@dataclass(frozen=True)
+class _OnRows:
+    """``fn(*evaluator.rows(...))`` of one partition: picklable, unlike a lambda."""
+
+    evaluator: RowEvaluator
+    fn: Callable[..., Any]
+
+    def __call__(self, part: pd.DataFrame) -> Any:
+        frame = self.evaluator.complete(part)
+        return self.fn(*(self.evaluator.rows(frame) if len(frame) else self.evaluator.empty_rows()))
 
 
 @dataclass(frozen=True)
@@ -554,5 +585,5 @@ def build_dask_design(spec: FormulaSpec, ddf: Any) -> Design:
         n_dropped=scan.n_dropped,
         dropped_index=scan.dropped,
         fixed_matrix=fixed_matrix,
-        reduced=ReducedRows(partial.sums, median, mad, partial.x_absmax),
+        reduced=ReducedRows(partial.sums, median, mad, partial.x_absmax, RowSource(frame, evaluator)),
     )
