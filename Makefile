@@ -41,8 +41,18 @@ bench-env:
 	test -x benchmarks/.venv-bambi/bin/python || ($(PYTHON) -m venv benchmarks/.venv-bambi && \
 	  benchmarks/.venv-bambi/bin/python -m pip install --quiet "bambi==0.21.*" nutpie)
 
+# lme4 and brms join where R is installed (optional; see benchmarks/worker_r.R). About 45 min.
 bench: $(STAMP) bench-env
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --append-doc --cases bounce,sleepstudy \
+	  --tools lmmbayes-collapsed,lmmbayes-joint,bambi-nutpie,bambi-pymc,lme4,brms
+	$(BIN)/python benchmarks/run.py --append-doc --cases sim_N10000_G10,sim_N10000_G1000 --timeout 900 \
+	  --tools lmmbayes-collapsed,lmmbayes-joint,bambi-nutpie,bambi-pymc,lme4
+	$(BIN)/python benchmarks/run.py --append-doc --cases sim_N100000_G10,sim_N100000_G1000 --timeout 900 \
+	  --tools lmmbayes-collapsed,lmmbayes-joint,bambi-nutpie,lme4
+	$(BIN)/python benchmarks/run.py --append-doc --cases sim_N1000000_G10 --phases cold \
+	  --tools lmmbayes-collapsed,lme4
+	$(BIN)/python benchmarks/run.py --append-doc --cases sim_N1000000_G1000 --phases cold --timeout 1200 \
+	  --tools lmmbayes-collapsed,lme4,bambi-nutpie
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,10 +10,13 @@ Each case runs in a fresh process, so that its peak resident memory
   frame (:func:`cases.simulated`), fitted in memory;
 - ``dask_1e7``: the same model on 10^7 rows generated lazily, partition by
   partition (``dask.dataframe.from_map``), so that they never exist in
-  memory at once; reduced on Dask's threaded scheduler.
+  memory at once; reduced on Dask's threaded scheduler;
+- ``dask_loo_1e6``: the same on 10^6 lazy rows, then PSIS-LOO, which maps
+  the rows again in chunks (the draws x rows matrix would be 32 GB).
 
-Both fit 4 chains x 1000 draws (after 1000 warmup). Not part of the test
-suite: it takes minutes.
+All fit 4 chains x 1000 draws (after 1000 warmup). Not part of the test
+suite: it takes minutes. Rows are appended to results/large_n.jsonl, and the
+Large-N section of docs/benchmarks.md is rewritten from it (the other tables stay).
 """
 
 from __future__ import annotations
@@ -108,7 +111,29 @@ def dask_1e7(partitions: int = 20) -> dict:
                    {"partitions": partitions, "rows_in_memory": fit.design.rows_in_memory})
 
 
-CASES = {"memory_1e6": memory_1e6, "dask_1e7": dask_1e7}
+def dask_loo_1e6(partitions: int = 10) -> dict:
+    import dask
+    import dask.dataframe as dd
+
+    import lmmbayes as lb
+
+    n = 1_000_000
+    meta = lazy_partition(0, 0)
+    ddf = dd.from_map(lazy_partition, range(partitions), rows=n // partitions, meta=meta, enforce_metadata=False)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        t0 = time.perf_counter()
+        fit = lb.fit(FORMULA, ddf, _priors(), **SAMPLING)
+        wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loo = fit.loo()
+        loo_s = time.perf_counter() - t0
+    return _report("dask_loo_1e6", n, fit, wall, {
+        "partitions": partitions, "loo_s": round(loo_s, 2), "elpd_loo": round(float(loo.elpd), 1),
+        "se_elpd_loo": round(float(loo.se), 1), "p_loo": round(float(loo.p), 1),
+        "max_pareto_k": round(float(loo.pareto_k.max()), 3)})
+
+
+CASES = {"memory_1e6": memory_1e6, "dask_1e7": dask_1e7, "dask_loo_1e6": dask_loo_1e6}
 
 
 def main(argv: list[str]) -> None:
@@ -118,7 +143,14 @@ def main(argv: list[str]) -> None:
     for case in argv or list(CASES):
         out = subprocess.run([sys.executable, __file__, "--run", case], capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-        print(lines[-1] if lines else json.dumps({"case": case, "error": out.stderr[-2000:]}), flush=True)
+        line = lines[-1] if lines else json.dumps({"case": case, "error": out.stderr[-2000:]})
+        print(line, flush=True)
+        (HERE / "results").mkdir(exist_ok=True)
+        with open(HERE / "results" / "large_n.jsonl", "a") as fh:
+            fh.write(json.dumps({**json.loads(line), "date": time.strftime("%Y-%m-%d")}) + "\n")
+    from report import update_large_n
+
+    update_large_n(HERE.parent / "docs" / "benchmarks.md", HERE / "results" / "large_n.jsonl")
 
 
 if __name__ == "__main__":

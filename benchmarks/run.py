@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,8 +100,12 @@ def main() -> None:
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     rows = []
+    tools = args.tools.split(",")
+    if shutil.which("Rscript") is None and {"lme4", "brms"} & set(tools):
+        print("Rscript not found: lme4 and brms are left out (apt-get install r-cran-lme4 r-cran-brms)")
+        tools = [t for t in tools if TOOLS[t][0] != "Rscript"]
     for case in args.cases.split(","):
-        for tool in args.tools.split(","):
+        for tool in tools:
             with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
                 for phase in args.phases.split(","):
                     r = run_one(tool, case, args.chains, args.draws, cache, args.timeout)

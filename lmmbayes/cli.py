@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--tune", type=int, default=1000)
     fit.add_argument("--seed", type=int, default=None)
     fit.add_argument("--target-accept", dest="target_accept", type=float, default=None,
-                     help="NUTS target acceptance (default: 0.8 joint engine, 0.9 collapsed)")
+                     help="NUTS target acceptance (default: 0.8 joint engine, 0.95 collapsed)")
     fit.add_argument("--out", type=Path, help="save the fit to this file (read it with `lmmbayes summary`)")
     fit.add_argument("--report", type=Path, help="write a self-contained HTML report")
     fit.add_argument("--quiet", action="store_true", help="no progress display")

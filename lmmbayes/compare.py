@@ -25,6 +25,7 @@ from scipy.special import logsumexp
 from .design import require_rows
 from .errors import DataError, FitError, LmmbayesError, LmmbayesWarning
 from .predict import draw_indices, fitted_rows, linear_predictor, stack_draws, summarise_draws
+from .psis import loo_pointwise
 
 #: Pareto k above which PSIS-LOO is unreliable for an observation (Vehtari et al. 2024).
 PARETO_K_LIMIT = 0.7
@@ -68,9 +69,9 @@ def log_lik(fit: Any, *, chunk_size: int | None = None) -> np.ndarray:
         (chain, draw, N).
     """
     design = fit.design
-    require_rows(design, "The pointwise log-likelihood (loo, waic, loo_compare)",
-                 "Compare models on the data in memory, or on a pandas sample of it "
-                 "(ddf.sample(frac=...).compute()).")
+    require_rows(design, "The whole (draws x rows) pointwise log-likelihood",
+                 "loo(), waic() and loo_compare() work on it partition by partition; for the matrix "
+                 "itself, use a pandas sample of the data (ddf.sample(frac=...).compute()).")
     posterior = fit.idata["posterior"]
     n_chain, n_draw = posterior["sigma"].shape
     total = n_chain * n_draw
@@ -89,30 +90,36 @@ def log_lik(fit: Any, *, chunk_size: int | None = None) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class _PointwiseLoo:
-    """PSIS-LOO's pointwise elpd, p_loo and Pareto k of one partition's rows (shipped to Dask workers).
+class _Pointwise:
+    """Pointwise LOO or WAIC terms of one partition's rows (shipped to Dask workers).
 
-    Draws are stacked chains first, as :func:`log_lik` does, and reshaped to
-    (chain, draw) for arviz-stats, whose PSIS uses the relative efficiency
-    ``reff`` of the whole posterior, so each row gets what
-    ``arviz_stats.loo`` on the whole matrix gives it.
+    ``kind="loo"`` gives PSIS-LOO's elpd_i, Pareto k and p_loo_i
+    (:func:`lmmbayes.psis.loo_pointwise`, vectorised over rows) with the
+    relative efficiency ``reff`` of the whole posterior, so each row gets what
+    ``arviz_stats.loo`` on the whole matrix gives it; ``kind="waic"`` gives lppd_i and p_waic_i. Draws are
+    stacked chains first, as :func:`log_lik` does, and computed in chunks of
+    ``chunk`` rows.
     """
 
+    kind: str
     b: np.ndarray  # (S, P), the intercept first where the design centres it
     sigma: np.ndarray  # (S,)
     r: tuple[np.ndarray, ...]  # per factor (S, levels, q)
     centred: bool
-    n_chain: int
     reff: float
     chunk: int
 
-    def __call__(self, X: np.ndarray, y: np.ndarray, indexes: list[np.ndarray],
-                 Zs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from arviz_stats.base import array_stats
+    def _terms(self, ll: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The pointwise terms of a (draws, rows) log-likelihood."""
+        if self.kind == "waic":
+            return logsumexp(ll, axis=0) - math.log(ll.shape[0]), ll.var(axis=0, ddof=1)
+        return loo_pointwise(ll, self.reff)
 
+    def __call__(self, X: np.ndarray, y: np.ndarray, indexes: list[np.ndarray],
+                 Zs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         if self.centred:
             X = np.column_stack([np.ones(len(y)), X])
-        out = [np.empty(len(y)) for _ in range(3)]
+        out = [np.empty(len(y)) for _ in range(3 if self.kind == "loo" else 2)]
         log_norm = -np.log(self.sigma)[:, None] - 0.5 * math.log(2 * math.pi)
         for start in range(0, len(y), self.chunk):
             part = slice(start, min(start + self.chunk, len(y)))
@@ -121,13 +128,33 @@ class _PointwiseLoo:
                 for t in range(Z.shape[1]):
                     mu += r[:, idx[part], t] * Z[part, t]
             z = (y[part][None, :] - mu) / self.sigma[:, None]
-            ll = (log_norm - 0.5 * z * z).T.reshape(-1, self.n_chain, len(self.sigma) // self.n_chain)
-            for k, values in enumerate(array_stats.loo(ll, chain_axis=-2, draw_axis=-1, r_eff=self.reff)):
+            for k, values in enumerate(self._terms(log_norm - 0.5 * z * z)):
                 out[k][part] = values
-        return out[0], out[1], out[2]  # elpd_i, pareto_k, p_loo_i
+        return tuple(out)
 
 
-def _concat3(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+def _pointwise_by_partition(fit: Any, kind: str, what: str) -> tuple[np.ndarray, ...]:
+    """:class:`_Pointwise` terms of every row of a Dask fit, in the frame's row order."""
+    source = fit.design.reduced.source
+    if source is None:
+        raise FitError(
+            f"{what} of a fit made from a Dask DataFrame goes over the rows again, on the Dask "
+            "frame the fit was made from; this fit was read from a file and does not have it. "
+            "Refit from the Dask frame, or compare models on the data in memory."
+        )
+    posterior = fit.idata["posterior"]
+    n_chain, n_draw = posterior["sigma"].shape
+    fn = _Pointwise(
+        kind=kind, b=stack_draws(np.asarray(posterior["b"].values)),
+        sigma=stack_draws(np.asarray(posterior["sigma"].values)),
+        r=tuple(stack_draws(np.asarray(posterior[f"r_{f.name}"].values)) for f in fit.design.factors),
+        centred=fit.design.centred_intercept,
+        reff=_relative_efficiency(fit) if kind == "loo" else 1.0, chunk=_check_chunk(None, n_chain * n_draw),
+    )
+    return source.map_rows(fn, _concat)
+
+
+def _concat(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
 
 
@@ -148,23 +175,8 @@ def _loo_by_partition(fit: Any) -> Any:
     from arviz_stats.base import array_stats
     from arviz_stats.utils import ELPDDataLOO
 
-    source = fit.design.reduced.source
-    if source is None:
-        raise FitError(
-            "PSIS-LOO of a fit made from a Dask DataFrame goes over the rows again, on the Dask "
-            "frame the fit was made from; this fit was read from a file and does not have it. "
-            "Refit from the Dask frame, or compare models on the data in memory."
-        )
-    posterior = fit.idata["posterior"]
-    n_chain, n_draw = posterior["sigma"].shape
-    total = n_chain * n_draw
-    fn = _PointwiseLoo(
-        b=stack_draws(np.asarray(posterior["b"].values)), sigma=stack_draws(np.asarray(posterior["sigma"].values)),
-        r=tuple(stack_draws(np.asarray(posterior[f"r_{f.name}"].values)) for f in fit.design.factors),
-        centred=fit.design.centred_intercept, n_chain=n_chain, reff=_relative_efficiency(fit),
-        chunk=_check_chunk(None, total),
-    )
-    elpd_i, pareto_k, p_loo_i = source.map_rows(fn, _concat3)
+    elpd_i, pareto_k, p_loo_i = _pointwise_by_partition(fit, "loo", "PSIS-LOO")
+    total = int(np.prod(fit.idata["posterior"]["sigma"].shape))
     elpd, se, p_loo, _ = array_stats.loo_summary(elpd_i, p_loo_i)
     good_k = min(1 - 1 / np.log10(total), 0.7) if total > 1 else 0.7
     obs = {"obs": np.arange(elpd_i.size)}
@@ -302,12 +314,19 @@ def waic(fit: Any) -> WAIC:
     -----
     WAICWarning
         When some ``p_waic_i`` exceed 0.4 (WAIC unreliable; use :func:`loo`).
+
+    A fit from a Dask DataFrame computes the pointwise terms partition by
+    partition, as :func:`loo` does.
     """
-    ll = log_lik(fit)
-    n_samples, n = ll.shape[0] * ll.shape[1], ll.shape[2]
-    ll = ll.reshape(n_samples, n)
-    lppd = logsumexp(ll, axis=0) - math.log(n_samples)
-    p_i = ll.var(axis=0, ddof=1)
+    if fit.design.rows_in_memory:
+        ll = log_lik(fit)
+        n_samples, n = ll.shape[0] * ll.shape[1], ll.shape[2]
+        ll = ll.reshape(n_samples, n)
+        lppd = logsumexp(ll, axis=0) - math.log(n_samples)
+        p_i = ll.var(axis=0, ddof=1)
+    else:  # a Dask fit: the same terms, partition by partition (see loo)
+        lppd, p_i = _pointwise_by_partition(fit, "waic", "WAIC")
+        n_samples, n = int(np.prod(fit.idata["posterior"]["sigma"].shape)), lppd.size
     elpd_i = lppd - p_i
     root_n = math.sqrt(n)
     se_elpd = float(root_n * elpd_i.std(ddof=1)) if n > 1 else float("nan")

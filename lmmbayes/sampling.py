@@ -43,7 +43,7 @@ _PYMC_STATS = ("diverging", "tree_depth", "reached_max_treedepth", "step_size", 
 #: adapt_delta for the joint model; higher for the collapsed one, where it
 #: removes the rare divergences from the exponential tail of a near-zero sd's
 #: log at no cost per step (the README gives the measurements).
-DEFAULT_TARGET_ACCEPT = {"joint": 0.8, "collapsed": 0.9}
+DEFAULT_TARGET_ACCEPT = {"joint": 0.8, "collapsed": 0.95}
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,7 @@ def test_target_accept_defaults_by_engine_and_explicit_value_wins(bounce):
     from conftest import SLOPE, TUTORIAL_PRIORS
 
     kw = {"chains": 1, "draws": 50, "tune": 50, "seed": 1}
-    assert quiet_fit(SLOPE, bounce, TUTORIAL_PRIORS, method="collapsed", **kw).config.target_accept == 0.9
+    assert quiet_fit(SLOPE, bounce, TUTORIAL_PRIORS, method="collapsed", **kw).config.target_accept == 0.95
     assert quiet_fit(SLOPE, bounce, TUTORIAL_PRIORS, method="joint", **kw).config.target_accept == 0.8
     assert quiet_fit(SLOPE, bounce, TUTORIAL_PRIORS, method="collapsed", target_accept=0.8,
                      **kw).config.target_accept == 0.8
@@ -287,7 +287,8 @@ def test_bounce_random_slope_has_no_divergences_at_the_default(bounce):
     """The issue's target: zero divergences on the tutorial's model with default settings.
 
     At target_accept 0.8 these same seeds give divergences (4 chains x 1000
-    draws each), so the test fails should the default or the density regress.
+    draws each), so the test fails should the default or the density regress;
+    seed 10 also diverged once at 0.9 on one machine (the default was 0.9 then).
     """
     from conftest import SLOPE, TUTORIAL_PRIORS
 

@@ -249,9 +249,9 @@ def test_dask_fit_looks_like_any_fit(fit_pair):
 
 
 @pytest.mark.parametrize("call", [
-    lambda f: f.waic(), lambda f: f.bayes_r2(), lambda f: f.pp_check(), lambda f: f.predict(),
+    lambda f: f.log_lik(), lambda f: f.bayes_r2(), lambda f: f.pp_check(), lambda f: f.predict(),
     lambda f: f.posterior_epred(),
-], ids=["waic", "bayes_r2", "pp_check", "predict", "posterior_epred"])
+], ids=["log_lik", "bayes_r2", "pp_check", "predict", "posterior_epred"])
 def test_what_needs_the_rows_says_so(fit_pair, call):
     with pytest.raises(lb.FitError, match="Dask DataFrame and keeps only their cross-products"):
         call(fit_pair[1])
@@ -268,10 +268,13 @@ def test_dask_fit_predicts_new_data_and_survives_save_and_load(fit_pair, frames,
     np.testing.assert_array_equal(back.design.reduced.sums.VtV, reduced.design.reduced.sums.VtV)
 
 
-def test_dask_loo_equals_psis_loo_of_the_whole_log_likelihood_matrix(fit_pair, frames):
-    """LOO of a Dask fit goes over the partitions in row chunks; the witness builds the whole
-    (draws x rows) log-likelihood from the pandas rows through the prediction path, and runs
-    arviz-stats's loo on it: the same numbers for every row, in the same order."""
+def test_dask_loo_and_waic_equal_those_of_the_whole_log_likelihood_matrix(fit_pair, frames):
+    """LOO and WAIC of a Dask fit go over the partitions in row chunks; the witness builds the
+    whole (draws x rows) log-likelihood from the pandas rows through the prediction path, and
+    runs arviz-stats's loo on every 7th row (its per-row PSIS takes 3 ms a row; the reff is
+    the whole posterior's either way) and the loo package's WAIC formulas on all rows: the
+    same numbers for every row, in the same order, and the loo package's totals."""
+    import scipy.special
     import scipy.stats
     import xarray as xr
     from arviz_stats import loo as az_loo
@@ -284,23 +287,37 @@ def test_dask_loo_equals_psis_loo_of_the_whole_log_likelihood_matrix(fit_pair, f
     n_chain, n_draw = post["sigma"].shape
     sigma = post["sigma"].values.reshape(-1, 1)
     ll = scipy.stats.norm.logpdf(rows["y"].to_numpy()[None, :], mu, sigma).reshape(n_chain, n_draw, -1)
+    some = np.arange(0, len(rows), 7)
     tree = xr.DataTree.from_dict({
         "posterior": post.to_dataset(),
-        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), ll)}),
+        "log_likelihood": xr.Dataset({"y": (("chain", "draw", "obs"), ll[:, :, some])}),
     })
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = az_loo(tree, pointwise=True, var_name="y")
-    assert got.n_data_points == want.n_data_points == len(rows) and got.n_samples == want.n_samples
-    for name in ("elpd", "se", "p"):
-        assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-9), name
-    np.testing.assert_allclose(got.elpd_i.values, want.elpd_i.values, rtol=1e-9)
-    np.testing.assert_allclose(got.pareto_k.values, want.pareto_k.values, rtol=1e-7, atol=1e-9)
+    assert got.n_data_points == len(rows) and got.n_samples == want.n_samples == n_chain * n_draw
+    np.testing.assert_allclose(got.elpd_i.values[some], want.elpd_i.values, rtol=1e-9)
+    np.testing.assert_allclose(got.pareto_k.values[some], want.pareto_k.values, rtol=1e-7, atol=1e-9)
+    elpd_i = got.elpd_i.values
+    assert got.elpd == pytest.approx(elpd_i.sum(), rel=1e-12)
+    assert got.se == pytest.approx(np.sqrt(len(rows) * elpd_i.var(ddof=1)), rel=1e-9)
+    assert got.p == pytest.approx(got.p_loo_i.values.sum(), rel=1e-12)
+    assert np.isfinite(elpd_i).all() and (got.pareto_k.values < 0.7).all()
     table = lb.loo_compare(reduced, reduced, names=["a", "b"])
     assert list(table["elpd_diff"]) == [0.0, 0.0]
 
+    flat = ll.reshape(n_chain * n_draw, -1)
+    lppd = scipy.special.logsumexp(flat, axis=0) - np.log(flat.shape[0])
+    p_waic = flat.var(axis=0, ddof=1)
+    waic = reduced.waic()
+    assert waic.n_data_points == len(rows) and waic.n_samples == n_chain * n_draw
+    assert waic.elpd_waic == pytest.approx(float((lppd - p_waic).sum()), rel=1e-9)
+    assert waic.p_waic == pytest.approx(float(p_waic.sum()), rel=1e-9)
+    np.testing.assert_allclose(waic.pointwise["elpd_waic"], lppd - p_waic, rtol=1e-9)
 
-def test_dask_loo_after_load_says_what_to_do(fit_pair, tmp_path):
+
+def test_dask_loo_and_waic_after_load_say_what_to_do(fit_pair, tmp_path):
     back = lb.load(fit_pair[1].save(tmp_path / "dask.lmmb"))
-    with pytest.raises(lb.FitError, match="read from a file"):
-        back.loo()
+    for call, what in ((back.loo, "PSIS-LOO"), (back.waic, "WAIC")):
+        with pytest.raises(lb.FitError, match=f"{what} of a fit made from a Dask DataFrame.*read from a file"):
+            call()

@@ -97,11 +97,15 @@ def log_density(x: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> float:
 def c_callbacks() -> tuple[_Callback, _Callback]:
     """nutpie's log-density and expand callbacks: addresses of ``lmm_logp`` and ``lmm_expand``."""
     lib = _library()
-    as_int = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-    return _Callback(as_int(lib.lmm_logp)), _Callback(as_int(lib.lmm_expand))
+    return _Callback(_address(lib.lmm_logp)), _Callback(_address(lib.lmm_expand))
 
 
-#: Header of the packed buffer: total length, n_dim, n_beta, q, levels, pairs, N, y'y.
+def _address(function: Any) -> int:
+    return ctypes.cast(function, ctypes.c_void_p).value
+
+
+#: Header of the packed buffer: total length, n_dim, n_beta, q, levels, pairs, N, y'y
+#: (``HEADER`` in ``_kernel.c``, which reads the buffer).
 _HEADER = 8
 
 
