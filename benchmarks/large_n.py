@@ -15,7 +15,9 @@ Each case runs in a fresh process, so that its peak resident memory
   the rows again in chunks (the draws x rows matrix would be 32 GB).
 
 All fit 4 chains x 1000 draws (after 1000 warmup). Not part of the test
-suite: it takes minutes. Rows are appended to results/large_n.jsonl, and the
+suite: it takes minutes. Each row also carries ``bounce_fit_s``, the bounce
+model's collapsed fit timed in a fresh process in the same run, as a
+yardstick of the machine's speed. Rows are appended to results/large_n.jsonl, and the
 Large-N section of docs/benchmarks.md is rewritten from it (the other tables stay).
 """
 
@@ -133,21 +135,39 @@ def dask_loo_1e6(partitions: int = 10) -> dict:
         "max_pareto_k": round(float(loo.pareto_k.max()), 3)})
 
 
+def reference() -> dict:
+    """The bounce model's collapsed fit, the first case of ``run.py``: how fast this machine is,
+    so that rows from different days (and machines) can be read side by side."""
+    import lmmbayes as lb
+
+    data = lb.datasets.load_bounce_times()
+    priors = [lb.prior("normal(200, 1)", class_="Intercept"), lb.prior("normal(0, 10)", class_="sd", group="county")]
+    t0 = time.perf_counter()
+    lb.fit("bounce_time ~ std_age + (1 + std_age | county)", data, priors, method="collapsed", **SAMPLING)
+    return {"bounce_fit_s": round(time.perf_counter() - t0, 2)}
+
+
 CASES = {"memory_1e6": memory_1e6, "dask_1e7": dask_1e7, "dask_loo_1e6": dask_loo_1e6}
+
+
+def _run(case: str) -> dict:
+    """One case in a fresh process (its own peak memory), as a dict; an error is a row too."""
+    out = subprocess.run([sys.executable, __file__, "--run", case], capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"case": case, "error": out.stderr[-2000:]}
 
 
 def main(argv: list[str]) -> None:
     if len(argv) == 2 and argv[0] == "--run":
-        print(json.dumps(CASES[argv[1]]()), flush=True)
+        print(json.dumps({**CASES, "reference": reference}[argv[1]]()), flush=True)
         return
+    speed = _run("reference")
     for case in argv or list(CASES):
-        out = subprocess.run([sys.executable, __file__, "--run", case], capture_output=True, text=True)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-        line = lines[-1] if lines else json.dumps({"case": case, "error": out.stderr[-2000:]})
-        print(line, flush=True)
+        row = {**_run(case), **speed, "date": time.strftime("%Y-%m-%d")}
+        print(json.dumps(row), flush=True)
         (HERE / "results").mkdir(exist_ok=True)
         with open(HERE / "results" / "large_n.jsonl", "a") as fh:
-            fh.write(json.dumps({**json.loads(line), "date": time.strftime("%Y-%m-%d")}) + "\n")
+            fh.write(json.dumps(row) + "\n")
     from report import update_large_n
 
     update_large_n(HERE.parent / "docs" / "benchmarks.md", HERE / "results" / "large_n.jsonl")

@@ -93,11 +93,15 @@ def _large_n(path: Path) -> list[str]:
             newest[r["case"]] = r
     out = [LARGE_N_HEADING, "",
            "`y ~ x + (x | g)` with 1000 groups, 4 chains x 1000 draws, each case in a fresh process; "
-           "`fit s` is `lb.fit` from data to Fit (for Dask, including every pass over the partitions).", "",
-           "| case | rows | fit s | peak MB | max Rhat | LOO s | elpd_loo (SE) | max Pareto k | date |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "`fit s` is `lb.fit` from data to Fit (for Dask, including every pass over the partitions); "
+           "`LOO s` is `fit.loo()` over the Dask rows again. Rows may come from another day and machine than "
+           "the tables above: `bounce s`, the bounce model's collapsed fit in the same run, says how fast "
+           "that machine was (compare the bounce table's lmmbayes-collapsed wall).", "",
+           "| case | rows | fit s | peak MB | max Rhat | LOO s | elpd_loo (SE) | max Pareto k | bounce s | date |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in newest.values():
         loo = f"{r['elpd_loo']} ({r['se_elpd_loo']})" if "elpd_loo" in r else "-"
         out.append(f"| {r['case']} | {r['n']:,} | {r['fit_wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['max_rhat']} | "
-                   f"{r.get('loo_s', '-')} | {loo} | {r.get('max_pareto_k', '-')} | {r.get('date', '-')} |")
+                   f"{r.get('loo_s', '-')} | {loo} | {r.get('max_pareto_k', '-')} | {r.get('bounce_fit_s', '-')} | "
+                   f"{r.get('date', '-')} |")
     return out + [""]
