@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml setup.py lmmbayes/engines/_kernel.c
 demo: $(STAMP)
 	$(BIN)/python -m lmmbayes.demo
 
+# Two pytest workers, one test file each at a time (module fixtures stay in one process):
+# the joint engine's compiles and the samplers overlap on the 2 cores (7.3 -> 4.7 min here).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Long validations (simulation-based calibration, coverage): not part of `make test`.
 # Writes docs/validation.md.
