@@ -15,6 +15,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,9 @@ PARETO_K_LIMIT = 0.7
 P_WAIC_LIMIT = 0.4
 #: Elements of one (draws x rows) temporary when computing the log-likelihood in chunks.
 _CHUNK_ELEMENTS = 2**22
+#: Largest (draws x rows) log-likelihood matrix (512 MB) that loo() builds whole for a fit in
+#: memory, to hand arviz-stats; a larger one goes in row chunks through :mod:`lmmbayes.psis`.
+_WHOLE_MATRIX = 2**26
 
 
 class ParetoKWarning(LmmbayesWarning):
@@ -72,21 +76,47 @@ def log_lik(fit: Any, *, chunk_size: int | None = None) -> np.ndarray:
     require_rows(design, "The whole (draws x rows) pointwise log-likelihood",
                  "loo(), waic() and loo_compare() work on it partition by partition; for the matrix "
                  "itself, use a pandas sample of the data (ddf.sample(frac=...).compute()).")
+    n_chain, n_draw = fit.idata["posterior"]["sigma"].shape
+    out = np.empty((n_chain * n_draw, design.n_obs))
+    for part, ll in _log_lik_chunks(fit, _check_chunk(chunk_size, n_chain * n_draw)):
+        out[:, part] = ll
+    return out.reshape(n_chain, n_draw, design.n_obs)
+
+
+def _log_lik_chunks(fit: Any, chunk: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, (draws x rows) log-likelihood) of a fit in memory, ``chunk`` rows at a time."""
+    design = fit.design
     posterior = fit.idata["posterior"]
-    n_chain, n_draw = posterior["sigma"].shape
-    total = n_chain * n_draw
+    total = int(np.prod(posterior["sigma"].shape))
     idx = draw_indices(total, None)
     sigma = stack_draws(np.asarray(posterior["sigma"].values))[:, None]
     log_norm = -np.log(sigma) - 0.5 * math.log(2 * math.pi)
     rows = fitted_rows(design, design.factors)
-    chunk = _check_chunk(chunk_size, total)
-    out = np.empty((total, design.n_obs))
     for start in range(0, design.n_obs, chunk):
         part = slice(start, min(start + chunk, design.n_obs))
-        mu = linear_predictor(fit, rows, idx, row_slice=part)
-        z = (design.y[part][None, :] - mu) / sigma
-        out[:, part] = log_norm - 0.5 * z * z
-    return out.reshape(n_chain, n_draw, design.n_obs)
+        z = (design.y[part][None, :] - linear_predictor(fit, rows, idx, row_slice=part)) / sigma
+        yield part, log_norm - 0.5 * z * z
+
+
+def _pointwise_terms(kind: str, ll: np.ndarray, reff: float) -> tuple[np.ndarray, ...]:
+    """Per row of a (draws, rows) log-likelihood: PSIS-LOO's (elpd_i, Pareto k, p_loo_i) for
+    ``kind="loo"``, WAIC's (lppd_i, p_waic_i) for ``kind="waic"``."""
+    if kind == "waic":
+        return logsumexp(ll, axis=0) - math.log(ll.shape[0]), ll.var(axis=0, ddof=1)
+    return loo_pointwise(ll, reff)
+
+
+def _pointwise(fit: Any, kind: str, what: str) -> tuple[np.ndarray, ...]:
+    """:func:`_pointwise_terms` of every row, in row chunks (partition by partition for Dask)."""
+    if not fit.design.rows_in_memory:
+        return _pointwise_by_partition(fit, kind, what)
+    total = int(np.prod(fit.idata["posterior"]["sigma"].shape))
+    reff = _relative_efficiency(fit) if kind == "loo" else 1.0
+    out = [np.empty(fit.design.n_obs) for _ in range(3 if kind == "loo" else 2)]
+    for part, ll in _log_lik_chunks(fit, _check_chunk(None, total)):
+        for k, values in enumerate(_pointwise_terms(kind, ll, reff)):
+            out[k][part] = values
+    return tuple(out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,12 +139,6 @@ class _Pointwise:
     reff: float
     chunk: int
 
-    def _terms(self, ll: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The pointwise terms of a (draws, rows) log-likelihood."""
-        if self.kind == "waic":
-            return logsumexp(ll, axis=0) - math.log(ll.shape[0]), ll.var(axis=0, ddof=1)
-        return loo_pointwise(ll, self.reff)
-
     def __call__(self, X: np.ndarray, y: np.ndarray, indexes: list[np.ndarray],
                  Zs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         if self.centred:
@@ -128,7 +152,7 @@ class _Pointwise:
                 for t in range(Z.shape[1]):
                     mu += r[:, idx[part], t] * Z[part, t]
             z = (y[part][None, :] - mu) / self.sigma[:, None]
-            for k, values in enumerate(self._terms(log_norm - 0.5 * z * z)):
+            for k, values in enumerate(_pointwise_terms(self.kind, log_norm - 0.5 * z * z, self.reff)):
                 out[k][part] = values
         return tuple(out)
 
@@ -170,12 +194,12 @@ def _relative_efficiency(fit: Any) -> float:
     return float(np.hstack([ess[v].values.ravel() for v in ess.data_vars]).mean() / (n_chain * n_draw))
 
 
-def _loo_by_partition(fit: Any) -> Any:
-    """PSIS-LOO of a Dask fit, row chunk by row chunk on its partitions (see :func:`loo`)."""
+def _loo_in_chunks(fit: Any) -> Any:
+    """PSIS-LOO row chunk by row chunk (on the partitions of a Dask fit), see :func:`loo`."""
     from arviz_stats.base import array_stats
     from arviz_stats.utils import ELPDDataLOO
 
-    elpd_i, pareto_k, p_loo_i = _pointwise_by_partition(fit, "loo", "PSIS-LOO")
+    elpd_i, pareto_k, p_loo_i = _pointwise(fit, "loo", "PSIS-LOO")
     total = int(np.prod(fit.idata["posterior"]["sigma"].shape))
     elpd, se, p_loo, _ = array_stats.loo_summary(elpd_i, p_loo_i)
     good_k = min(1 - 1 / np.log10(total), 0.7) if total > 1 else 0.7
@@ -218,11 +242,18 @@ def loo(fit: Any, *, label: str | None = None) -> Any:
         ``elpd`` (elpd_loo), ``se``, ``p`` (p_loo), pointwise ``elpd_i`` and
         ``pareto_k``; printing it gives the loo package's table.
 
-    A fit from a Dask DataFrame goes over the rows again, partition by
-    partition and in chunks of rows, and keeps only the pointwise results
-    (no draws x rows matrix, no ``log_weights``); the numbers are the same
-    as from the whole matrix. That needs the Dask frame the fit was made
-    from, so a Dask fit read back with :func:`lmmbayes.load` cannot do it.
+    A fit whose draws x rows log-likelihood would pass 2**26 values (512
+    MB: 4000 draws by 16,777 rows) goes over the rows in chunks instead and
+    keeps only the pointwise results (no ``log_weights``), with the Pareto
+    smoothing vectorised over rows (:mod:`lmmbayes.psis`); the numbers are
+    the same as from the whole matrix. So does every fit from a Dask
+    DataFrame, partition by partition; that needs the Dask frame the fit was
+    made from, so a Dask fit read back with :func:`lmmbayes.load` cannot.
+
+    Raises
+    ------
+    LmmbayesError
+        Fewer than 25 posterior draws (PSIS smooths a tail of at least 5).
 
     Warns
     -----
@@ -232,14 +263,18 @@ def loo(fit: Any, *, label: str | None = None) -> Any:
     """
     from arviz_stats import loo as az_loo
 
+    total = int(np.prod(fit.idata["posterior"]["sigma"].shape))
+    if total < 25:
+        raise LmmbayesError(f"PSIS-LOO needs at least 25 posterior draws (chains x draws); this fit has "
+                            f"{total}. Refit with more draws.")
     with warnings.catch_warnings(), np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         # arviz-stats warns without naming the model; lmmbayes warns below instead.
         warnings.filterwarnings("ignore", message=".*[Pp]areto.*")
         warnings.filterwarnings("ignore", message=".*[Ee]stimated shape parameter.*")
-        if fit.design.rows_in_memory:
+        if fit.design.rows_in_memory and total * fit.design.n_obs <= _WHOLE_MATRIX:
             result = az_loo(_log_lik_tree(fit, log_lik(fit)), pointwise=True, var_name="y")
         else:
-            result = _loo_by_partition(fit)
+            result = _loo_in_chunks(fit)
     k = np.asarray(result.pareto_k).reshape(-1)
     high = int((k > PARETO_K_LIMIT).sum())
     if high:
@@ -318,15 +353,8 @@ def waic(fit: Any) -> WAIC:
     A fit from a Dask DataFrame computes the pointwise terms partition by
     partition, as :func:`loo` does.
     """
-    if fit.design.rows_in_memory:
-        ll = log_lik(fit)
-        n_samples, n = ll.shape[0] * ll.shape[1], ll.shape[2]
-        ll = ll.reshape(n_samples, n)
-        lppd = logsumexp(ll, axis=0) - math.log(n_samples)
-        p_i = ll.var(axis=0, ddof=1)
-    else:  # a Dask fit: the same terms, partition by partition (see loo)
-        lppd, p_i = _pointwise_by_partition(fit, "waic", "WAIC")
-        n_samples, n = int(np.prod(fit.idata["posterior"]["sigma"].shape)), lppd.size
+    lppd, p_i = _pointwise(fit, "waic", "WAIC")  # row chunk by row chunk, never the whole matrix
+    n_samples, n = int(np.prod(fit.idata["posterior"]["sigma"].shape)), lppd.size
     elpd_i = lppd - p_i
     root_n = math.sqrt(n)
     se_elpd = float(root_n * elpd_i.std(ddof=1)) if n > 1 else float("nan")

@@ -8,7 +8,7 @@ Stephens's (2009) empirical-Bayes fit with the weakly informative prior on k
 of Vehtari et al. (2024) as array operations. It returns what
 ``arviz_stats.base.array_stats.loo`` returns for every observation (elpd_i,
 Pareto k, p_loo_i), equal to rounding (``tests/test_psis.py``), and is what
-the Dask fits' LOO uses (:mod:`lmmbayes.compare`).
+the chunked LOO of large and Dask fits uses (:mod:`lmmbayes.compare`).
 """
 
 from __future__ import annotations

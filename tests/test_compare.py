@@ -71,6 +71,35 @@ def test_loo_and_waic_are_finite_and_agree(candidates):
     assert waic.waic == pytest.approx(-2 * waic.elpd_waic)
 
 
+def test_large_fits_go_in_row_chunks_with_the_same_numbers(candidates, monkeypatch):
+    """Above the whole-matrix limit loo() goes in row chunks through the vectorised PSIS; the
+    witness is arviz-stats's loo on the whole matrix of the same fit (below the limit)."""
+    from lmmbayes import compare
+
+    fit = candidates["random intercept and slope"]
+    whole = fit.loo()
+    assert whole.log_weights is not None  # arviz-stats's own result
+    calls = []
+    draws = whole.n_samples
+    monkeypatch.setattr(compare, "_WHOLE_MATRIX", draws * 613 - 1)  # just too large to build whole
+    monkeypatch.setattr(compare, "_CHUNK_ELEMENTS", draws * 100)  # 100 rows a chunk: 7 chunks
+    real = compare.loo_pointwise
+    monkeypatch.setattr(compare, "loo_pointwise", lambda ll, reff: calls.append(ll.shape) or real(ll, reff))
+    chunked = fit.loo()
+    assert len(calls) == 7 and chunked.log_weights is None
+    np.testing.assert_allclose(chunked.elpd_i.values, whole.elpd_i.values, rtol=1e-10)
+    np.testing.assert_allclose(chunked.pareto_k.values, whole.pareto_k.values, rtol=1e-8, atol=1e-10)
+    for name in ("elpd", "se", "p", "n_samples", "n_data_points"):
+        assert getattr(chunked, name) == pytest.approx(getattr(whole, name), rel=1e-10), name
+    assert "elpd_loo" in str(chunked)
+
+
+def test_loo_needs_25_draws(bounce):
+    tiny = quiet_fit("bounce_time ~ std_age", bounce, NO_SD, chains=1, draws=20, tune=20, seed=1)
+    with pytest.raises(lb.LmmbayesError, match="at least 25 posterior draws.*has 20"):
+        tiny.loo()
+
+
 def test_waic_by_hand(candidates):
     fit = candidates["linear regression"]
     ll = fit.log_lik().reshape(-1, 613)
