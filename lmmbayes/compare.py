@@ -126,9 +126,9 @@ class _Pointwise:
     ``kind="loo"`` gives PSIS-LOO's elpd_i, Pareto k and p_loo_i
     (:func:`lmmbayes.psis.loo_pointwise`, vectorised over rows) with the
     relative efficiency ``reff`` of the whole posterior, so each row gets what
-    ``arviz_stats.loo`` on the whole matrix gives it; ``kind="waic"`` gives lppd_i and p_waic_i. Draws are
-    stacked chains first, as :func:`log_lik` does, and computed in chunks of
-    ``chunk`` rows.
+    ``arviz_stats.loo`` on the whole matrix gives it; ``kind="waic"`` gives
+    lppd_i and p_waic_i. Draws are stacked chains first, as :func:`log_lik`
+    does, and computed in chunks of ``chunk`` rows.
     """
 
     kind: str
