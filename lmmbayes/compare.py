@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,11 @@ class ParetoKWarning(LmmbayesWarning):
 
 class WAICWarning(LmmbayesWarning):
     """WAIC is unreliable for some observations (p_waic above 0.4)."""
+
+
+def _n_samples(fit: Any) -> int:
+    """Posterior draws of a fit, all chains together."""
+    return int(np.prod(fit.idata["posterior"]["sigma"].shape))
 
 
 def _check_chunk(chunk_size: Any, n_samples: int) -> int:
@@ -87,8 +92,7 @@ def _log_lik_chunks(fit: Any, chunk: int) -> Iterator[tuple[slice, np.ndarray]]:
     """(rows, (draws x rows) log-likelihood) of a fit in memory, ``chunk`` rows at a time."""
     design = fit.design
     posterior = fit.idata["posterior"]
-    total = int(np.prod(posterior["sigma"].shape))
-    idx = draw_indices(total, None)
+    idx = draw_indices(_n_samples(fit), None)
     sigma = stack_draws(np.asarray(posterior["sigma"].values))[:, None]
     log_norm = -np.log(sigma) - 0.5 * math.log(2 * math.pi)
     rows = fitted_rows(design, design.factors)
@@ -108,12 +112,12 @@ def _pointwise_terms(kind: str, ll: np.ndarray, reff: float) -> tuple[np.ndarray
 
 def _pointwise(fit: Any, kind: str, what: str) -> tuple[np.ndarray, ...]:
     """:func:`_pointwise_terms` of every row, in row chunks (partition by partition for Dask)."""
-    if not fit.design.rows_in_memory:
-        return _pointwise_by_partition(fit, kind, what)
-    total = int(np.prod(fit.idata["posterior"]["sigma"].shape))
     reff = _relative_efficiency(fit) if kind == "loo" else 1.0
+    chunk = _check_chunk(None, _n_samples(fit))
+    if not fit.design.rows_in_memory:
+        return _pointwise_by_partition(fit, kind, what, reff, chunk)
     out = [np.empty(fit.design.n_obs) for _ in range(3 if kind == "loo" else 2)]
-    for part, ll in _log_lik_chunks(fit, _check_chunk(None, total)):
+    for part, ll in _log_lik_chunks(fit, chunk):
         for k, values in enumerate(_pointwise_terms(kind, ll, reff)):
             out[k][part] = values
     return tuple(out)
@@ -157,7 +161,7 @@ class _Pointwise:
         return tuple(out)
 
 
-def _pointwise_by_partition(fit: Any, kind: str, what: str) -> tuple[np.ndarray, ...]:
+def _pointwise_by_partition(fit: Any, kind: str, what: str, reff: float, chunk: int) -> tuple[np.ndarray, ...]:
     """:class:`_Pointwise` terms of every row of a Dask fit, in the frame's row order."""
     source = fit.design.reduced.source
     if source is None:
@@ -167,13 +171,11 @@ def _pointwise_by_partition(fit: Any, kind: str, what: str) -> tuple[np.ndarray,
             "Refit from the Dask frame, or compare models on the data in memory."
         )
     posterior = fit.idata["posterior"]
-    n_chain, n_draw = posterior["sigma"].shape
     fn = _Pointwise(
         kind=kind, b=stack_draws(np.asarray(posterior["b"].values)),
         sigma=stack_draws(np.asarray(posterior["sigma"].values)),
         r=tuple(stack_draws(np.asarray(posterior[f"r_{f.name}"].values)) for f in fit.design.factors),
-        centred=fit.design.centred_intercept,
-        reff=_relative_efficiency(fit) if kind == "loo" else 1.0, chunk=_check_chunk(None, n_chain * n_draw),
+        centred=fit.design.centred_intercept, reff=reff, chunk=chunk,
     )
     return source.map_rows(fn, _concat)
 
@@ -200,7 +202,7 @@ def _loo_in_chunks(fit: Any) -> Any:
     from arviz_stats.utils import ELPDDataLOO
 
     elpd_i, pareto_k, p_loo_i = _pointwise(fit, "loo", "PSIS-LOO")
-    total = int(np.prod(fit.idata["posterior"]["sigma"].shape))
+    total = _n_samples(fit)
     elpd, se, p_loo, _ = array_stats.loo_summary(elpd_i, p_loo_i)
     good_k = min(1 - 1 / np.log10(total), 0.7) if total > 1 else 0.7
     obs = {"obs": np.arange(elpd_i.size)}
@@ -263,7 +265,7 @@ def loo(fit: Any, *, label: str | None = None) -> Any:
     """
     from arviz_stats import loo as az_loo
 
-    total = int(np.prod(fit.idata["posterior"]["sigma"].shape))
+    total = _n_samples(fit)
     if total < 25:
         raise LmmbayesError(f"PSIS-LOO needs at least 25 posterior draws (chains x draws); this fit has "
                             f"{total}. Refit with more draws.")
@@ -354,7 +356,7 @@ def waic(fit: Any) -> WAIC:
     partition, as :func:`loo` does.
     """
     lppd, p_i = _pointwise(fit, "waic", "WAIC")  # row chunk by row chunk, never the whole matrix
-    n_samples, n = int(np.prod(fit.idata["posterior"]["sigma"].shape)), lppd.size
+    n_samples, n = _n_samples(fit), lppd.size
     elpd_i = lppd - p_i
     root_n = math.sqrt(n)
     se_elpd = float(root_n * elpd_i.std(ddof=1)) if n > 1 else float("nan")
