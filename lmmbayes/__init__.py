@@ -1,4 +1,4 @@
-"""lmmbayes: Bayesian linear mixed models with brms's formulas, priors and summaries.
+"""lmmbayes: Bayesian mixed models with brms's formulas, priors, families and summaries.
 
 >>> import lmmbayes as lb
 >>> data = lb.datasets.load_bounce_times()
@@ -6,75 +6,63 @@
 ...           lb.prior("normal(0, 10)", class_="sd", group="county")]
 >>> fit = lb.fit("bounce_time ~ std_age + (1 + std_age | county)", data, priors)
 >>> print(fit.summary())
+
+``import lmmbayes`` is light: PyMC, PyTensor, nutpie, numba, matplotlib and
+arviz-plots load only when a call needs them.
 """
 
 from __future__ import annotations
 
-from . import datasets
-from .api import default_prior, fit, get_prior
-from .distributions import register_distribution
+import importlib
+from typing import Any
+
 from .errors import (
     ConvergenceWarning,
     DataError,
     DataWarning,
     FitError,
+    FitFileError,
     FormulaError,
+    IntegrationWarning,
     LmmbayesError,
     LmmbayesWarning,
+    ParetoKWarning,
     PriorError,
+    WAICWarning,
 )
-from .fit import Fit
-from .priors import Prior, PriorSet, prior
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# Workflow functions load on first use, so `import lmmbayes` stays light (no matplotlib).
+# Everything else loads on first use, so that `import lmmbayes` stays light.
 _LAZY = {
-    "plot_groups": "plots",
-    "plot_prior_predictive": "plots",
-    "plot_trace": "plots",
-    "plot_rank": "plots",
-    "plot_acf": "plots",
-    "plot_parallel": "plots",
-    "plot_pairs": "plots",
-    "plot_energy": "plots",
-    "plot_ranef": "plots",
-    "prior_predictive": "priorsim",
-    "loo_compare": "compare",
-    "load": "persist",
-    "simulation_based_calibration": "sbc",
-    "report": "reporting",
+    "fit": "api", "get_prior": "api", "default_prior": "api", "load": "api", "loo_compare": "api", "Fit": "api",
+    "prior": "priors", "Prior": "priors", "PriorSet": "priors", "register_distribution": "priors",
+    "family": "families", "register_family": "families", "Family": "families",
+    "datasets": None,
+    "plot_groups": "workflow.plots", "plot_prior_predictive": "workflow.plots",
+    "plot_trace": "workflow.mcmc_plots", "plot_rank": "workflow.mcmc_plots", "plot_acf": "workflow.mcmc_plots",
+    "plot_parallel": "workflow.mcmc_plots", "plot_pairs": "workflow.mcmc_plots", "plot_energy": "workflow.mcmc_plots",
+    "plot_forest": "workflow.mcmc_plots", "plot_ranef": "workflow.mcmc_plots",
+    "prior_predictive": "workflow.priorsim",
+    "simulation_based_calibration": "workflow.sbc",
+    "report": "workflow.report",
 }
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        module = _LAZY[name]
+        if module is None:
+            return importlib.import_module(f".{name}", __name__)
+        return getattr(importlib.import_module(f".{module}", __name__), name)
     raise AttributeError(f"module 'lmmbayes' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
+
 __all__ = [
-    "ConvergenceWarning",
-    "DataError",
-    "DataWarning",
-    "Fit",
-    "FitError",
-    "FormulaError",
-    "LmmbayesError",
-    "LmmbayesWarning",
-    "Prior",
-    "PriorError",
-    "PriorSet",
-    "datasets",
-    "default_prior",
-    "fit",
-    *_LAZY,
-    "get_prior",
-    "prior",
-    "register_distribution",
+    "ConvergenceWarning", "DataError", "DataWarning", "FitError", "FitFileError", "FormulaError", "IntegrationWarning",
+    "LmmbayesError", "LmmbayesWarning", "ParetoKWarning", "PriorError", "WAICWarning", *_LAZY,
 ]

@@ -1,66 +1,234 @@
-"""The public entry points: the only place that runs the whole pipeline.
+"""The public entry points and the `Fit` with brms's methods.
 
-formula -> spec -> design -> resolved priors -> engine model -> sample -> Fit.
+``fit()`` runs the pipeline (`lmmbayes.pipeline`) and wraps its result
+in a `Fit`, whose methods are thin delegations to the workflow
+modules that own each job. This module is the top of the layers: it may
+import every other one, and none imports it.
 """
 
 from __future__ import annotations
 
-import numbers
-import time
-from collections.abc import Iterable
-from dataclasses import replace
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import fields
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from .design import Design, build_design
-from .distributed import build_dask_design, is_dask_frame
-from .engines import collapsed, joint
-from .errors import FitError
-from .fit import Fit
-from .formula import parse_formula
-from .posterior import to_datatree
-from .priors import Prior, PriorSet, PriorTable, as_prior_set, prior_table, resolve_priors
-from .sampling import DEFAULT_TARGET_ACCEPT, SAMPLERS, SamplerConfig
-from .scaling import standardise, unscale
-
-FAMILIES = ("gaussian",)
-ENGINES = {"joint": joint.run, "collapsed": collapsed.run}
-METHODS = ("auto", *ENGINES)
-SAMPLE_PRIOR = ("no", "only")
+from . import pipeline
+from .errors import ConvergenceWarning
+from .families import Family
+from .priors import Prior, PriorSet, PriorTable, prior_table
+from .results.model import FitResult
+from .workflow import summary as _summary
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise FitError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
+class Fit(FitResult):
+    """A fitted Bayesian mixed model, with brms's summaries, predictions and checks.
 
+    Attributes
+    ----------
+    design : lmmbayes.design.Design
+        The data as the model saw it (after dropping rows with missing values).
+    priors : lmmbayes.priors.ResolvedPriors
+        The prior of every parameter, user-set or default.
+    family : lmmbayes.families.Family
+    engine : str
+        ``"joint"``, ``"collapsed"`` or ``"prior"`` (draws from the prior).
+    config : SamplerConfig
+        Chains, draws, tune, seed, target_accept and sampler used.
+    idata : xarray.DataTree
+        ArviZ DataTree with groups ``posterior`` (brms-named blocks),
+        ``sample_stats`` and ``observed_data``.
+    timings : dict
+        Seconds per stage.
+    """
 
-def _check_family(family: Any) -> str:
-    if not isinstance(family, str) or family.lower() not in FAMILIES:
-        raise FitError(f"Unknown family {family!r}; supported families: {list(FAMILIES)}.")
-    return family.lower()
+    @classmethod
+    def of(cls, result: FitResult) -> Fit:
+        """The Fit of a pipeline result."""
+        return cls(**{f.name: getattr(result, f.name) for f in fields(FitResult)})
 
+    # -- tables ------------------------------------------------------------------------
+    def summary(self, prob: float = 0.95) -> _summary.Summary:
+        """brms's summary: print it for the familiar layout, or use its tables.
 
-def sampler_config(chains: Any, draws: Any, tune: Any, seed: Any, target_accept: Any,
-                   progress: Any, sampler: Any) -> SamplerConfig:
-    """Validate the sampling options; FitError naming the bad one otherwise."""
-    chains = _positive_int(chains, "chains")
-    draws = _positive_int(draws, "draws")
-    if isinstance(tune, bool) or not isinstance(tune, numbers.Integral) or tune < 0:
-        raise FitError(f"tune must be a non-negative integer, got {tune!r}.")
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**32))
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-        raise FitError(f"seed must be None or a non-negative integer below 2**63, got {seed!r}.")
-    if target_accept is not None and (isinstance(target_accept, bool) or not isinstance(target_accept, numbers.Real)
-                                      or not 0 < float(target_accept) < 1):
-        raise FitError("target_accept must be None (the engine's default) or a number strictly between 0 and 1, "
-                       f"got {target_accept!r}.")
-    if sampler not in SAMPLERS:
-        raise FitError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
-    accept = None if target_accept is None else float(target_accept)
-    return SamplerConfig(chains, draws, int(tune), int(seed), accept, bool(progress), sampler)
+        Parameters
+        ----------
+        prob : float
+            Probability mass of the intervals (brms's ``prob``; 0.95 gives
+            ``l-95% CI`` and ``u-95% CI``).
+        """
+        if prob == 0.95:
+            return self._summary
+        return _summary.build_summary(self, prob)
+
+    @cached_property
+    def _summary(self) -> _summary.Summary:
+        return _summary.build_summary(self, 0.95)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The sampler and convergence warnings shown under the summary."""
+        return self._summary.warnings
+
+    @cached_property
+    def sampler_report(self) -> Any:
+        """Divergences, max-tree-depth hits, E-BFMI and step size per chain."""
+        from .workflow.diagnostics import sampler_report
+
+        return sampler_report(self.idata["sample_stats"].to_dataset())
+
+    def posterior_summary(self, probs: tuple[float, ...] = (0.025, 0.975)) -> pd.DataFrame:
+        """Every parameter by its brms name: Estimate, Est.Error and quantiles."""
+        return _summary.posterior_summary(self.posterior, self.design, probs)
+
+    def fixef(self, probs: tuple[float, ...] = (0.025, 0.975)) -> pd.DataFrame:
+        """Population-level effects (``Intercept`` on the original scale)."""
+        return _summary.fixef(self.posterior, self.design, probs)
+
+    def ranef(self, probs: tuple[float, ...] = (0.025, 0.975)) -> dict[str, pd.DataFrame]:
+        """Group-level deviations per factor, rows indexed by (level, term)."""
+        return _summary.ranef(self.posterior, self.design, probs)
+
+    def coef(self, probs: tuple[float, ...] = (0.025, 0.975)) -> dict[str, pd.DataFrame]:
+        """Population plus group-level effects per factor and level."""
+        return _summary.coef(self.posterior, self.design, probs)
+
+    def varcorr(self, probs: tuple[float, ...] = (0.025, 0.975)) -> dict[str, dict[str, pd.DataFrame]]:
+        """Standard deviations and correlations per factor, and the residual SD."""
+        return _summary.varcorr(self.posterior, self.design, probs)
+
+    VarCorr = varcorr
+
+    def prior_summary(self) -> pd.DataFrame:
+        """The prior of every parameter: prior, class, coef, group, lb, ub, source."""
+        return self.priors.frame()
+
+    def draws(self, *, include_random: bool = True) -> pd.DataFrame:
+        """One row per draw with ``.chain``, ``.iteration``, ``.draw`` and brms-named columns."""
+        from .results.posterior import flat_draws
+
+        names, arr = flat_draws(self.posterior, self.design, random=include_random)
+        n_chain, n_draw = arr.shape[:2]
+        frame = pd.DataFrame(arr.reshape(n_chain * n_draw, -1), columns=names)
+        meta = pd.DataFrame({".chain": np.repeat(np.arange(1, n_chain + 1), n_draw),
+                             ".iteration": np.tile(np.arange(1, n_draw + 1), n_chain),
+                             ".draw": np.arange(1, n_chain * n_draw + 1)})
+        return pd.concat([frame, meta], axis=1)
+
+    def diagnostics(self, *, include_random: bool = True) -> Any:
+        """Per-parameter R-hat, ESS and MCSE plus the sampler report (`Diagnostics`)."""
+        from .workflow.diagnostics import diagnostics_table
+
+        return diagnostics_table(self, include_random=include_random)
+
+    # -- prediction ----------------------------------------------------------------------
+    def posterior_linpred(self, newdata: Any = None, *, transform: bool = False,
+                          include_groups: bool | str | Sequence[str] = True, allow_new_levels: bool = False,
+                          sample_new_levels: str = "uncertainty", draws: int | Sequence[int] | None = None,
+                          seed: int | None = None) -> np.ndarray:
+        """Draws of the linear predictor, (draws, rows); see `lmmbayes.workflow.predict.posterior_linpred`."""
+        from .workflow.predict import posterior_linpred
+
+        return posterior_linpred(self, newdata, transform=transform, include_groups=include_groups,
+                                 allow_new_levels=allow_new_levels, sample_new_levels=sample_new_levels,
+                                 draws=draws, seed=seed)
+
+    def posterior_epred(self, newdata: Any = None, *, include_groups: bool | str | Sequence[str] = True,
+                        allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                        draws: int | Sequence[int] | None = None, seed: int | None = None) -> np.ndarray:
+        """Draws of the expected response, (draws, rows); see `lmmbayes.workflow.predict.posterior_epred`."""
+        from .workflow.predict import posterior_epred
+
+        return posterior_epred(self, newdata, include_groups=include_groups, allow_new_levels=allow_new_levels,
+                               sample_new_levels=sample_new_levels, draws=draws, seed=seed)
+
+    def posterior_predict(self, newdata: Any = None, *, include_groups: bool | str | Sequence[str] = True,
+                          allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                          draws: int | Sequence[int] | None = None, seed: int | None = None) -> np.ndarray:
+        """Draws of new observations, (draws, rows); see `lmmbayes.workflow.predict.posterior_predict`."""
+        from .workflow.predict import posterior_predict
+
+        return posterior_predict(self, newdata, include_groups=include_groups, allow_new_levels=allow_new_levels,
+                                 sample_new_levels=sample_new_levels, draws=draws, seed=seed)
+
+    def predict(self, newdata: Any = None, *, probs: tuple[float, ...] = (0.025, 0.975),
+                include_groups: bool | str | Sequence[str] = True, allow_new_levels: bool = False,
+                sample_new_levels: str = "uncertainty", draws: int | Sequence[int] | None = None,
+                seed: int | None = None) -> pd.DataFrame:
+        """Per-row summary of posterior_predict (brms's ``predict``): Estimate, Est.Error, Q2.5, Q97.5."""
+        from .workflow.predict import predict
+
+        return predict(self, newdata, probs=probs, include_groups=include_groups, allow_new_levels=allow_new_levels,
+                       sample_new_levels=sample_new_levels, draws=draws, seed=seed)
+
+    def fitted(self, newdata: Any = None, *, probs: tuple[float, ...] = (0.025, 0.975),
+               include_groups: bool | str | Sequence[str] = True, allow_new_levels: bool = False,
+               sample_new_levels: str = "uncertainty", draws: int | Sequence[int] | None = None,
+               seed: int | None = None) -> pd.DataFrame:
+        """Per-row summary of posterior_epred (brms's ``fitted``): Estimate, Est.Error, Q2.5, Q97.5."""
+        from .workflow.predict import fitted
+
+        return fitted(self, newdata, probs=probs, include_groups=include_groups, allow_new_levels=allow_new_levels,
+                      sample_new_levels=sample_new_levels, draws=draws, seed=seed)
+
+    # -- checking and comparison ------------------------------------------------------------
+    def log_lik(self, *, chunk_size: int | None = None) -> np.ndarray:
+        """Pointwise log-likelihood, (chain, draw, observation), computed on demand."""
+        from .workflow.loglik import log_lik
+
+        return log_lik(self, chunk_size=chunk_size)
+
+    def loo(self, *, label: str | None = None) -> Any:
+        """PSIS-LOO (arviz-stats) from the pointwise log-likelihood; see `lmmbayes.workflow.compare.loo`."""
+        from .workflow.compare import loo
+
+        return loo(self, label=label)
+
+    def waic(self) -> Any:
+        """WAIC from the pointwise log-likelihood; see `lmmbayes.workflow.compare.waic`."""
+        from .workflow.compare import waic
+
+        return waic(self)
+
+    def bayes_r2(self, *, method: str = "model", include_groups: Any = True,
+                 probs: tuple[float, ...] = (0.025, 0.975)) -> pd.DataFrame:
+        """Bayesian R² (Gelman, Goodrich, Gabry and Vehtari 2019); see `lmmbayes.workflow.compare.bayes_r2`."""
+        from .workflow.compare import bayes_r2
+
+        return bayes_r2(self, method=method, include_groups=include_groups, probs=probs)
+
+    def pp_check(self, kind: str | None = None, ndraws: int | None = 50, *, stat: Any = "mean",
+                 seed: int | None = None) -> Any:
+        """Posterior predictive check figure (bayesplot's kinds); see `lmmbayes.workflow.checks.pp_check`."""
+        from .workflow.checks import pp_check
+
+        return pp_check(self, kind=kind, ndraws=ndraws, stat=stat, seed=seed)
+
+    def plot(self, kind: str = "trace", **kwargs: Any) -> Any:
+        """brms's ``mcmc_plot``: kind is trace, rank, acf, parallel, pairs, energy, forest or ranef."""
+        from .workflow import mcmc_plots
+
+        return mcmc_plots.plot(self, kind, **kwargs)
+
+    mcmc_plot = plot
+
+    def save(self, path: Any) -> Path:
+        """Write the fit to one file and return its path; `lmmbayes.load` restores it."""
+        from .results.files import save
+
+        return save(self, path)
+
+    def __repr__(self) -> str:
+        return (f"<lmmbayes.Fit {self.formula!r}: {self.family.name}, {self.nobs} observations, {self.engine} engine, "
+                f"{self.config.chains} x {self.config.draws} draws>")
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
 
 
 def fit(
@@ -68,7 +236,7 @@ def fit(
     data: Any,
     priors: Prior | PriorSet | Iterable[Prior] | None = None,
     *,
-    family: str = "gaussian",
+    family: str | Family = "gaussian",
     chains: int = 4,
     draws: int = 1000,
     tune: int = 1000,
@@ -79,113 +247,83 @@ def fit(
     sampler: str = "nutpie",
     sample_prior: str = "no",
 ) -> Fit:
-    """Fit a Bayesian linear mixed model, brms style.
+    """Fit a Bayesian (generalised) linear mixed model, brms style.
 
     Parameters
     ----------
     formula : str
-        lme4/brms syntax, e.g. ``"y ~ x + (1 + x | g)"``.
+        lme4/brms syntax, e.g. ``"y ~ x + (1 + x | g)"``; addition terms
+        ``y | trials(n)``, ``y | weights(w)``, ``y | se(s)`` and ``offset(z)``
+        as in brms. Formulas are data: only the data's columns and the
+        allow-listed functions are reachable from them.
     data : pandas.DataFrame, polars.DataFrame or dask.dataframe.DataFrame
         Never modified. Rows with missing values in the formula's columns
         are dropped with a warning (their labels: ``Fit.dropped_rows``).
-        A Dask frame is reduced to cross-products partition by partition
-        (:mod:`lmmbayes.distributed`) and fitted by the collapsed engine; the
-        Fit's design then holds no rows (``fit.design.rows_in_memory`` is
-        False).
+        A Dask frame is reduced to cross-products partition by partition and
+        fitted by the collapsed engine.
     priors : Prior, sum of priors or list of priors, optional
-        See :func:`lmmbayes.prior`; everything else gets brms's defaults.
-    family : {"gaussian"}
+        See `lmmbayes.prior`; everything else gets brms's defaults.
+    family : str or Family
+        A family name (``"gaussian"``...) or ``lmmbayes.family(name, link=...)``.
     chains, draws, tune : int
         Number of chains, post-warmup draws per chain and warmup draws.
     seed : int, optional
         Makes the fit reproducible draw for draw.
     target_accept : float, optional
         NUTS's target acceptance (brms's ``adapt_delta``). None takes the
-        engine's default (``DEFAULT_TARGET_ACCEPT``): 0.8 for the joint
-        engine, as brms; 0.95 for the collapsed engine, whose few parameters
-        include the log-sd of a variance that can sit near zero: at 0.8 its
-        exponential tail sends about one trajectory in 4000 into a divergence,
-        at 0.95 none in 60 x 4000 draws (and the collapsed posterior samples
-        as fast per second).
+        engine's default: 0.8 for the joint engine, as brms; 0.95 for the
+        collapsed engine, whose log-sd of a variance near zero has an
+        exponential tail that at 0.8 sent about one trajectory in 4000 into a
+        divergence (none in 60 x 4000 draws at 0.95).
     progress : bool
         Show the sampler's progress bar.
     method : {"auto", "collapsed", "joint"}
         The engine. ``"collapsed"`` integrates the random effects out and
-        samples only β, σ, the sd's and correlations, then draws the random
-        effects exactly (Gaussian models with one grouping factor or two nested
-        ones); ``"joint"`` samples every random effect (non-centred). ``"auto"``
-        picks collapsed where it applies (always for Dask data), joint otherwise.
+        samples only the population-level effects, σ, the sd's and
+        correlations, then draws the random effects exactly (Gaussian models
+        with one grouping factor or two nested ones); ``"joint"`` samples
+        every random effect (non-centred). ``"auto"`` picks collapsed where it
+        applies (always for Dask data), joint otherwise.
     sampler : {"nutpie", "pymc"}
         nutpie (Rust NUTS, default) or PyMC's own NUTS.
     sample_prior : {"no", "only"}
         ``"only"`` skips NUTS and returns a Fit whose draws come from the
         priors alone (one chain of ``draws``), as brms's ``sample_prior =
-        "only"``; every parameter then needs a proper prior (PriorError
-        otherwise, naming those with flat priors).
+        "only"``; every parameter then needs a proper prior.
 
     Returns
     -------
     Fit
+
+    Raises
+    ------
+    FormulaError, DataError, PriorError, FitError
+        Naming the culprit and what would be valid.
+
+    Warns
+    -----
+    ConvergenceWarning
+        Divergences, R-hat above 1.05, tree-depth hits, low E-BFMI, low ESS.
+    DataWarning
+        Rows dropped for missing values, unused categories, collinear columns.
     """
-    family = _check_family(family)
-    if method not in METHODS:
-        raise FitError(f"Unknown method {method!r}; choose one of {list(METHODS)}.")
-    config = sampler_config(chains, draws, tune, seed, target_accept, progress, sampler)
-    if sample_prior not in SAMPLE_PRIOR:
-        raise FitError(f"Unknown sample_prior {sample_prior!r}; choose one of {list(SAMPLE_PRIOR)}.")
-    user_priors = as_prior_set(priors)
-    t0 = time.perf_counter()
-    design = _design(formula, data, method)
-    resolved = resolve_priors(design, user_priors)
-    t1 = time.perf_counter()
-    if sample_prior == "only":  # forward-simulate the priors: no sampler, no engine choice
-        from .priorsim import prior_idata
-
-        config = replace(config, chains=1, tune=0, target_accept=None)
-        idata = prior_idata(design, resolved, config.draws, config.seed)
-        timings = {"design": t1 - t0, "prior": time.perf_counter() - t1}
-        return Fit(design, resolved, family, "joint", config, idata, timings)
-    if method == "auto":
-        method = "collapsed" if not design.rows_in_memory or collapsed.applies(design) else "joint"
-    if config.target_accept is None:
-        config = replace(config, target_accept=DEFAULT_TARGET_ACCEPT[method])
-    # Engines sample on a standardised response; draws come back on the user's scale.
-    scaled_design, scaled_priors, scale = standardise(design, resolved)
-    result = ENGINES[method](scaled_design, scaled_priors, config)
-    t2 = time.perf_counter()
-    raw, effects = unscale(result.raw, result.effects, design, scale)
-    attrs = {"engine": method, "sampler": config.sampler, "seed": config.seed,
-             "response_shift": scale.shift, "response_scale": scale.scale}
-    idata = to_datatree(design, raw, effects, result.sample_stats, attrs)
-    timings = {"design": t1 - t0, **result.timings, "postprocess": time.perf_counter() - t2}
-    fitted = Fit(design, resolved, family, method, config, idata, timings)
-    _warn_after_sampling(fitted)
-    return fitted
-
-
-def _design(formula: str, data: Any, method: str) -> Design:
-    """The design of ``data``: in memory, or reduced on Dask for a Dask DataFrame."""
-    spec = parse_formula(formula)
-    if not is_dask_frame(data):
-        return build_design(spec, data)
-    if method == "joint":
-        raise FitError('method="joint" needs the rows in memory, and a Dask DataFrame is reduced to '
-                       'cross-products; use method="collapsed" (or "auto"), or fit a pandas frame '
-                       "(ddf.compute()) with the joint engine.")
-    return build_dask_design(spec, data)
-
-
-def _warn_after_sampling(result: Fit) -> None:
-    import warnings
-
-    from .errors import ConvergenceWarning
-
+    opts = pipeline.options(family=family, chains=chains, draws=draws, tune=tune, seed=seed,
+                            target_accept=target_accept, progress=progress, method=method, sampler=sampler,
+                            sample_prior=sample_prior)
+    result = Fit.of(pipeline.run(formula, data, priors, opts, data_name=pipeline.data_name_of(data)))
     for text in result.warnings:
-        warnings.warn(text, ConvergenceWarning, stacklevel=3)
+        warnings.warn(text, ConvergenceWarning, stacklevel=2)
+    return result
 
 
-def get_prior(formula: str, data: Any, family: str = "gaussian") -> PriorTable:
+def get_prior(formula: str, data: Any, family: str | Family = "gaussian") -> PriorTable:
     """Every parameter a prior can be set on, with brms's data-scaled default.
+
+    Parameters
+    ----------
+    formula : str
+    data : pandas.DataFrame, polars.DataFrame or dask.dataframe.DataFrame
+    family : str or Family
 
     Returns
     -------
@@ -193,8 +331,38 @@ def get_prior(formula: str, data: Any, family: str = "gaussian") -> PriorTable:
         Columns ``prior, class, coef, group, source``. Printing it adds a
         note on brms's centred-intercept convention.
     """
-    _check_family(family)
-    return prior_table(_design(formula, data, "auto"))
+    fam = pipeline.options(family=family).family
+    return prior_table(pipeline.design_of(formula, data, fam, fitting=False))
 
 
 default_prior = get_prior
+
+
+def load(path: Any) -> Fit:
+    """Read a fit written by `Fit.save`; the original data frame is not needed.
+
+    Loading never evaluates or unpickles anything from the file: it is JSON
+    checked against a schema, and numeric arrays whose types are allow-listed.
+
+    Raises
+    ------
+    FitFileError
+        If the path is not a readable lmmbayes fit file, or the file is
+        malformed, corrupted, or written by a newer or older format.
+    """
+    from .results.files import load as _load
+
+    return Fit.of(_load(path))
+
+
+def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
+    """Compare models fitted to the same data by PSIS-LOO (brms's ``loo_compare``).
+
+    See `lmmbayes.workflow.compare.loo_compare`.
+    """
+    from .workflow.compare import loo_compare as _compare
+
+    return _compare(*fits, names=names)
+
+
+__all__ = ["Fit", "default_prior", "fit", "get_prior", "load", "loo_compare"]

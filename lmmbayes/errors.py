@@ -1,10 +1,16 @@
-"""Exceptions and warnings raised by lmmbayes.
+"""Every exception and warning lmmbayes raises.
 
-Every error a user can trigger derives from :class:`LmmbayesError`, so
-``except lmmbayes.LmmbayesError`` catches all of them.
+Every error a user can trigger derives from `LmmbayesError`, so
+``except lmmbayes.LmmbayesError`` catches all of them. Messages name the
+culprit (column, term, prior or argument) and say what would be valid.
 """
 
 from __future__ import annotations
+
+import os
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class LmmbayesError(Exception):
@@ -12,11 +18,11 @@ class LmmbayesError(Exception):
 
 
 class FormulaError(LmmbayesError):
-    """The model formula cannot be parsed or refers to something absent."""
+    """The model formula cannot be parsed, uses something not allowed, or refers to something absent."""
 
 
 class DataError(LmmbayesError):
-    """The data cannot be used with the formula."""
+    """The data cannot be used with the formula and family."""
 
 
 class PriorError(LmmbayesError):
@@ -27,13 +33,41 @@ class FitError(LmmbayesError):
     """A fitting option is invalid or the sampler failed."""
 
 
+class FitFileError(FitError):
+    """A fit file cannot be written or read: missing, foreign, malformed, corrupted or too new."""
+
+
 class LmmbayesWarning(UserWarning):
     """Base class of lmmbayes warnings."""
 
 
 class ConvergenceWarning(LmmbayesWarning):
-    """The sampler reported problems (R-hat, divergences, tree depth, E-BFMI)."""
+    """The sampler reported problems (R-hat, divergences, tree depth, E-BFMI, low ESS)."""
 
 
 class DataWarning(LmmbayesWarning):
     """Rows were dropped or data was adjusted (e.g. unused factor levels)."""
+
+
+class ParetoKWarning(LmmbayesWarning):
+    """PSIS-LOO is unreliable for some observations (Pareto k above 0.7)."""
+
+
+class WAICWarning(LmmbayesWarning):
+    """WAIC is unreliable for some observations (p_waic above 0.4)."""
+
+
+class IntegrationWarning(LmmbayesWarning):
+    """An approximate integration of the random effects failed its accuracy check."""
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """Issue ``message`` attributed to the user's first line outside lmmbayes, however deep the call."""
+    warnings.warn(message, category, skip_file_prefixes=(_PACKAGE_DIR,))
+
+
+__all__ = [
+    "ConvergenceWarning", "DataError", "DataWarning", "FitError", "FitFileError", "FormulaError",
+    "IntegrationWarning", "LmmbayesError", "LmmbayesWarning", "ParetoKWarning", "PriorError", "WAICWarning",
+    "warn",
+]

@@ -1,19 +1,23 @@
-"""Shared fixtures: data sets and fitted models, each fitted once per session.
+"""Shared fixtures: data sets and fitted models, each fitted once per test process.
 
-Fits are small (2 chains, few hundred draws): enough for the assertions,
-cheap for CI. Numba compilation dominates the cost of a small fit, so the
-same fitted objects are reused across test modules.
+Fits are small (2 chains, a few hundred draws): enough for the assertions,
+cheap for CI. The same fitted objects are reused across test modules.
+Data sets from R packages (GPL) are read from the project's shared folder,
+never shipped: tests that need them skip with a reason where it is absent.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import lmmbayes as lb
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lme4_brms"
 
 TUTORIAL_PRIORS = [
     lb.prior("normal(200, 1)", class_="Intercept"),
@@ -32,6 +36,14 @@ def quiet_fit(*args, **kwargs):
         return lb.fit(*args, **kwargs)
 
 
+def shared_csv(name: str) -> pd.DataFrame:
+    """A data set of ../shared/data/lme4_brms (GPL: for tests only); skip where the folder is absent."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not available (the GPL data sets are not shipped with lmmbayes)")
+    return pd.read_csv(path)
+
+
 @pytest.fixture(scope="session")
 def bounce() -> pd.DataFrame:
     return lb.datasets.load_bounce_times()
@@ -43,13 +55,13 @@ def bounce_slope_fit(bounce) -> lb.Fit:
 
 
 def simulate_lmm(seed: int = 1, n_groups: int = 30, per_group: int = 20) -> tuple[pd.DataFrame, dict]:
-    """y ~ x + cat + (1 + x | g) with known parameters."""
+    """y ~ x + cat + (1 + x | g) with known parameters; the true random effects are kept in ``truth["r"]``."""
     rng = np.random.default_rng(seed)
     truth = {"b_Intercept": 1.0, "b_x": 2.0, "b_catb": 0.5, "b_catc": -0.5,
              "sd_g__Intercept": 1.0, "sd_g__x": 0.5, "cor_g__Intercept__x": 0.3, "sigma": 0.8}
     n = n_groups * per_group
     g = np.repeat(np.arange(n_groups), per_group)
-    x = rng.normal(size=n)
+    x = rng.normal(loc=1.5, size=n)  # a mean far from 0, so the centred intercept differs from b_Intercept
     cat = rng.choice(["a", "b", "c"], size=n)
     sd = np.array([truth["sd_g__Intercept"], truth["sd_g__x"]])
     rho = truth["cor_g__Intercept__x"]
@@ -59,6 +71,7 @@ def simulate_lmm(seed: int = 1, n_groups: int = 30, per_group: int = 20) -> tupl
           + truth["b_catc"] * (cat == "c") + r[g, 0] + r[g, 1] * x)
     y = mu + rng.normal(scale=truth["sigma"], size=n)
     data = pd.DataFrame({"y": y, "x": x, "cat": cat, "g": [f"g{i:02d}" for i in g]})
+    truth["r"] = pd.DataFrame(r, index=[f"g{i:02d}" for i in range(n_groups)], columns=["Intercept", "x"])
     return data, truth
 
 

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis): the prior-string parser and design invariants."""
+"""Property-based tests (hypothesis): the prior-string and formula parsers, and design invariants."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 import lmmbayes as lb
 from lmmbayes.design import build_design
-from lmmbayes.formula import parse_formula
+from lmmbayes.families import family
+from lmmbayes.spec import parse_formula
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -96,19 +97,39 @@ def frames(draw):
 @given(frames())
 def test_design_invariants(df):
     kept = df.dropna()
-    if kept["g"].nunique() < 2:
-        return  # a single-level factor is an error, tested elsewhere
+    if kept["g"].nunique() < 2 or kept["cat"].nunique() < 2 or len(kept) < 2:
+        return  # single-level factors and a single row are errors, tested elsewhere
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", lb.DataWarning)
-        d = build_design(parse_formula("y ~ x + cat + (1 + x | g)"), df)
+        d = build_design(parse_formula("y ~ x + cat + (1 + x | g)"), family("gaussian"), df)
     assert d.n_obs == len(kept)
     assert d.n_dropped == len(df) - len(kept)
-    assert d.X.shape == (d.n_obs, len(d.coef_names))
+    assert d.rows.X.shape == (d.n_obs, len(d.coef_names))
     assert len(d.b_names) == len(d.coef_names) + 1
     assert d.coef_names[0] == "x"
     assert all(name.startswith("cat") for name in d.coef_names[1:])
     (f,) = d.factors
+    (fr,) = d.rows.factors
     assert list(f.levels) == sorted(kept["g"].unique())
-    assert f.index.min() == 0 and f.index.max() == f.n_levels - 1
-    np.testing.assert_array_equal(np.asarray(f.levels)[f.index], kept["g"].to_numpy())
-    np.testing.assert_allclose(f.Z[:, 1], kept["x"].to_numpy())
+    assert fr.index.min() == 0 and fr.index.max() == f.n_levels - 1
+    np.testing.assert_array_equal(np.asarray(f.levels)[fr.index], kept["g"].to_numpy())
+    np.testing.assert_allclose(fr.Z[:, 1], kept["x"].to_numpy())
+    # the one encoder gives the training rows again
+    again = d.encoder.encode(kept.reset_index(drop=True).astype({"y": float}), response=True)
+    np.testing.assert_allclose(again.X, d.rows.X)
+    np.testing.assert_array_equal(again.factors[0].index, fr.index)
+
+
+FORMULA_TOKENS = st.sampled_from(["y", "x", "g", "~", "+", "-", "*", ":", "|", "||", "(", ")", "1", "0", "log(",
+                                  "I(", "poly(", ",", "2", "os.system(", "'a'", "offset(", "trials(", "/", "**",
+                                  "Intercept", "%in%", "[", "]", ".", "`x y`", " ", "=", "raw=True", "x.y"])
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(FORMULA_TOKENS, min_size=1, max_size=14).map("".join) | st.text(max_size=40))
+def test_any_text_is_a_formula_or_a_formula_error(text):
+    """The parser never fails with anything but a FormulaError (formulae's own errors are reworded)."""
+    try:
+        parse_formula(text)
+    except lb.FormulaError:
+        pass

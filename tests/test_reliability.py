@@ -121,3 +121,42 @@ def test_interrupt_leaves_no_processes_or_temporary_files(tmp_path):
 def test_fit_never_returns_fewer_draws_than_promised(bounce):
     fit = quiet_fit("bounce_time ~ std_age", bounce, chains=2, draws=37, tune=20, seed=1)
     assert fit.idata["posterior"]["b"].shape[:2] == (2, 37)
+
+
+INTERRUPTED_PYMC = """
+import warnings, lmmbayes as lb
+warnings.simplefilter("ignore")
+data = lb.datasets.load_bounce_times()
+print("ready", flush=True)
+fit = lb.fit("bounce_time ~ std_age", data, chains=2, draws=5_000_000, tune=50, seed=1, progress=False, sampler="pymc")
+print("finished", fit.posterior["b"].shape, flush=True)
+"""
+
+
+def test_interrupted_pymc_sampler_returns_no_partial_fit(tmp_path):
+    """PyMC's NUTS catches Ctrl-C and returns the draws so far; lmmbayes must not wrap them as a full fit."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_PYMC], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(15)  # compiling and sampling the first chain
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert "finished" not in out
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5, 12.0])
+def test_ctrl_c_in_the_cli_exits_130_with_one_line(tmp_path, delay):
+    """At any moment: while importing, while building, while sampling."""
+    csv = tmp_path / "bounce.csv"
+    lb.datasets.load_bounce_times().to_csv(csv, index=False)
+    proc = subprocess.Popen([sys.executable, "-m", "lmmbayes", "fit", "bounce_time ~ std_age + (1 | county)", str(csv),
+                             "--draws", "2000000", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted"

@@ -1,9 +1,9 @@
 """Data sets shipped inside the package (no download at run time).
 
-- :func:`load_bounce_times`: simulated website bounce times, 613 rows, 8
+- `load_bounce_times`: simulated website bounce times, 613 rows, 8
   counties (MIT licence, Copyright (c) 2020 Eduardo Coronado; see
   ``data/LICENSE.bounce_rates_sim``).
-- :func:`load_radon`: Minnesota household radon, 919 rows, 85 counties
+- `load_radon`: Minnesota household radon, 919 rows, 85 counties
   (BSD 3-Clause, Stan Developers; see ``data/LICENSE.radon_mn``).
 """
 

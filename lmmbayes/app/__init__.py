@@ -1,0 +1,1 @@
+"""The command line (`.cli`) and the tutorial demo (`.demo`)."""

@@ -1,0 +1,156 @@
+"""The collapsed engine: integrate the random effects out, sample the rest, draw them exactly.
+
+The data are reduced once to the cross-products of the marginal likelihood
+(`lmmbayes.design.crossprod`), standardised with the plan's maps, and
+handed to one of the structures of `.algebra`. For the model most users
+fit, the log density and its gradient are hand-written C (`.kernel`):
+no compile at all. Other structures, custom priors and PyMC's sampler use a
+PyTensor graph of the same density, started at the same point.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ...design import Design
+from ...design.crossprod import Layout, RowSums, layout_of, reduce_rows
+from ...errors import FitError
+from ..base import EngineResult, finish, flat, unflat
+from ..plan import Plan
+from ..sampling import RawTrace, SamplerConfig, sample, sample_compiled
+from . import kernel
+from .algebra import Collapsed, draw_effects, from_sums
+
+NAME = "collapsed"
+LABEL = "collapsed (random effects integrated out, then drawn exactly)"
+
+
+def layout(design: Design) -> tuple[Layout | None, str]:
+    """The structure of the random effects, or None and why the collapsed engine does not apply."""
+    if NAME not in design.family.engines:
+        return None, f"family {design.family.name!r} has no exact marginal likelihood"
+    if design.spec.additions.present:
+        return None, (f"the addition term(s) {', '.join(a + '()' for a in design.spec.additions.present)} are fitted "
+                      "by the joint engine")
+    if design.reduced is not None:
+        return design.reduced.sums.layout, ""
+    rows = design.require_rows("The collapsed engine", "")
+    return layout_of([f.name for f in design.factors], [f.index for f in rows.factors],
+                     [f.n_levels for f in design.factors], [f.q for f in design.factors])
+
+
+def applies(design: Design) -> tuple[bool, str]:
+    """Whether ``method="collapsed"`` can fit ``design``."""
+    lay, why = layout(design)
+    return lay is not None, why
+
+
+def preferred(design: Design) -> bool:
+    """Whether ``method="auto"`` should pick the collapsed engine.
+
+    True for one grouping factor and for two nested ones, where an evaluation
+    costs O(levels × q³) whatever N is. Crossed factors fit with
+    ``method="collapsed"`` while the random effects are few, but a dense
+    Cholesky per gradient makes them slower than the joint engine.
+    """
+    lay = layout(design)[0]
+    return lay is not None and lay.kind in ("one", "nested")
+
+
+def sums(design: Design) -> RowSums:
+    """The cross-products of ``[X, y − offset]`` and Z (reduced here for rows in memory)."""
+    if design.reduced is not None:
+        return design.reduced.sums
+    lay, why = layout(design)
+    if lay is None:
+        raise FitError(f"The collapsed engine does not apply to {design.spec.formula!r}: {why}. Use method=\"joint\".")
+    rows = design.require_rows("The collapsed engine", "")
+    assert rows.y is not None
+    y = rows.y - rows.offset if rows.offset is not None else rows.y
+    shift = np.append(design.stats.x_mean, design.stats.y_mean) if design.centred_intercept \
+        else np.zeros(rows.X.shape[1] + 1)
+    return reduce_rows(lay, rows.X, y, [f.index for f in rows.factors], [f.Z for f in rows.factors], shift)
+
+
+def collapse(design: Design, plan: Plan) -> Collapsed:
+    """The marginal likelihood's cross-products of ``design`` in the plan's standardised units.
+
+    Raises
+    ------
+    FitError
+        If the collapsed engine does not apply to the design.
+    """
+    std = plan.std
+    scaled = sums(design).standardised(np.append(std.x_centre, std.y_shift), np.append(std.x_scale, std.y_scale),
+                                       std.z_scale)
+    return from_sums(scaled, tuple(f.name for f in design.factors), design.centred_intercept)
+
+
+def build_model(design: Design, plan: Plan, collapsed: Collapsed | None = None):  # type: ignore[no-untyped-def]
+    """The collapsed PyMC model: the planned parameters plus the marginal likelihood as a Potential."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from ..pymc_model import build_hyper
+
+    collapsed = collapse(design, plan) if collapsed is None else collapsed
+    with pm.Model() as model:
+        hyper = build_hyper(plan, design)
+        beta = hyper.take(plan, "b")
+        if design.centred_intercept:
+            beta = pt.concatenate([hyper.one(plan, "Intercept")[None], beta])
+        scales = {f.name: hyper.scale(plan, f.name) for f in design.factors}
+        pm.Potential("marginal_loglik", collapsed.loglik(beta, hyper.one(plan, "sigma"), scales))
+    return model, hyper
+
+
+def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
+    """Reduce, build, sample the hyperparameters and draw the random effects exactly.
+
+    Raises
+    ------
+    FitError
+        If the design is not one the collapsed engine handles, or sampling fails.
+    """
+    from ..pymc_model import u_from_std
+
+    t0 = time.perf_counter()
+    collapsed = collapse(design, plan)
+    fast = kernel.build(design, plan, collapsed) if config.sampler == "nutpie" else None
+    if fast is not None:
+        # No compile at all: the log density is C built at install time (see .kernel).
+        # "load" is nutpie's import (which pulls in numba and ArviZ) and the model's wrapper.
+        t1 = time.perf_counter()
+        model = kernel.nutpie_model(fast)
+        t_load = time.perf_counter() - t1
+        trace = sample_compiled(model, config, ["x"])
+        u, L = fast.constrained(trace.posterior["x"])
+        lcorr = {design.factors[0].name: L}
+        trace = RawTrace({}, trace.sample_stats, {"load": t_load, **trace.timings})
+        route = "C kernel"
+    else:
+        model, hyper = build_model(design, plan, collapsed)
+        t1 = time.perf_counter()
+        names = ["u_std"] + [f"Lcorr__{f.name}" for f in design.factors]
+        trace = sample(model, config, names, hyper.start)
+        u = u_from_std(plan, trace.posterior["u_std"])
+        lcorr = {f.name: trace.posterior[f"Lcorr__{f.name}"] for f in design.factors}
+        route = "PyTensor graph"
+    t2 = time.perf_counter()
+    C = u.shape[0]
+    std_vals = flat(plan.to_std(u))
+    kinds = [p.kind for p in plan.params]
+    beta = std_vals[:, [k for k, kind in enumerate(kinds) if kind == "b"]]
+    if design.centred_intercept:
+        beta = np.concatenate([std_vals[:, [kinds.index("Intercept")]], beta], axis=1)
+    sigma = std_vals[:, [p.name for p in plan.params].index("sigma")]
+    scales = {f.name: std_vals[:, plan.indices("sd", f.name)][:, :, None] * flat(lcorr[f.name])
+              for f in design.factors}
+    rng = np.random.default_rng([config.seed, 1])
+    drawn = draw_effects(collapsed, beta, sigma, scales, rng)
+    r_std = {f.name: unflat(drawn[f.name], C) for f in design.factors}
+    draws = finish(plan, design, u, lcorr, r_std)
+    timings = {"build": t1 - t0, **trace.timings, "effects": time.perf_counter() - t2}
+    return EngineResult(draws, trace.sample_stats, timings, {"route": route})

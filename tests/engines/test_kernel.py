@@ -1,0 +1,197 @@
+"""The hand-written collapsed log density against the PyTensor graph of the same model.
+
+Witnesses: PyMC's log density of the collapsed model (value differences
+between points, since the kernel leaves out constants, and gradients), and
+central finite differences; then a fit through the kernel against a fit
+through the PyTensor graph, and the starting point of both routes.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmmbayes as lb
+from conftest import quiet_fit
+from lmmbayes import pipeline
+from lmmbayes.engines import collapsed as cl
+from lmmbayes.engines.collapsed import kernel
+from lmmbayes.engines.plan import plan as make_plan
+from lmmbayes.engines.pymc_model import param_groups
+from lmmbayes.priors import as_prior_set, resolve_priors
+
+
+def simulated(seed: int = 4, groups: int = 12, n: int = 150) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, groups, n)
+    x, z = rng.normal(size=n), rng.normal(size=n)
+    u = rng.multivariate_normal([0, 0], [[1.0, 0.3], [0.3, 0.5]], size=groups)
+    y = 5.0 + x - 0.5 * z + u[g, 0] + u[g, 1] * x + rng.normal(size=n)
+    return pd.DataFrame({"y": y, "x": x, "z": z, "cat": rng.choice(["a", "b", "c"], n),
+                         "g": [f"g{k}" for k in g]})
+
+
+CASES = {
+    "slope_defaults": ("y ~ x + (1 + x | g)", []),
+    "families": ("y ~ x + z + cat + (1 + x | g)", [
+        lb.prior("normal(5, 2)", class_="Intercept"), lb.prior("student_t(3, 0, 2)", class_="b"),
+        lb.prior("double_exponential(0, 1)", class_="b", coef="z"), lb.prior("logistic(0, 1)", class_="b", coef="catb"),
+        lb.prior("uniform(-5, 5)", class_="b", coef="catc"), lb.prior("exponential(1)", class_="sigma"),
+        lb.prior("gamma(2, 1)", class_="sd", coef="Intercept", group="g"),
+        lb.prior("lognormal(0, 1)", class_="sd", coef="x", group="g"), lb.prior("lkj(3)", class_="cor")]),
+    "positive": ("y ~ x + (x || g)", [
+        lb.prior("inv_gamma(3, 2)", class_="sigma"), lb.prior("weibull(2, 1)", class_="sd"),
+        lb.prior("cauchy(0, 2)", class_="Intercept"), lb.prior("normal(0, 3)", class_="b", lb=-1, ub=4)]),
+    "no_intercept": ("y ~ 0 + x + (1 | g)", [lb.prior("normal(0, 1)", class_="sd", lb=0, ub=3)]),
+    "beta_sd": ("y ~ x + (1 | g)", [lb.prior("beta(2, 2)", class_="sd")]),
+    "gamma_intercept": ("y ~ x + (1 | g)", [lb.prior("gamma(20, 4)", class_="Intercept")]),
+    "narrow_prior": ("y ~ x + (1 | g)", [lb.prior("normal(1, 1e-8)", class_="b", coef="x")]),
+}
+
+
+def parts(formula, priors, data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        design = pipeline.design_of(formula, data, lb.family("gaussian"), "collapsed")
+        resolved = resolve_priors(design, as_prior_set(priors))
+    pl = make_plan(design, resolved)
+    collapsed = cl.collapse(design, pl)
+    return design, pl, collapsed, kernel.build(design, pl, collapsed)
+
+
+def pymc_point(model, pl, x: np.ndarray, k: kernel.Kernel) -> tuple[dict, np.ndarray]:
+    """The PyMC model's value variables at the kernel's point ``x``, and the kernel order of its gradient."""
+    u, _ = k.constrained(x)
+    point, order = {}, []
+    groups = param_groups(pl)
+    n_cor = 0
+    for rv in model.free_RVs:
+        if rv.name.startswith("u"):
+            idx = groups[int(rv.name[1:])]
+            value = u[idx]
+        else:  # cor{j}__g_u: the LKJ(eta) coordinate of pair j, u = sigmoid(z)
+            idx = [k.n_beta + 1 + k.q + n_cor]
+            n_cor += 1
+            value = 1 / (1 + np.exp(-x[idx[0]]))
+        transform = model.rvs_to_transforms[rv]
+        point[model.rvs_to_values[rv].name] = (transform.forward(value, *rv.owner.inputs).eval()
+                                               if transform is not None else np.asarray(value))
+        order.extend(idx)
+    return point, np.array(order)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return simulated()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_matches_the_pytensor_density_and_gradient(case, data):
+    formula, priors = CASES[case]
+    design, pl, collapsed, k = parts(formula, priors, data)
+    assert k is not None
+    model, _ = cl.build_model(design, pl, collapsed)
+    logp, dlogp = model.compile_logp(), model.compile_dlogp()
+    rng = np.random.default_rng(1)
+    xs = [k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim) for _ in range(4)]
+    got, want = [], []
+    for x in xs:
+        point, order = pymc_point(model, pl, x, k)
+        assert sorted(order) == list(range(k.n_dim))
+        value, grad = k.logp(x)
+        got.append((value, grad[order]))
+        want.append((logp(point), dlogp(point)))
+    for (v, g), (w, h) in zip(got, want):
+        # The kernel leaves out constants: compare differences between points.
+        assert v - got[0][0] == pytest.approx(w - want[0][0], rel=1e-9, abs=1e-8)
+        np.testing.assert_allclose(g, h, rtol=1e-8, atol=1e-8)
+
+
+# Not the narrow prior: its value 1 + 1e-8 u carries rounding noise of 1e-8 in u, which a finite
+# difference magnifies (the analytic gradient has no such noise; the graph comparison covers it).
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"narrow_prior"}))
+def test_kernel_gradient_matches_finite_differences(case, data):
+    formula, priors = CASES[case]
+    k = parts(formula, priors, data)[3]
+    rng = np.random.default_rng(2)
+    x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
+    value, grad = k.logp(x)
+    assert np.isfinite(value)
+    h = 1e-6
+    numeric = np.array([(k.logp(x + h * e)[0] - k.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["families", "gamma_intercept", "narrow_prior"])
+def test_both_routes_start_at_the_same_point(case, data):
+    """The PyTensor route (nested factors, custom priors, sampler='pymc') starts where the C kernel starts."""
+    formula, priors = CASES[case]
+    design, pl, collapsed, k = parts(formula, priors, data)
+    model, _ = cl.build_model(design, pl, collapsed)
+    start = model.initial_point()
+    point, order = pymc_point(model, pl, k.unconstrain_start(), k)
+    for name, value in point.items():
+        np.testing.assert_allclose(start[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_kernel_applies_to_the_common_models_only(data):
+    assert parts("y ~ x + (1 + x | g)", [], data)[3] is not None
+    assert parts("y ~ 0 + x + (1 | g)", [], data)[3] is not None
+    # Nested factors, a three-term correlated block and custom priors use the PyTensor graph.
+    nested = data.assign(h=[f"{g}-{i % 3}" for i, g in enumerate(data["g"])])
+    assert parts("y ~ x + (1 | g/h)", [], nested)[3] is None
+    assert parts("y ~ x + z + (1 + x + z | g)", [], data)[3] is None
+    import pymc as pm
+
+    lb.register_distribution("kernel_test_normal", lambda name, mu, s, **kw: pm.Normal(name, mu, s, **kw), n_args=2)
+    assert parts("y ~ x + (1 | g)", [lb.prior("kernel_test_normal(0, 1)", class_="b")], data)[3] is None
+
+
+def test_the_c_kernel_was_built_with_the_package():
+    """`pip install` builds engines/collapsed/_kernel.c; without it every collapsed fit would compile a graph."""
+    assert kernel.available(), "lmmbayes.engines.collapsed._kernel is missing: reinstall with a C compiler present"
+    logp, expand = kernel.c_callbacks()
+    assert logp.address and expand.address and logp.address != expand.address
+
+
+def test_fits_through_the_kernel_and_through_the_graph_agree(data, monkeypatch):
+    """Posterior means within 4 combined MCSE and SDs within 15%, every parameter."""
+    from arviz_stats.base import array_stats
+
+    from lmmbayes.results.posterior import flat_draws
+
+    formula, priors = CASES["families"]
+    kw = dict(chains=2, draws=1000, tune=1000, seed=5, method="collapsed")
+    fast = quiet_fit(formula, data, priors, **kw)
+    monkeypatch.setattr(kernel, "build", lambda *a: None)
+    graph = quiet_fit(formula, data, priors, **kw)
+    assert fast.info["route"] == "C kernel" and graph.info["route"] == "PyTensor graph"
+    assert "compile" not in fast.timings and graph.timings["compile"] > 0  # the kernel compiles nothing
+    (names, a), (names_g, b) = flat_draws(fast.posterior, fast.design), flat_draws(graph.posterior, graph.design)
+    assert names == names_g
+    mc = {"chain_axis": 0, "draw_axis": 1}
+    tol = 4 * np.hypot(array_stats.mcse(a, method="mean", **mc), array_stats.mcse(b, method="mean", **mc))
+    gap = np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1)))
+    assert not [n for n, g, t in zip(names, gap, tol) if g > t]
+    ratio = a.std(axis=(0, 1)) / b.std(axis=(0, 1))
+    assert not [n for n, r in zip(names, ratio) if abs(r - 1) > 0.15]
+
+
+def test_collapsed_with_pymc_sampler_takes_the_graph_route(data):
+    formula, priors = CASES["slope_defaults"]
+    fit = quiet_fit(formula, data, priors, chains=1, draws=60, tune=60, seed=1, method="collapsed", sampler="pymc")
+    assert fit.engine == "collapsed" and fit.info["route"] == "PyTensor graph"
+    assert fit.posterior["b"].shape == (1, 60, 2)
+
+
+def test_without_the_c_kernel_collapsed_fits_take_the_graph_route(data, monkeypatch):
+    """An installation built without a C compiler still fits, through the PyTensor graph."""
+    formula, priors = CASES["families"]
+    monkeypatch.setattr(kernel, "_library", lambda: None)
+    assert not kernel.available()
+    assert parts(formula, priors, data)[3] is None
+    fit = quiet_fit(formula, data, priors, chains=1, draws=30, tune=30, seed=1, method="collapsed")
+    assert fit.engine == "collapsed" and fit.timings["compile"] > 0
