@@ -189,9 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             warnings.showwarning = previous
     except KeyboardInterrupt:
-        # A library may still be unwinding (a compiler probe, a worker thread): a second Ctrl-C or a late
-        # re-raise must not turn the clean exit into a traceback or a death by signal.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("interrupted", file=sys.stderr)
         return 130
     except LmmbayesError as exc:
@@ -200,5 +197,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The process entry point (console script and ``python -m lmmbayes``): `main`, then exit with its status.
+
+    After a Ctrl-C, a library may still be unwinding (a compiler probe, a
+    worker thread): a second Ctrl-C or a late re-raise must not turn the clean
+    exit into a traceback or a death by signal, so SIGINT is ignored from
+    then on. Only here, in a process that is about to end: ``main`` itself
+    leaves signal handling as it found it.
+    """
+    status = main()
+    if status == 130:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -99,13 +99,18 @@ class Distribution:
         return None if self.scipy is None else self.scipy(*args)
 
     def centre_scale(self, args: tuple[float, ...]) -> tuple[float, float] | None:
-        """Median and a robust scale (IQR / 1.349) of a proper built-in prior; None otherwise."""
+        """Median and the spread of the central 99% (its width / 5.152, the sd of a normal) of a proper
+        built-in prior; None otherwise.
+
+        The 99% interval, not the IQR: a skewed prior such as gamma(0.01, 0.01)
+        has a tiny IQR but is not narrow.
+        """
         dist = self.frozen(args)
         if dist is None:
             return None
         with np.errstate(all="ignore"):
-            q1, med, q3 = (float(v) for v in dist.ppf([0.25, 0.5, 0.75]))
-        scale = (q3 - q1) / 1.349
+            lo, med, hi = (float(v) for v in dist.ppf([0.005, 0.5, 0.995]))
+        scale = (hi - lo) / (2 * 2.5758293035489)
         if not (math.isfinite(med) and math.isfinite(scale) and scale > 0):
             return None
         return med, scale

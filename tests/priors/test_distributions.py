@@ -48,12 +48,18 @@ def test_log_density_matches_scipy(name, args, points):
 
 
 @pytest.mark.parametrize(("name", "args", "points"), CASES, ids=[c[0] for c in CASES])
-def test_centre_and_scale_are_median_and_robust_sd(name, args, points):
+def test_centre_and_scale_are_median_and_central_99_spread(name, args, points):
     dist = lookup(name)
     frozen = dist.frozen(args)
     centre, scale = dist.centre_scale(args)
     assert centre == pytest.approx(frozen.median())
-    assert scale == pytest.approx((frozen.ppf(0.75) - frozen.ppf(0.25)) / 1.349)
+    assert scale == pytest.approx((frozen.ppf(0.995) - frozen.ppf(0.005)) / (2 * stats.norm.ppf(0.995)))
+
+
+def test_a_skewed_vague_prior_is_not_taken_for_a_narrow_one():
+    # gamma(0.01, 0.01) (brms's phi default) has an IQR near 1e-11 but a 99% range in the hundreds
+    centre, scale = lookup("gamma").centre_scale((0.01, 0.01))
+    assert scale > 10
 
 
 def test_truncated_draws_follow_the_truncated_distribution():
