@@ -20,7 +20,8 @@ from .engines import ENGINES
 from .engines.plan import plan as make_plan
 from .engines.sampling import DEFAULT_TARGET_ACCEPT, SAMPLERS, SamplerConfig
 from .errors import DataError, FitError
-from .families import Family, family as make_family
+from .families import Family
+from .families import family as make_family
 from .priors import Prior, PriorSet, ResolvedPriors, as_prior_set, resolve_priors
 from .results.model import FitResult
 from .results.posterior import to_datatree
@@ -139,5 +140,14 @@ def data_name_of(data: Any) -> str:
     return name if isinstance(name, str) and name else "data"
 
 
-__all__ = ["METHODS", "Options", "SAMPLE_PRIOR", "check_identified", "choose_engine", "data_name_of", "design_of",
-           "options", "run"]
+__all__ = [
+    "METHODS",
+    "SAMPLE_PRIOR",
+    "Options",
+    "check_identified",
+    "choose_engine",
+    "data_name_of",
+    "design_of",
+    "options",
+    "run",
+]

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 import pytest
+from conftest import SLOPE, TUTORIAL_PRIORS, quiet_fit
 
 import lmmbayes as lb
-from conftest import SLOPE, TUTORIAL_PRIORS, quiet_fit
 
 
 def test_posterior_summary_uses_brms_names(bounce_slope_fit):

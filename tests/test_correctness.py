@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import quiet_fit
 
 import lmmbayes as lb
-from conftest import quiet_fit
 
 
 def test_95_intervals_cover_simulated_truth(simulated, simulated_fit):

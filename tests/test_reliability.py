@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import quiet_fit
 
 import lmmbayes as lb
-from conftest import quiet_fit
 
 
 def grouped(rng, sizes, sd_group, sigma, intercept=0.0, slope=0.0, scale=1.0):

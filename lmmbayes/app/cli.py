@@ -30,7 +30,6 @@ from typing import Any
 
 from ..errors import LmmbayesError
 
-
 _PRIOR_FIELDS = ("class_", "coef", "group", "lb", "ub")
 
 

@@ -13,7 +13,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["load_bounce_times", "load_radon", "license_text"]
+__all__ = ["license_text", "load_bounce_times", "load_radon"]
 
 #: Mean and sample SD (ddof=1) of ``age`` in the bounce data, as R's scale() uses.
 BOUNCE_AGE_MEAN = 49.00979

@@ -145,8 +145,9 @@ class RowSums:
         The constants ``c`` subtracted from the p population-level columns and
         the response (last).
     VtV : (k + 1, k + 1) array
-        Σ v_i v_i' with ``v_i = [1, x_i − c_x, y_i − c_y]``: its first row
-        holds n and the shifted column sums.
+        Σ w_i v_i v_i' with ``v_i = [1, x_i − c_x, y_i − c_y]`` and row
+        weights w_i (1 without ``weights()``): its first row holds the total
+        weight (n when unweighted) and the weighted shifted column sums.
     factors : tuple of FactorSums
     pairs : tuple of arrays
         Per ``layout.pairs`` entry, the (buckets, q_left, q_right) joint sums.
@@ -160,15 +161,20 @@ class RowSums:
     pairs: tuple[np.ndarray, ...]
 
     @property
+    def weight(self) -> float:
+        """The total weight of the rows: n without ``weights()``, Σ w_i with them."""
+        return float(self.VtV[0, 0]) if self.n else 0.0
+
+    @property
     def means(self) -> np.ndarray:
-        """(k,) column means of the population-level columns and the response."""
-        return self.shift + self.VtV[0, 1:] / self.n
+        """(k,) (weighted) column means of the population-level columns and the response."""
+        return self.shift + self.VtV[0, 1:] / self.weight
 
     @property
     def response_sd(self) -> float:
-        """Standard deviation of the response (divisor n, as ``numpy.std``)."""
+        """(Weighted) standard deviation of the response (divisor the total weight, as ``numpy.std``)."""
         centred = self.recentred(np.append(self.shift[:-1], self.means[-1]))
-        return float(np.sqrt(max(centred.VtV[-1, -1], 0.0) / self.n))
+        return float(np.sqrt(max(centred.VtV[-1, -1], 0.0) / self.weight))
 
     def _transformed(self, T: np.ndarray, shift: np.ndarray) -> RowSums:
         """The sums of ``v @ T`` (a linear map of every row's v), with the new shift."""
@@ -213,7 +219,7 @@ class RowSums:
         a, b = self, other
         if not np.array_equal(a.shift, b.shift):
             # Pool around the combined mean so that neither chunk's sums lose digits.
-            pooled = (a.n * a.means + b.n * b.means) / (a.n + b.n)
+            pooled = (a.weight * a.means + b.weight * b.means) / (a.weight + b.weight)
             a, b = a.recentred(pooled), b.recentred(pooled)
         factors = tuple(FactorSums(f.ZtZ + g.ZtZ, f.ZtV + g.ZtV) for f, g in zip(a.factors, b.factors))
         return RowSums(a.layout, a.n + b.n, a.shift, a.VtV + b.VtV, factors,
@@ -221,7 +227,8 @@ class RowSums:
 
 
 def reduce_rows(layout: Layout, X: np.ndarray, y: np.ndarray, indexes: Sequence[np.ndarray],
-                Zs: Sequence[np.ndarray], shift: np.ndarray | None = None) -> RowSums:
+                Zs: Sequence[np.ndarray], shift: np.ndarray | None = None,
+                weights: np.ndarray | None = None) -> RowSums:
     """The sums of one chunk of rows.
 
     Parameters
@@ -235,12 +242,21 @@ def reduce_rows(layout: Layout, X: np.ndarray, y: np.ndarray, indexes: Sequence[
         Per factor, each row's term values.
     shift : (p + 1,) array, optional
         Constants subtracted from ``[X, y]``; their column means by default.
+    weights : (n,) array, optional
+        brms's ``weights()``: each row's log-likelihood is multiplied by its
+        weight, which for a Gaussian is a row of precision w_i / σ² (and
+        σ's power Σ w_i, not n). Scaling v_i and Z_i by √w_i makes every
+        cross-product weighted; the total weight is then ``VtV[0, 0]``.
     """
     n = y.shape[0]
     XY = np.column_stack([X, y]) if n else np.zeros((0, X.shape[1] + 1))
     if shift is None:
-        shift = XY.mean(axis=0) if n else np.zeros(XY.shape[1])
+        shift = np.average(XY, axis=0, weights=weights) if n else np.zeros(XY.shape[1])
     V = np.column_stack([np.ones(n), XY - shift])
+    if weights is not None and n:
+        root = np.sqrt(np.asarray(weights, dtype=float))
+        V = V * root[:, None]
+        Zs = [Z * root[:, None] for Z in Zs]
     factors = tuple(
         FactorSums(_symmetric_level_sums(idx, G, Z), level_sums(idx, G, Z, V))
         for idx, G, Z in zip(indexes, layout.levels, Zs)

@@ -46,11 +46,17 @@ from ..errors import DataError, FitError, FormulaError
 from ..families import Family
 from ..spec import Call, Column, FormulaSpec
 from .build import Design, Stats
-from .fingerprint import ResponseHash
 from .checks import collinear_columns_from_gram, warn_collinearity
 from .crossprod import Layout, ReducedRows, RowSums, layout_of, reduce_rows
 from .encoder import RowEncoder, Rows, learn_encoder
-from .frame import check_columns, check_dtype, has_infinite, to_numpy_dtypes, warn_dropped
+from .fingerprint import ResponseHash
+from .frame import (
+    check_columns,
+    check_dtype,
+    has_infinite,
+    to_numpy_dtypes,
+    warn_dropped,
+)
 from .transforms import stateful_calls
 
 #: Largest number of response values collected in one place to take the
@@ -191,9 +197,10 @@ def _check_spec(spec: FormulaSpec, family: Family) -> None:
     if "collapsed" not in family.engines:
         raise FitError(f"A Dask DataFrame can only be fitted by the collapsed engine, which does not fit family "
                        f"{family.name!r}; fit a pandas frame (ddf.compute()) with the joint engine.")
-    if spec.additions.present:
+    others = [a for a in spec.additions.present if a != "weights"]
+    if others:
         raise FitError(f"A Dask DataFrame cannot be fitted with the addition term(s) "
-                       f"{', '.join(a + '()' for a in spec.additions.present)} yet; fit a pandas frame.")
+                       f"{', '.join(a + '()' for a in others)} yet; fit a pandas frame.")
     exprs = [spec.response, *spec.offsets] + [e for t in spec.fixed for e in t.components] \
         + [e for g in spec.groups for t in g.terms for e in t.components]
     for e in exprs:
@@ -286,7 +293,7 @@ class PartitionReducer:
         offset = rows.offset if rows.offset is not None else np.zeros(rows.n)
         absmax = np.abs(rows.X).max(axis=0) if rows.X.shape[1] else np.zeros(0)
         sums = reduce_rows(self.layout, rows.X, y - offset, [f.index for f in rows.factors],
-                           [f.Z for f in rows.factors])
+                           [f.Z for f in rows.factors], weights=rows.weights)
         return PartialSums(sums, absmax, float(offset.sum()), ResponseHash.of(y))
 
 
@@ -468,13 +475,13 @@ def _identity(values: np.ndarray) -> np.ndarray:
 
 def _stats(sums: RowSums, partial: PartialSums, median: float | None, mad: float | None, p: int,
            centred: bool) -> Stats:
-    n = sums.n
+    n, w = sums.n, sums.weight  # rows; their total weight (n without weights()), by which the sums divide
     means = sums.means
     centred_sums = sums.recentred(means)
-    var = np.clip(np.diag(centred_sums.VtV)[1:] / n, 0.0, None)
+    var = np.clip(np.diag(centred_sums.VtV)[1:] / w, 0.0, None)
     raw = sums.recentred(np.zeros(sums.shift.size))
-    x_rms = np.sqrt(np.clip(np.diag(raw.VtV)[1:p + 1] / n, 0.0, None))
-    z_rms = tuple(np.sqrt(np.clip(np.einsum("gii->i", f.ZtZ) / n, 0.0, None)) for f in sums.factors)
+    x_rms = np.sqrt(np.clip(np.diag(raw.VtV)[1:p + 1] / w, 0.0, None))
+    z_rms = tuple(np.sqrt(np.clip(np.einsum("gii->i", f.ZtZ) / w, 0.0, None)) for f in sums.factors)
     return Stats(
         n_obs=n, y_mean=float(means[-1]), y_sd=float(np.sqrt(var[-1])), prior_median=median, prior_mad=mad,
         offset_mean=partial.offset_sum / n, x_mean=means[:p], x_sd=np.sqrt(var[:p]), x_rms=x_rms, z_rms=z_rms,

@@ -181,7 +181,7 @@ class Rows:
 
     def take(self, rows: Any) -> Rows:
         """The same quantities for a subset (slice or positions) of the rows."""
-        sub = lambda a: None if a is None else a[rows]  # noqa: E731
+        sub = lambda a: None if a is None else a[rows]
         return Rows(self.X[rows], sub(self.offset),
                     tuple(FactorRows(f.index[rows], f.Z[rows], sub(f.labels)) for f in self.factors),
                     sub(self.y), self.extra.take(rows), sub(self.weights), self.index[rows])

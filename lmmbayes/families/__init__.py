@@ -11,7 +11,17 @@ from typing import Any
 
 from ..errors import FitError
 from .base import DistParam, Extra, Family, ResponseCoding, format_number, r_mad
-from .builtin import Bernoulli, Beta, Binomial, GammaFamily, Gaussian, LogNormal, NegBinomial, Poisson, Student
+from .builtin import (
+    Bernoulli,
+    Beta,
+    Binomial,
+    GammaFamily,
+    Gaussian,
+    LogNormal,
+    NegBinomial,
+    Poisson,
+    Student,
+)
 from .links import LINKS, Link
 
 _BUILTIN: dict[str, type[Family]] = {
@@ -98,5 +108,17 @@ def register_family(fam: Family) -> None:
     _CUSTOM[fam.name] = fam
 
 
-__all__ = ["DistParam", "Extra", "Family", "LINKS", "Link", "ResponseCoding", "available", "dpar_names", "family",
-           "format_number", "r_mad", "register_family"]
+__all__ = [
+    "LINKS",
+    "DistParam",
+    "Extra",
+    "Family",
+    "Link",
+    "ResponseCoding",
+    "available",
+    "dpar_names",
+    "family",
+    "format_number",
+    "r_mad",
+    "register_family",
+]

@@ -24,7 +24,7 @@ STRUCTURAL = ("Intercept", "b", "sd", "cor")
 #: Distributional parameters of the built-in families, with their lower bound (brms's ``dpar_bounds``).
 DPAR_BOUNDS: dict[str, tuple[float, float]] = {"sigma": (0.0, math.inf), "shape": (0.0, math.inf),
                                                "nu": (1.0, math.inf), "phi": (0.0, math.inf)}
-_CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.S)
+_CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$", re.DOTALL)
 
 
 def known_classes() -> tuple[str, ...]:

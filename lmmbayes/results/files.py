@@ -650,7 +650,7 @@ def load(path: Any) -> FitResult:
         raise FitFileError(f"{name!r} cannot be loaded: {exc}") from None
     except OSError as exc:
         raise FitFileError(f"Could not read a fit from {name!r}: {exc.strerror or exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any other damage inside the archive is the same user error
+    except Exception as exc:
         raise FitFileError(f"{name!r} is truncated or corrupted and cannot be loaded "
                            f"({type(exc).__name__}: {exc}).") from None
 

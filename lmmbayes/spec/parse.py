@@ -357,7 +357,7 @@ def _response(lhs: str, formula: str) -> tuple[Expr, Additions, str]:
 def _additions(text: str, formula: str) -> Additions:
     found: dict[str, Any] = {}
     for _, term, pos in _split_top(text, 0, "+"):
-        match = re.match(r"^([A-Za-z_][A-Za-z0-9_.]*)\s*\((.*)\)\s*$", term, re.S)
+        match = re.match(r"^([A-Za-z_][A-Za-z0-9_.]*)\s*\((.*)\)\s*$", term, re.DOTALL)
         name = match.group(1) if match else term
         if not match or name not in ADDITIONS:
             hint = f" ('{name}' is a brms addition term lmmbayes does not support)" if name in _KNOWN_ADDITIONS else ""

@@ -21,7 +21,14 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from ..design import Rows
-from ..errors import DataError, FitError, LmmbayesError, ParetoKWarning, WAICWarning, warn
+from ..errors import (
+    DataError,
+    FitError,
+    LmmbayesError,
+    ParetoKWarning,
+    WAICWarning,
+    warn,
+)
 from ..results.model import FitResult
 from .loglik import PointwiseLogLik, evaluator, log_lik
 from .psis import loo_pointwise

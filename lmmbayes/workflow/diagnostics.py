@@ -132,7 +132,7 @@ def format_sampler_report(report: SamplerReport) -> str:
     """The sampler report as a few lines of text."""
     if report.n_draws == 0:
         return "No sampler statistics (the draws were not made by NUTS, e.g. sample_prior='only')."
-    fmt = lambda values: ", ".join(f"{v:.3g}" for v in values) or "NA"  # noqa: E731
+    fmt = lambda values: ", ".join(f"{v:.3g}" for v in values) or "NA"
     return "\n".join([
         f"Divergent transitions: {report.divergences} of {report.n_draws} ({100 * report.divergence_share:.1f}%)",
         f"Max tree depth hits:   {report.max_treedepth_hits}",

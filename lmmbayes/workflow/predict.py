@@ -19,8 +19,8 @@ import pandas as pd
 from .. import _validate as check
 from ..design import Rows
 from ..design.encoder import FactorCoding, FactorRows
-from ..design.levels import level_label
 from ..design.frame import as_frame, check_finite, complete_rows
+from ..design.levels import level_label
 from ..errors import DataError, LmmbayesError
 from ..results.model import FitResult
 from .linpred import SAMPLE_NEW_LEVELS, Params, linear_predictor, params
@@ -63,7 +63,7 @@ def draw_indices(total: int, draws: Any) -> np.ndarray:
         return np.arange(int(draws), dtype=np.int64) * total // int(draws)
     try:
         idx = np.asarray(draws)
-    except Exception:  # noqa: BLE001 - anything unusable is the same user error
+    except Exception:
         idx = np.asarray([])
     if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 \
             or idx.max() >= total:

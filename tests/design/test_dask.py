@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from arviz_stats.base import array_stats
+from conftest import quiet_fit
 
 import lmmbayes as lb
-from conftest import quiet_fit
 from lmmbayes.design import build_design
 from lmmbayes.design import dask as dist
 from lmmbayes.design.crossprod import layout_of, reduce_rows
@@ -264,6 +264,24 @@ def test_reduced_likelihoods_agree_to_rounding(client, frames):
         beta, L = rng.normal(size=2) * 0.2, np.array([[0.8, 0.0], [0.1, 0.4]]) * rng.uniform(0.5, 1.5)
         a, b = (algebra.marginal_loglik(c, beta, 0.4, {"g": L}).eval() for c in got)
         assert a == pytest.approx(b, rel=1e-12)
+
+
+def test_weighted_reduction_equals_the_in_memory_one(client, frames):
+    """weights() on Dask: the same weighted cross-products and the same marginal likelihood (on the data's
+    own units, the intercept centred where the in-memory design centres it)."""
+    df, _ = frames
+    df = df.assign(w=np.random.default_rng(4).uniform(0.0, 2.0, len(df)))
+    formula = "y | weights(w) ~ x + (1 + x | g)"
+    memory, reduced = designs(formula, df, dd.from_pandas(df, npartitions=8))
+    a, b = cl.sums(memory), cl.sums(reduced)
+    assert a.n == b.n == memory.n_obs and a.weight == pytest.approx(memory.rows.weights.sum(), rel=1e-12)
+    assert_close(sums_arrays(a), sums_arrays(b.recentred(a.shift)), rtol=1e-8)
+    names, centre = ("g",), memory.stats.x_mean
+    got = [algebra.from_sums(s, names, True, centre) for s in (a, b)]
+    L = np.array([[0.8, 0.0], [0.1, 0.4]])
+    x, y = algebra.marginal_loglik(got[0], np.array([40.0, 2.0]), 1.1, {"g": L}).eval(), \
+        algebra.marginal_loglik(got[1], np.array([40.0, 2.0]), 1.1, {"g": L}).eval()
+    assert x == pytest.approx(y, rel=1e-10)
 
 
 def test_the_reduction_is_deterministic(client, frames):

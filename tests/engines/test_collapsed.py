@@ -15,9 +15,9 @@ import pytest
 import scipy.linalg
 import scipy.stats
 from arviz_stats.base import array_stats
+from conftest import quiet_fit
 
 import lmmbayes as lb
-from conftest import quiet_fit
 from lmmbayes.design import build_design
 from lmmbayes.engines import collapsed as cl
 from lmmbayes.engines.collapsed import algebra
@@ -34,7 +34,8 @@ def design_of(formula: str, data: pd.DataFrame):
 
 def raw_collapse(design):
     """The algebra on the data's own units (the engine hands it standardised ones)."""
-    return algebra.from_sums(cl.sums(design), tuple(f.name for f in design.factors), design.centred_intercept)
+    return algebra.from_sums(cl.sums(design), tuple(f.name for f in design.factors), design.centred_intercept,
+                             design.stats.x_mean)
 
 
 def W_of(design):
@@ -119,6 +120,35 @@ def check_loglik(case: str) -> None:
 @pytest.mark.parametrize("case", list(UNIT_CASES))
 def test_marginal_loglik_equals_multivariate_normal(case):
     check_loglik(case)
+
+
+@pytest.mark.parametrize("case", ["intercept", "correlated", "nested_slopes", "crossed_dense"])
+def test_weighted_marginal_loglik_is_brms_weighted_likelihood(case):
+    """brms's weights(): each row's log density times w_i, random effects integrated out. That is a normal
+    of covariance σ² diag(1/w) + ZΛΛ'Z' times Π (2πσ²)^(−(w_i − 1)/2) w_i^(−1/2) (the σ-power term)."""
+    formula, _ = UNIT_CASES[case]
+    data = unit_data().assign(w=np.random.default_rng(5).uniform(0.2, 3.0, 150))
+    design = design_of(formula.replace("y ~", "y | weights(w) ~"), data)
+    collapsed = raw_collapse(design)
+    w = design.rows.weights
+    beta, sigma, scales = random_parameters(design, np.random.default_rng(8))
+    mean, Z, lam = dense_model(design, beta, sigma, scales)
+    cov = sigma**2 * np.diag(1.0 / w) + Z @ lam @ lam.T @ Z.T
+    expected = (scipy.stats.multivariate_normal(mean, cov).logpdf(design.y)
+                - 0.5 * np.sum((w - 1.0) * np.log(2 * np.pi * sigma**2) + np.log(w)))
+    got = algebra.marginal_loglik(collapsed, beta, sigma, scales).eval()
+    assert got == pytest.approx(expected, rel=1e-10, abs=1e-8)
+
+
+def test_integer_weights_are_repeated_rows_and_zero_weights_dropped_rows():
+    data = unit_data().assign(w=np.random.default_rng(6).integers(0, 4, 150).astype(float))
+    formula = "y ~ 0 + Intercept + x + (1 + x | a)"  # uncentred: the same β for both data sets
+    weighted = design_of(formula.replace("y ~", "y | weights(w) ~"), data)
+    repeated = design_of(formula, data.loc[data.index.repeat(data["w"].astype(int))])
+    beta, sigma, scales = random_parameters(weighted, np.random.default_rng(9))
+    a = algebra.marginal_loglik(raw_collapse(weighted), beta, sigma, scales).eval()
+    b = algebra.marginal_loglik(raw_collapse(repeated), beta, sigma, scales).eval()
+    assert a == pytest.approx(b, rel=1e-10)
 
 
 @pytest.mark.parametrize("case", ["correlated", "nested_slopes"])
@@ -243,11 +273,11 @@ def _draws(fit) -> tuple[list[str], np.ndarray]:
     return flat_draws(fit.posterior, fit.design)
 
 
-def test_engines_agree_within_monte_carlo_error(engine_pair):
+def assert_same_posterior(a, b) -> None:
     """Tolerance: posterior means within 4 combined MCSE, posterior SDs within
     4 combined MCSE of the SD and within 15%, for every parameter (random
     effects included). MCSEs are arviz-stats' (mean and sd methods)."""
-    (names, c), (names_j, j) = _draws(engine_pair[0]), _draws(engine_pair[1])
+    (names, c), (names_j, j) = _draws(a), _draws(b)
     assert names == names_j
     kw = {"chain_axis": 0, "draw_axis": 1}
     mcse = {how: np.hypot(array_stats.mcse(c, method=how, **kw), array_stats.mcse(j, method=how, **kw))
@@ -260,6 +290,25 @@ def test_engines_agree_within_monte_carlo_error(engine_pair):
     bad_sd = [f"{n}: {a:.4f} vs {b:.4f}" for n, a, b, t in zip(names, sd_c, sd_j, sd_tol)
               if abs(a - b) > t or abs(a / b - 1) > 0.15]
     assert not bad_sd, f"posterior SDs differ: {bad_sd}"
+
+
+def test_engines_agree_within_monte_carlo_error(engine_pair):
+    assert_same_posterior(*engine_pair)
+
+
+def test_weighted_fit_equals_the_fit_of_repeated_rows():
+    """weights(w) with whole-number w is the model of each row repeated w times (brms's semantics), so the
+    two collapsed fits (C kernel, no compile) are one posterior; the intercept is centred at different
+    means (weighted data: its own rows' mean) and must still be reported alike."""
+    data = simulate(25, False)
+    # weights that grow with x: the weighted mean of x is far from the plain one
+    data = data.assign(w=np.where(data["x"] > data["x"].median(), 3.0, 1.0), x=data["x"] + 2.0)
+    kw = dict(chains=CHAINS, draws=DRAWS, tune=DRAWS, seed=25)
+    weighted = quiet_fit("y | weights(w) ~ x + (1 + x | g)", data, AGREEMENT_PRIORS, **kw)
+    repeated = quiet_fit("y ~ x + (1 + x | g)", data.loc[data.index.repeat(data["w"].astype(int))],
+                         AGREEMENT_PRIORS, **kw)
+    assert weighted.engine == repeated.engine == "collapsed"
+    assert_same_posterior(weighted, repeated)
 
 
 def test_effects_layout_and_exact_draws_are_nearly_independent(engine_pair):

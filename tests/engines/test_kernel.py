@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import quiet_fit
 
 import lmmbayes as lb
-from conftest import quiet_fit
 from lmmbayes import pipeline
 from lmmbayes.engines import collapsed as cl
 from lmmbayes.engines.collapsed import kernel

@@ -9,6 +9,7 @@ Witnesses: scipy.stats (log densities and masses), the law of large numbers
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -148,6 +149,33 @@ def test_brms_default_priors_by_family():
     assert table.loc[table["class"] == "nu"].shape[0] == 1
     beta = _table("y ~ x", counts.assign(y=np.linspace(0.05, 0.95, 80)), "beta")
     assert beta["Intercept"] == "student_t(3, 0, 2.5)" and beta["phi"] == "gamma(0.01, 0.01)"
+
+
+BRMS_PRIORS = Path(__file__).parent / "fixtures" / "brms_default_priors.csv"
+
+
+def test_brms_default_priors_match_brms():
+    """Every family's defaults equal brms 2.18's get_prior on the same data (fixture made by hand with
+    fixtures/brms_default_priors.R; R is not needed here)."""
+    expected = pd.read_csv(BRMS_PRIORS)
+    x = np.linspace(-1, 1, 80)
+    g = np.repeat(np.arange(10), 8)
+    counts = np.tile([0, 1, 2, 4, 4, 4, 5, 9], 10)
+    positive = np.tile([100, 200, 288.7, 288.7, 300, 400, 500, 900], 10)
+    sets = {
+        "poisson": (pd.DataFrame({"y": counts, "x": x, "g": g}), "y ~ x + (1 | g)"),
+        "negbinomial": (pd.DataFrame({"y": counts, "x": x, "g": g}), "y ~ x + (1 | g)"),
+        "bernoulli": (pd.DataFrame({"y": (counts > 2).astype(int), "x": x, "g": g}), "y ~ x + (1 | g)"),
+        "binomial": (pd.DataFrame({"y": counts, "n": 10, "x": x, "g": g}), "y | trials(n) ~ x + (1 | g)"),
+        "gamma": (pd.DataFrame({"y": positive, "x": x}), "y ~ x"),
+        "lognormal": (pd.DataFrame({"y": positive, "x": x}), "y ~ x"),
+        "student": (pd.DataFrame({"y": positive, "x": x}), "y ~ x"),
+        "beta": (pd.DataFrame({"y": np.linspace(0.05, 0.95, 80), "x": x}), "y ~ x"),
+        "gaussian": (pd.DataFrame({"y": positive, "x": x, "g": g}), "y ~ x + (1 | g)"),
+    }
+    for family, (data, formula) in sets.items():
+        brms = dict(expected.loc[expected["family"] == family, ["class", "prior"]].itertuples(index=False))
+        assert _table(formula, data, family) == brms, family
 
 
 @pytest.mark.parametrize(("family", "y", "needle"), [

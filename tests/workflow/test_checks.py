@@ -10,16 +10,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.collections import PathCollection  # noqa: E402
-from matplotlib.container import ErrorbarContainer  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.container import ErrorbarContainer
 
-import lmmbayes as lb  # noqa: E402
-from lmmbayes.families.builtin import Gaussian  # noqa: E402
-from lmmbayes.workflow import checks  # noqa: E402
+import lmmbayes as lb
+from lmmbayes.families.builtin import Gaussian
+from lmmbayes.workflow import checks
 
 PRIORS = [
     lb.prior("normal(200, 1)", class_="Intercept"),

@@ -12,11 +12,11 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TUTORIAL_PRIORS, quiet_fit
 from scipy.special import logsumexp
 from scipy.stats import norm
 
 import lmmbayes as lb
-from conftest import TUTORIAL_PRIORS, quiet_fit
 from lmmbayes import ParetoKWarning, WAICWarning
 
 NO_SD = [p for p in TUTORIAL_PRIORS if p.class_ != "sd"]

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import SLOPE, TUTORIAL_PRIORS
 
 import lmmbayes as lb
-from conftest import SLOPE, TUTORIAL_PRIORS
 from lmmbayes.workflow.diagnostics import (
     DIAGNOSTIC_COLUMNS,
     Diagnostics,

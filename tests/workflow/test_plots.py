@@ -13,17 +13,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
-from matplotlib.colors import to_rgba  # noqa: E402
-from matplotlib.transforms import Bbox  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import LineCollection, PathCollection
+from matplotlib.colors import to_rgba
+from matplotlib.transforms import Bbox
+from PIL import Image
 
-import lmmbayes as lb  # noqa: E402
-from lmmbayes.workflow import mcmc_plots  # noqa: E402
+import lmmbayes as lb
+from lmmbayes.workflow import mcmc_plots
 
 PRIORS = [
     lb.prior("normal(200, 1)", class_="Intercept"),

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import SLOPE, TUTORIAL_PRIORS
 
 import lmmbayes as lb
-from conftest import SLOPE, TUTORIAL_PRIORS
 
 VAGUE_PRIORS = [
     lb.prior("normal(0, 1000)", class_="Intercept"),

@@ -14,9 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
+import pytest
 
-import lmmbayes as lb  # noqa: E402
+import lmmbayes as lb
 
 PRIORS = [
     lb.prior("normal(200, 1)", class_="Intercept"),

@@ -31,9 +31,9 @@ def layout(design: Design) -> tuple[Layout | None, str]:
     """The structure of the random effects, or None and why the collapsed engine does not apply."""
     if NAME not in design.family.engines:
         return None, f"family {design.family.name!r} has no exact marginal likelihood"
-    if design.spec.additions.present:
-        return None, (f"the addition term(s) {', '.join(a + '()' for a in design.spec.additions.present)} are fitted "
-                      "by the joint engine")
+    others = [a for a in design.spec.additions.present if a != "weights"]
+    if others:
+        return None, (f"the addition term(s) {', '.join(a + '()' for a in others)} are fitted by the joint engine")
     if design.reduced is not None:
         return design.reduced.sums.layout, ""
     rows = design.require_rows("The collapsed engine", "")
@@ -71,7 +71,8 @@ def sums(design: Design) -> RowSums:
     y = rows.y - rows.offset if rows.offset is not None else rows.y
     shift = np.append(design.stats.x_mean, design.stats.y_mean) if design.centred_intercept \
         else np.zeros(rows.X.shape[1] + 1)
-    return reduce_rows(lay, rows.X, y, [f.index for f in rows.factors], [f.Z for f in rows.factors], shift)
+    return reduce_rows(lay, rows.X, y, [f.index for f in rows.factors], [f.Z for f in rows.factors], shift,
+                       rows.weights)
 
 
 def collapse(design: Design, plan: Plan) -> Collapsed:
@@ -85,7 +86,9 @@ def collapse(design: Design, plan: Plan) -> Collapsed:
     std = plan.std
     scaled = sums(design).standardised(np.append(std.x_centre, std.y_shift), np.append(std.x_scale, std.y_scale),
                                        std.z_scale)
-    return from_sums(scaled, tuple(f.name for f in design.factors), design.centred_intercept)
+    # standardised by the plan's centre, so the intercept's centre is 0 here (not the weighted means)
+    return from_sums(scaled, tuple(f.name for f in design.factors), design.centred_intercept,
+                     np.zeros(scaled.shift.size - 1))
 
 
 def build_model(design: Design, plan: Plan, collapsed: Collapsed | None = None):  # type: ignore[no-untyped-def]

@@ -60,14 +60,16 @@ class FixedCrossProducts:
 
     Attributes
     ----------
-    n : int
+    n : float
+        The total weight of the rows (their number without ``weights()``):
+        the power of σ in the likelihood.
     WtW : (p, p) array, Wty : (p,) array, yty : float
         Cross-products of W and the shifted y (see `fixed_columns`).
     shift : (p,) array
         Subtracted from β before use.
     """
 
-    n: int
+    n: float
     WtW: np.ndarray
     Wty: np.ndarray
     yty: float
@@ -108,19 +110,21 @@ def _w_columns(centred: bool, p: int) -> slice:
     return slice(0, p + 1) if centred else slice(1, p + 1)
 
 
-def _centred_sums(sums: RowSums, centred: bool) -> tuple[RowSums, np.ndarray]:
+def _centred_sums(sums: RowSums, centred: bool, x_centre: np.ndarray) -> tuple[RowSums, np.ndarray]:
     """The sums shifted as `fixed_columns` shifts W and y, and the shift of β.
 
-    With a centred intercept the columns are centred at their means and the
-    response's mean moves onto the intercept; otherwise nothing is shifted.
+    With a centred intercept the columns are centred at the design's centre
+    (which defines what the intercept means: not the sums' own means, which
+    are weighted under ``weights()``) and the response's mean moves onto the
+    intercept (exact, through β's shift); otherwise nothing is shifted.
     """
     p = sums.shift.size - 1
     if not centred:
         return sums.recentred(np.zeros(p + 1)), np.zeros(p)
-    means = sums.means
+    y_mean = sums.means[-1]
     beta_shift = np.zeros(p + 1)
-    beta_shift[0] = means[-1]
-    return sums.recentred(means), beta_shift
+    beta_shift[0] = y_mean
+    return sums.recentred(np.append(x_centre, y_mean)), beta_shift
 
 
 
@@ -438,7 +442,7 @@ class DenseEffects:
 Collapsed = OneFactor | NestedPair | DenseEffects
 
 
-def from_sums(sums: RowSums, names: tuple[str, ...], centred: bool) -> Collapsed:
+def from_sums(sums: RowSums, names: tuple[str, ...], centred: bool, x_centre: np.ndarray | None = None) -> Collapsed:
     """The likelihood's cross-products from the row sums of a design.
 
     Parameters
@@ -450,11 +454,16 @@ def from_sums(sums: RowSums, names: tuple[str, ...], centred: bool) -> Collapsed
         The grouping factors' names, in design order.
     centred : bool
         Whether the design has a centred intercept.
+    x_centre : (p,) array, optional
+        Where the population-level columns are centred with a centred
+        intercept, in the sums' units (0 for the engine's standardised
+        sums); the sums' column means by default.
     """
-    sums, beta_shift = _centred_sums(sums, centred)
+    centre = sums.means[:-1] if x_centre is None else np.asarray(x_centre, dtype=float)
+    sums, beta_shift = _centred_sums(sums, centred, centre)
     w = _w_columns(centred, sums.shift.size - 1)
     V, layout = sums.VtV, sums.layout
-    fixed = FixedCrossProducts(sums.n, V[w, w], V[w, -1], float(V[-1, -1]), beta_shift)
+    fixed = FixedCrossProducts(sums.weight, V[w, w], V[w, -1], float(V[-1, -1]), beta_shift)
     parts = [FactorCrossProducts(name, f.ZtZ, f.ZtV[..., w], f.ZtV[..., -1])
              for name, f in zip(names, sums.factors)]
     if layout.kind == "one":

@@ -209,7 +209,7 @@ def build(design: Design, plan: Plan, collapsed: Any) -> Kernel | None:
     args = np.zeros((len(priors), 3))
     for k, p in enumerate(priors):
         args[k, :len(p.args)] = p.args
-    arr = lambda name: np.array([getattr(p, name) for p in plan.params], dtype=float)  # noqa: E731
+    arr = lambda name: np.array([getattr(p, name) for p in plan.params], dtype=float)
     pairs = [b.terms for b in plan.cor]
     n_beta = len(plan.params) - 1 - f.q
     fixed, fac = collapsed.fixed, collapsed.factor
