@@ -1,0 +1,109 @@
+"""Public examples no one here wrote, against numbers from outside lmmbayes.
+
+- cbpp (lme4; binomial with trials) and epilepsy (brms's vignette; poisson):
+  glmer's Laplace estimates, made by hand with fixtures/glmer_estimates.R
+  (the cbpp numbers are those printed in lme4's documentation).
+- The eight schools (BDA3 section 5.5) with ``se()`` and BDA's flat prior on
+  (mu, tau): BDA3's Table 5.3.
+
+The R data sets are GPL and are read from ../shared/data/lme4_brms (the tests
+skip where it is absent); the eight schools' 16 numbers are in this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import quiet_fit, shared_csv
+
+import lmmbayes as lb
+
+GLMER = pd.read_csv(Path(__file__).parent / "fixtures" / "glmer_estimates.csv")
+
+
+def glmer(model: str) -> pd.DataFrame:
+    table = GLMER.loc[GLMER["model"] == model].set_index("term")
+    return table.rename(index={"(Intercept)": "Intercept"})
+
+
+def check_against_glmer(fit: lb.Fit, model: str, group: str) -> None:
+    """Posterior means of the coefficients within 0.5 glmer standard errors of glmer's estimates.
+
+    With flat priors on b the posterior mean differs from the Laplace ML
+    estimate only by the skew of the posterior and the integration over the
+    group SD (a few hundredths here); Monte Carlo error is about 0.02 SE. A
+    wrong link, design column or trials handling moves a coefficient by
+    several SEs. The group SD: the posterior median within 30% of glmer's
+    (the ML estimate of an SD is biased low; the posterior is right-skewed).
+    """
+    ref = glmer(model)
+    fixef = fit.fixef()
+    coefs = [t for t in ref.index if not t.startswith("sd_")]
+    assert sorted(fixef.index) == sorted(coefs)
+    gap = (fixef.loc[coefs, "Estimate"] - ref.loc[coefs, "estimate"]).abs() / ref.loc[coefs, "se"]
+    assert (gap < 0.5).all(), gap.to_dict()
+    sd = float(fit.draws()[f"sd_{group}__Intercept"].median())
+    assert sd == pytest.approx(ref.loc[f"sd_{group}__Intercept", "estimate"], rel=0.3)
+
+
+@pytest.fixture(scope="module")
+def cbpp_fit():
+    data = shared_csv("cbpp.csv").assign(period=lambda d: d["period"].astype(str))
+    return quiet_fit("incidence | trials(size) ~ period + (1 | herd)", data, family="binomial",
+                     chains=2, draws=1000, tune=1000, seed=4)
+
+
+def test_cbpp_binomial_matches_glmer(cbpp_fit):
+    check_against_glmer(cbpp_fit, "cbpp", "herd")
+    text = str(cbpp_fit.summary())
+    assert "Family: binomial" in text and "Links: mu = logit" in text
+    # brms's posterior_epred for a binomial is trials x probability
+    epred = cbpp_fit.posterior_epred().mean(axis=0)
+    data = shared_csv("cbpp.csv")
+    assert (epred <= data["size"].to_numpy()).all()
+    assert abs(epred.sum() - data["incidence"].sum()) < 0.05 * data["incidence"].sum()
+
+
+@pytest.fixture(scope="module")
+def epilepsy_fit():
+    data = shared_csv("epilepsy.csv").assign(Trt=lambda d: d["Trt"].astype(str))
+    return quiet_fit("count ~ zAge + zBase * Trt + (1 | patient)", data, family="poisson",
+                     chains=2, draws=1000, tune=1000, seed=5)
+
+
+def test_epilepsy_poisson_matches_glmer(epilepsy_fit):
+    check_against_glmer(epilepsy_fit, "epilepsy", "patient")
+    assert "b_zBase:Trt1" in epilepsy_fit.posterior_summary().index
+
+
+# BDA3 section 5.5: estimated effects and standard errors of the coaching programmes
+SCHOOLS = pd.DataFrame({"school": list("ABCDEFGH"), "y": [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0],
+                        "sigma": [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]})
+# BDA3 Table 5.3: posterior medians of the school effects theta_j, of mu and of tau
+# (from 200 simulations, so themselves uncertain by about +-1).
+BDA_MEDIANS = {"A": 10.0, "B": 8.0, "C": 7.0, "D": 8.0, "E": 5.0, "F": 6.0, "G": 10.0, "H": 8.0}
+BDA_MU, BDA_TAU = 8.0, 5.1
+
+
+def test_eight_schools_with_known_standard_errors_match_bda():
+    """``se()``: sigma fixed at 0, each school's known SD; BDA's p(mu, tau) ∝ 1 as flat priors.
+
+    Tolerance: medians within 2.5. BDA's medians come from 200 draws (SE about
+    1 for a school, whose posterior SD is about 6-9); ours from 4000 draws.
+    Treating se() as sigma (or adding a free sigma) moves every school toward
+    the mean by several units and tau's median toward 0.
+    """
+    priors = [lb.prior("flat", class_="Intercept"), lb.prior("flat", class_="sd")]
+    fit = quiet_fit("y | se(sigma) ~ 1 + (1 | school)", SCHOOLS, priors, chains=4, draws=1000, tune=1000,
+                    seed=8, target_accept=0.95)
+    assert "sigma" not in fit.posterior_summary().index
+    medians = {s: float(np.median(fit.draws()["b_Intercept"] + fit.draws()[f"r_school[{s},Intercept]"]))
+               for s in BDA_MEDIANS}
+    for school, expected in BDA_MEDIANS.items():
+        assert medians[school] == pytest.approx(expected, abs=2.5), (school, medians)
+    d = fit.draws()
+    assert float(d["b_Intercept"].median()) == pytest.approx(BDA_MU, abs=1.5)
+    assert float(d["sd_school__Intercept"].median()) == pytest.approx(BDA_TAU, abs=1.5)
