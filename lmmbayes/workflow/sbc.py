@@ -63,15 +63,32 @@ class SBCResult:
     divergences: np.ndarray
 
     def uniformity(self, bins: int = 10) -> pd.DataFrame:
-        """Chi-square test of uniform ranks per parameter (rank histogram with ``bins`` bins)."""
+        """Tests of uniform ranks per parameter.
+
+        Columns: ``chi2`` and ``p_value``, the chi-square test of the rank
+        histogram with ``bins`` bins (any departure, e.g. a shifted
+        posterior); ``spread_z`` and ``spread_p``, a two-sided z-test of the
+        mean of (u − 1/2)², u the normalised rank, against 1/12 (uniform):
+        a posterior too narrow gives U-shaped ranks (z > 0), one too wide
+        a hump (z < 0). The spread test is far more powerful against a wrong
+        posterior scale: at 80 simulations of 100 draws it detects a posterior
+        0.7x too narrow about 90% of the time at level 0.05/4, where the
+        chi-square test over 5 bins does about 15% (docs/validation.md).
+        ``coverage``: share of central ``level`` intervals covering the truth.
+        """
         from scipy import stats
 
         edges = np.linspace(0, self.n_draws + 1, bins + 1)
+        n = self.ranks.shape[0]
         rows = []
         for k, name in enumerate(self.parameters):
             counts, _ = np.histogram(self.ranks[:, k], bins=edges)
             chi2, p = stats.chisquare(counts)
-            rows.append({"parameter": name, "chi2": chi2, "p_value": p, "coverage": self.covered[:, k].mean()})
+            u = (self.ranks[:, k] + 0.5) / (self.n_draws + 1)
+            # under uniformity (u − 1/2)² has mean 1/12 and variance 1/180
+            z = (np.mean((u - 0.5) ** 2) - 1.0 / 12.0) / np.sqrt(1.0 / (180.0 * n))
+            rows.append({"parameter": name, "chi2": chi2, "p_value": p, "spread_z": z,
+                         "spread_p": 2.0 * stats.norm.sf(abs(z)), "coverage": self.covered[:, k].mean()})
         return pd.DataFrame(rows).set_index("parameter")
 
     def __str__(self) -> str:

@@ -256,7 +256,9 @@ AGREEMENT_CASES = {
 }
 
 
-@pytest.fixture(scope="module", params=list(AGREEMENT_CASES))
+# nested: 2.5 minutes of joint sampling (4 chains x 2500 draws); in `make validate`
+@pytest.fixture(scope="module", params=[c if c != "nested" else pytest.param(c, marks=pytest.mark.slow)
+                                        for c in AGREEMENT_CASES])
 def engine_pair(request):
     """The same model fitted by both engines: (collapsed fit, joint fit)."""
     formula, seed, nested = AGREEMENT_CASES[request.param]
