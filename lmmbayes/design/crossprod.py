@@ -226,6 +226,19 @@ class RowSums:
                        tuple(x + y for x, y in zip(a.pairs, b.pairs)))
 
 
+def gaussian_weights(weights: np.ndarray | None, se: np.ndarray | None) -> np.ndarray | None:
+    """The row weights of the cross-products of a Gaussian model: ``weights()`` times 1/se² for ``se()``.
+
+    With ``se(s)`` (σ fixed at 0) row i is N(η_i, s_i²): a row of weight 1/s_i²
+    under a residual SD fixed at 1 (data units), up to a constant. ``weights()``
+    multiply each row's log density, so the two weights multiply.
+    """
+    if se is None:
+        return weights
+    inv = 1.0 / np.square(np.asarray(se, dtype=float))
+    return inv if weights is None else np.asarray(weights, dtype=float) * inv
+
+
 def reduce_rows(layout: Layout, X: np.ndarray, y: np.ndarray, indexes: Sequence[np.ndarray],
                 Zs: Sequence[np.ndarray], shift: np.ndarray | None = None,
                 weights: np.ndarray | None = None) -> RowSums:

@@ -47,7 +47,7 @@ from ..families import Family
 from ..spec import Call, Column, FormulaSpec
 from .build import Design, Stats
 from .checks import collinear_columns_from_gram, warn_collinearity
-from .crossprod import Layout, ReducedRows, RowSums, layout_of, reduce_rows
+from .crossprod import Layout, ReducedRows, RowSums, gaussian_weights, layout_of, reduce_rows
 from .encoder import RowEncoder, Rows, learn_encoder
 from .fingerprint import ResponseHash
 from .frame import (
@@ -197,10 +197,12 @@ def _check_spec(spec: FormulaSpec, family: Family) -> None:
     if "collapsed" not in family.engines:
         raise FitError(f"A Dask DataFrame can only be fitted by the collapsed engine, which does not fit family "
                        f"{family.name!r}; fit a pandas frame (ddf.compute()) with the joint engine.")
-    others = [a for a in spec.additions.present if a != "weights"]
+    others = [a + "()" for a in spec.additions.present if a not in ("weights", "se")]
+    if spec.additions.se is not None and spec.additions.se_sigma:
+        others.append("se(..., sigma = TRUE)")
     if others:
         raise FitError(f"A Dask DataFrame cannot be fitted with the addition term(s) "
-                       f"{', '.join(a + '()' for a in others)} yet; fit a pandas frame.")
+                       f"{', '.join(others)} yet; fit a pandas frame.")
     exprs = [spec.response, *spec.offsets] + [e for t in spec.fixed for e in t.components] \
         + [e for g in spec.groups for t in g.terms for e in t.components]
     for e in exprs:
@@ -293,7 +295,7 @@ class PartitionReducer:
         offset = rows.offset if rows.offset is not None else np.zeros(rows.n)
         absmax = np.abs(rows.X).max(axis=0) if rows.X.shape[1] else np.zeros(0)
         sums = reduce_rows(self.layout, rows.X, y - offset, [f.index for f in rows.factors],
-                           [f.Z for f in rows.factors], weights=rows.weights)
+                           [f.Z for f in rows.factors], weights=gaussian_weights(rows.weights, rows.extra.se))
         return PartialSums(sums, absmax, float(offset.sum()), ResponseHash.of(y))
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import lmmbayes as lb
@@ -74,6 +75,23 @@ def test_fit_with_family_option(csv, capsys):
     assert capsys.readouterr().out == out  # the same seed, the same fit
     assert main([*args, "--family", "nosuchfamily"]) == 1
     assert "error: Unknown family 'nosuchfamily'" in capsys.readouterr().err
+
+
+def test_families_and_links_on_the_command_line(tmp_path, capsys):
+    """--family and --link reach get-prior and fit (a poisson count model, probit bernoulli defaults)."""
+    rng = np.random.default_rng(3)
+    data = pd.DataFrame({"y": np.tile([0, 1, 2, 4, 4, 4, 5, 9], 10), "x": rng.normal(size=80),
+                         "g": np.repeat([f"g{i}" for i in range(10)], 8)})
+    path = tmp_path / "counts.csv"
+    data.to_csv(path, index=False)
+    assert main(["get-prior", "y ~ x + (1 | g)", str(path), "--family", "poisson"]) == 0
+    assert "student_t(3, 1.4, 2.5)" in capsys.readouterr().out  # brms's: log of the median count
+    out_file = tmp_path / "fit.lmmb"
+    assert main(["fit", "y ~ x + (1 | g)", str(path), "--family", "poisson", "--chains", "1", "--draws", "50",
+                 "--tune", "50", "--seed", "2", "--quiet", "--out", str(out_file)]) == 0
+    assert "Family: poisson" in capsys.readouterr().out and lb.load(out_file).design.family.name == "poisson"
+    assert main(["get-prior", "y ~ x", str(path), "--family", "poisson", "--link", "logit"]) == 1
+    assert "'logit'" in capsys.readouterr().err
 
 
 def test_console_script_and_module_run_the_same_main(csv):

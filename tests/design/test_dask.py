@@ -266,15 +266,19 @@ def test_reduced_likelihoods_agree_to_rounding(client, frames):
         assert a == pytest.approx(b, rel=1e-12)
 
 
-def test_weighted_reduction_equals_the_in_memory_one(client, frames):
-    """weights() on Dask: the same weighted cross-products and the same marginal likelihood (on the data's
-    own units, the intercept centred where the in-memory design centres it)."""
+@pytest.mark.parametrize("lhs", ["y | weights(w)", "y | se(s)", "y | se(s) + weights(w)"])
+def test_weighted_reduction_equals_the_in_memory_one(client, frames, lhs):
+    """weights() and se() on Dask: the same weighted cross-products and the same marginal likelihood (on
+    the data's own units, the intercept centred where the in-memory design centres it)."""
     df, _ = frames
-    df = df.assign(w=np.random.default_rng(4).uniform(0.0, 2.0, len(df)))
-    formula = "y | weights(w) ~ x + (1 + x | g)"
+    rng = np.random.default_rng(4)
+    df = df.assign(w=rng.uniform(0.0, 2.0, len(df)), s=rng.uniform(0.5, 2.0, len(df)))
+    formula = lhs + " ~ x + (1 + x | g)"
     memory, reduced = designs(formula, df, dd.from_pandas(df, npartitions=8))
     a, b = cl.sums(memory), cl.sums(reduced)
-    assert a.n == b.n == memory.n_obs and a.weight == pytest.approx(memory.rows.weights.sum(), rel=1e-12)
+    w = (memory.rows.weights if memory.rows.weights is not None else 1.0) / (
+        memory.rows.extra.se ** 2 if memory.rows.extra.se is not None else 1.0)
+    assert a.n == b.n == memory.n_obs and a.weight == pytest.approx(np.sum(w * np.ones(a.n)), rel=1e-12)
     assert_close(sums_arrays(a), sums_arrays(b.recentred(a.shift)), rtol=1e-8)
     names, centre = ("g",), memory.stats.x_mean
     got = [algebra.from_sums(s, names, True, centre) for s in (a, b)]

@@ -140,6 +140,25 @@ def test_weighted_marginal_loglik_is_brms_weighted_likelihood(case):
     assert got == pytest.approx(expected, rel=1e-10, abs=1e-8)
 
 
+@pytest.mark.parametrize("case", ["intercept", "correlated", "nested"])
+def test_known_standard_errors_give_the_normal_of_those_variances(case):
+    """se(s): y ~ N(W beta, diag(s²) + ZΛΛ'Z'), sigma fixed; the engine drops constants, so compare the
+    change between two parameter values."""
+    formula, _ = UNIT_CASES[case]
+    data = unit_data().assign(s=np.random.default_rng(12).uniform(0.3, 2.0, 150))
+    design = design_of(formula.replace("y ~", "y | se(s) ~"), data)
+    collapsed = raw_collapse(design)
+    s = design.rows.extra.se
+    values = []
+    for seed in (13, 14):
+        beta, _, scales = random_parameters(design, np.random.default_rng(seed))
+        mean, Z, lam = dense_model(design, beta, 1.0, scales)
+        exact = scipy.stats.multivariate_normal(mean, np.diag(s**2) + Z @ lam @ lam.T @ Z.T).logpdf(design.y)
+        values.append((algebra.marginal_loglik(collapsed, beta, 1.0, scales).eval(), exact))
+    (a1, e1), (a2, e2) = values
+    assert a1 - a2 == pytest.approx(e1 - e2, rel=1e-10, abs=1e-8)
+
+
 def test_integer_weights_are_repeated_rows_and_zero_weights_dropped_rows():
     data = unit_data().assign(w=np.random.default_rng(6).integers(0, 4, 150).astype(float))
     formula = "y ~ 0 + Intercept + x + (1 + x | a)"  # uncentred: the same β for both data sets

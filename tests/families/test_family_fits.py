@@ -155,3 +155,14 @@ def test_save_and_load_keep_the_family(case, tmp_path):
     assert back.design.family == fit.design.family
     np.testing.assert_array_equal(back.posterior_epred(data.iloc[:4]), fit.posterior_epred(data.iloc[:4]))
     assert str(back.summary()) == str(fit.summary())
+
+
+def test_bayes_r2_is_brms_residual_formula(case):
+    """brms's bayes_R2: var(epred) / (var(epred) + var(y − epred)) per draw, for every family."""
+    _, data, _, fit = case
+    mu = fit.posterior_epred()
+    res = data["y"].to_numpy()[None, :] - mu
+    r2 = mu.var(axis=1, ddof=1) / (mu.var(axis=1, ddof=1) + res.var(axis=1, ddof=1))
+    table = fit.bayes_r2(method="residual")
+    assert table.loc["R2", "Estimate"] == pytest.approx(r2.mean(), rel=1e-12)
+    assert 0 < fit.bayes_r2().loc["R2", "Estimate"] < 1

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ...design import Design
-from ...design.crossprod import Layout, RowSums, layout_of, reduce_rows
+from ...design.crossprod import Layout, RowSums, gaussian_weights, layout_of, reduce_rows
 from ...errors import FitError
 from ..base import EngineResult, finish, flat, unflat
 from ..plan import Plan
@@ -31,9 +31,13 @@ def layout(design: Design) -> tuple[Layout | None, str]:
     """The structure of the random effects, or None and why the collapsed engine does not apply."""
     if NAME not in design.family.engines:
         return None, f"family {design.family.name!r} has no exact marginal likelihood"
-    others = [a for a in design.spec.additions.present if a != "weights"]
+    add = design.spec.additions
+    others = [a for a in add.present if a not in ("weights", "se")]
     if others:
         return None, (f"the addition term(s) {', '.join(a + '()' for a in others)} are fitted by the joint engine")
+    if add.se is not None and add.se_sigma:
+        # per-row variance s² + σ²: no longer a weighted sum of squares
+        return None, "se(..., sigma = TRUE) is fitted by the joint engine"
     if design.reduced is not None:
         return design.reduced.sums.layout, ""
     rows = design.require_rows("The collapsed engine", "")
@@ -72,7 +76,13 @@ def sums(design: Design) -> RowSums:
     shift = np.append(design.stats.x_mean, design.stats.y_mean) if design.centred_intercept \
         else np.zeros(rows.X.shape[1] + 1)
     return reduce_rows(lay, rows.X, y, [f.index for f in rows.factors], [f.Z for f in rows.factors], shift,
-                       rows.weights)
+                       gaussian_weights(rows.weights, rows.extra.se))
+
+
+def fixed_sigma(design: Design, plan: Plan) -> float | None:
+    """The residual SD in the plan's standardised units where ``se()`` fixes it (1 in data units, the
+    known SDs being in the weights; see `gaussian_weights`), else None (σ is sampled)."""
+    return 1.0 / plan.std.y_scale if design.spec.additions.se is not None else None
 
 
 def collapse(design: Design, plan: Plan) -> Collapsed:
@@ -105,7 +115,9 @@ def build_model(design: Design, plan: Plan, collapsed: Collapsed | None = None):
         if design.centred_intercept:
             beta = pt.concatenate([hyper.one(plan, "Intercept")[None], beta])
         scales = {f.name: hyper.scale(plan, f.name) for f in design.factors}
-        pm.Potential("marginal_loglik", collapsed.loglik(beta, hyper.one(plan, "sigma"), scales))
+        known = fixed_sigma(design, plan)
+        sigma = hyper.one(plan, "sigma") if known is None else pt.constant(known)
+        pm.Potential("marginal_loglik", collapsed.loglik(beta, sigma, scales))
     return model, hyper
 
 
@@ -148,7 +160,9 @@ def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
     beta = std_vals[:, [k for k, kind in enumerate(kinds) if kind == "b"]]
     if design.centred_intercept:
         beta = np.concatenate([std_vals[:, [kinds.index("Intercept")]], beta], axis=1)
-    sigma = std_vals[:, [p.name for p in plan.params].index("sigma")]
+    known = fixed_sigma(design, plan)
+    sigma = std_vals[:, [p.name for p in plan.params].index("sigma")] if known is None \
+        else np.full(std_vals.shape[0], known)
     scales = {f.name: std_vals[:, plan.indices("sd", f.name)][:, :, None] * flat(lcorr[f.name])
               for f in design.factors}
     rng = np.random.default_rng([config.seed, 1])
