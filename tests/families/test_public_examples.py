@@ -1,8 +1,11 @@
 """Public examples no one here wrote, against numbers from outside lmmbayes.
 
-- cbpp (lme4; binomial with trials) and epilepsy (brms's vignette; poisson):
+- cbpp (lme4; binomial with trials), epilepsy (brms's vignette; poisson) and
+  VerbAgg (lme4; bernoulli, persons x items crossed; `make validate`):
   glmer's Laplace estimates, made by hand with fixtures/glmer_estimates.R
-  (the cbpp numbers are those printed in lme4's documentation).
+  (the cbpp and VerbAgg numbers are those printed in lme4's documentation).
+- sleepstudy (lme4) with a student likelihood: a brms 2.18 run made by hand
+  (fixtures/brms_sleepstudy_student.R).
 - The eight schools (BDA3 section 5.5) with ``se()`` and BDA's flat prior on
   (mu, tau): BDA3's Table 5.3.
 
@@ -77,6 +80,39 @@ def epilepsy_fit():
 def test_epilepsy_poisson_matches_glmer(epilepsy_fit):
     check_against_glmer(epilepsy_fit, "epilepsy", "patient")
     assert "b_zBase:Trt1" in epilepsy_fit.posterior_summary().index
+
+
+@pytest.mark.slow
+def test_verbagg_bernoulli_crossed_matches_glmer():
+    """7,584 answers, persons x items crossed (joint engine; about 2 minutes, so in `make validate`)."""
+    data = shared_csv("VerbAgg.csv")
+    fit = quiet_fit("r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)", data, family="bernoulli",
+                    chains=2, draws=500, tune=500, seed=6)
+    check_against_glmer(fit, "VerbAgg", "id")
+    item = float(fit.draws()["sd_item__Intercept"].median())
+    assert item == pytest.approx(glmer("VerbAgg").loc["sd_item__Intercept", "estimate"], rel=0.3)
+
+
+BRMS_STUDENT = pd.read_csv(Path(__file__).parent / "fixtures" / "brms_sleepstudy_student.csv", index_col=0)
+
+
+@pytest.mark.slow  # about a minute of compile and sampling: `make validate`
+def test_sleepstudy_student_matches_brms():
+    """A robust random-slope model against brms 2.18 run by hand (fixtures/brms_sleepstudy_student.R: rstan,
+    4 chains x 3000 draws, brms's default priors, which lmmbayes shares).
+
+    Tolerance: posterior means within 0.25 brms posterior SDs and posterior SDs within 25% (nu: 35%,
+    its posterior is skewed and heavy-tailed). Monte Carlo error of ours (2 x 1000 draws) is about
+    0.05 SD; a wrong t density, scale or nu bound moves sigma and nu by several SDs.
+    """
+    data = shared_csv("sleepstudy.csv")
+    fit = quiet_fit("Reaction ~ Days + (Days | Subject)", data, family="student", chains=2, draws=1000,
+                    tune=1000, seed=11)
+    draws = fit.draws()
+    for name, row in BRMS_STUDENT.iterrows():
+        mean, sd = float(draws[name].mean()), float(draws[name].std())
+        assert abs(mean - row["Estimate"]) < 0.25 * row["Est.Error"], (name, mean, row["Estimate"])
+        assert sd == pytest.approx(row["Est.Error"], rel=0.35 if name == "nu" else 0.25), (name, sd)
 
 
 # BDA3 section 5.5: estimated effects and standard errors of the coaching programmes
