@@ -202,3 +202,29 @@ def test_sample_prior_is_validated(bounce):
         lb.fit(SLOPE, bounce, TUTORIAL_PRIORS, sample_prior="yes", progress=False)
     with pytest.raises(lb.PriorError, match="b_std_age"):
         lb.fit(SLOPE, bounce, sample_prior="only", draws=10, progress=False)
+
+
+@pytest.mark.parametrize(("family", "check"), [
+    ("poisson", lambda y: (y >= 0).all() and (y == np.round(y)).all()),
+    ("bernoulli", lambda y: np.isin(y, (0, 1)).all()),
+    ("beta", lambda y: ((y > 0) & (y < 1)).all()),
+    ("binomial", lambda y: ((y >= 0) & (y <= 10)).all() and (y == np.round(y)).all()),
+])
+def test_every_family_simulates_its_own_kind_of_data(family, check):
+    """The flip-book draws counts, 0/1 outcomes and proportions for the families that have them."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(2)
+    # a placeholder response the family can take (it is simulated)
+    data = pd.DataFrame({"y": 0.5 if family == "beta" else 0, "x": rng.normal(size=60),
+                         "g": np.repeat(["a", "b", "c"], 20), "n": 10})
+    formula = ("y | trials(n)" if family == "binomial" else "y") + " ~ x + (1 | g)"
+    priors = [lb.prior("normal(0, 1)", class_="b"), lb.prior("normal(0, 1)", class_="sd"),
+              lb.prior("gamma(4, 0.5)", class_="phi")] if family == "beta" else \
+        [lb.prior("normal(0, 1)", class_="b"), lb.prior("normal(0, 1)", class_="sd")]
+    pp = lb.prior_predictive(formula, data, priors, family=family, draws=30, seed=1)
+    y = pp["prior_predictive"]["y"].values
+    assert y.shape == (1, 30, 60) and check(y)
+    fig = lb.plot_prior_predictive(pp, data, "x", "g", n=4, seed=0)
+    assert len(fig.axes) >= 5
+    plt.close(fig)
