@@ -126,6 +126,20 @@ class Fit(FitResult):
 
         return diagnostics_table(self, include_random=include_random)
 
+    def hypothesis(self, hypotheses: str | Sequence[str], class_: str | None = "b",
+                   alpha: float = 0.05) -> Any:
+        """brms's ``hypothesis()``: e.g. ``fit.hypothesis("Intercept - 25 * Days > 0")``.
+
+        See `lmmbayes.workflow.hypothesis.hypothesis`: names take the ``class_``
+        prefix (``"b"``: ``Days`` is ``b_Days``; None for full names such as
+        ``sd_Subject__Days``); the strings are parsed by a closed grammar, never
+        evaluated as code. Returns a `HypothesisResult` whose ``table`` has
+        brms's columns and which prints as brms does.
+        """
+        from .workflow.hypothesis import hypothesis
+
+        return hypothesis(self.draws(), hypotheses, class_, alpha)
+
     # -- prediction ----------------------------------------------------------------------
     def posterior_linpred(self, newdata: Any = None, *, transform: bool = False,
                           include_groups: bool | str | Sequence[str] = True, allow_new_levels: bool = False,

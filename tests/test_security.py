@@ -126,6 +126,20 @@ def test_prior_strings_are_data(tmp_path):
     assert not sentinel.exists()
 
 
+def test_hypothesis_strings_are_data(tmp_path):
+    """fit.hypothesis() parses its strings with a closed grammar: every payload is a FormulaError."""
+    from lmmbayes.workflow.hypothesis import hypothesis
+
+    sentinel = tmp_path / "S"
+    draws = pd.DataFrame({"b_x": [0.1, 0.2, 0.3], "b_Intercept": [1.0, 1.1, 0.9]})
+    for payload in PAYLOADS:
+        text = payload.format(s=sentinel)
+        for hyp in (f"{text} > 0", f"x > {text}", f"x + {text} = 0", f"(x) * {text} < 1"):
+            with pytest.raises(lb.FormulaError):
+                hypothesis(draws, hyp)
+    assert not sentinel.exists()
+
+
 def test_prediction_arguments_are_data(tmp_path):
     fit = lb.fit("y ~ x + (1 | g)", DATA, chains=1, draws=30, tune=30, progress=False, seed=1)
     sentinel = tmp_path / "S"

@@ -1,0 +1,300 @@
+"""brms's ``hypothesis()``: tests of expressions of parameters against their posterior draws.
+
+A hypothesis is ``left (= | < | >) right``; both sides are expressions of
+parameter names, numbers, ``+ - * / ^`` (``^`` is a power, as in R),
+parentheses and the functions ``exp``, ``log``, ``sqrt`` and ``abs``. The
+string is user input: it is parsed by the small recursive-descent grammar
+below into a closed tree and evaluated on the draws; nothing is ever passed
+to ``eval``.
+
+Summary as brms computes it (R/hypothesis.R): ``Estimate`` and ``Est.Error``
+are the mean and SD of the draws of ``left - right``; the interval has
+probabilities ``(alpha/2, 1 - alpha/2)`` for a point hypothesis (``=``) and
+``(alpha, 1 - alpha)`` for a one-sided one; ``Evid.Ratio`` is
+``P(x > 0) / P(x <= 0)`` for ``>`` (and the mirror for ``<``), ``Post.Prob``
+``Evid.Ratio / (1 + Evid.Ratio)``; ``Star`` marks a point hypothesis whose
+interval excludes 0 or a one-sided one whose posterior probability exceeds
+``1 - alpha``. Point hypotheses get no evidence ratio: it needs prior draws
+(Savage-Dickey), which fits do not keep yet.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import _validate as check
+from ..errors import FormulaError
+
+#: Functions a hypothesis may call.
+FUNCTIONS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs}
+
+_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_.:]*(?:\[[^\]\s]*\])?)
+  | (?P<op>[-+*/^(),])
+  | (?P<relation>[=<>])
+""", re.VERBOSE)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a parsed expression: ``kind`` is "num", "par", "neg", "call" or an operator."""
+
+    kind: str
+    value: Any = None
+    args: tuple[Node, ...] = ()
+
+    def names(self) -> set[str]:
+        own = {self.value} if self.kind == "par" else set()
+        return own.union(*(a.names() for a in self.args)) if self.args else own
+
+    def evaluate(self, draws: dict[str, np.ndarray]) -> np.ndarray:
+        if self.kind == "num":
+            return np.asarray(self.value, dtype=float)
+        if self.kind == "par":
+            return draws[self.value]
+        vals = [a.evaluate(draws) for a in self.args]
+        with np.errstate(all="ignore"):
+            if self.kind == "neg":
+                return -vals[0]
+            if self.kind == "call":
+                return FUNCTIONS[self.value](vals[0])
+            a, b = vals
+            return {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide, "^": np.power}[self.kind](a, b)
+
+
+class _Parser:
+    """expr := term (("+" | "-") term)*; term := unary (("*" | "/") unary)*;
+    unary := "-" unary | power; power := atom ("^" unary)?; atom := number | name | name "(" expr ")" | "(" expr ")"."""
+
+    def __init__(self, text: str, tokens: list[tuple[str, str, int]], end: int) -> None:
+        self.text, self.tokens, self.pos, self.end = text, tokens, 0, end
+
+    def error(self, what: str) -> FormulaError:
+        at = self.tokens[self.pos][2] if self.pos < len(self.tokens) else self.end
+        return FormulaError(f"Hypothesis {self.text!r}: {what} at position {at}. A hypothesis is 'left (= or < "
+                            "or >) right' with parameter names, numbers, + - * / ^, parentheses and "
+                            f"{', '.join(FUNCTIONS)}().")
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.pos][:2] if self.pos < len(self.tokens) else None
+
+    def take(self, kind: str, value: str | None = None) -> bool:
+        tok = self.peek()
+        if tok is not None and tok[0] == kind and (value is None or tok[1] == value):
+            self.pos += 1
+            return True
+        return False
+
+    def expr(self) -> Node:
+        node = self.term()
+        while (tok := self.peek()) is not None and tok[0] == "op" and tok[1] in "+-":
+            self.pos += 1
+            node = Node(tok[1], args=(node, self.term()))
+        return node
+
+    def term(self) -> Node:
+        node = self.unary()
+        while (tok := self.peek()) is not None and tok[0] == "op" and tok[1] in "*/":
+            self.pos += 1
+            node = Node(tok[1], args=(node, self.unary()))
+        return node
+
+    def unary(self) -> Node:
+        if self.take("op", "-"):
+            return Node("neg", args=(self.unary(),))
+        if self.take("op", "+"):
+            return self.unary()
+        return self.power()
+
+    def power(self) -> Node:
+        base = self.atom()
+        if self.take("op", "^"):  # right-associative, binds tighter than unary minus on its left (as R)
+            return Node("^", args=(base, self.unary()))
+        return base
+
+    def atom(self) -> Node:
+        tok = self.peek()
+        if tok is None:
+            raise self.error("the expression ends too early")
+        kind, value = tok
+        if kind == "number":
+            self.pos += 1
+            return Node("num", float(value))
+        if kind == "name":
+            self.pos += 1
+            if self.take("op", "("):
+                if value not in FUNCTIONS:
+                    raise self.error(f"'{value}()' is not an allowed function")
+                inner = self.expr()
+                if not self.take("op", ")"):
+                    raise self.error("a ')' is missing")
+                return Node("call", value, (inner,))
+            return Node("par", value)
+        if self.take("op", "("):
+            inner = self.expr()
+            if not self.take("op", ")"):
+                raise self.error("a ')' is missing")
+            return inner
+        raise self.error(f"unexpected {value!r}")
+
+
+def _tokens(text: str, where: str) -> list[tuple[str, str, int]]:
+    out, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise FormulaError(f"Hypothesis {where!r}: {text[pos]!r} at position {pos} is not allowed; use "
+                               "parameter names, numbers, + - * / ^, parentheses, = < > and "
+                               f"{', '.join(FUNCTIONS)}().")
+        kind = m.lastgroup
+        assert kind is not None
+        if kind != "space":
+            out.append((kind, m.group(), pos))
+        pos = m.end()
+    return out
+
+
+@dataclass(frozen=True)
+class ParsedHypothesis:
+    """``left - right`` compared with 0 by ``sign``; ``label`` as brms prints it."""
+
+    tree: Node
+    sign: str
+    label: str
+
+
+def parse_hypothesis(text: Any) -> ParsedHypothesis:
+    """Parse one hypothesis string (never evaluated as code).
+
+    Raises
+    ------
+    FormulaError
+        Naming the position and what is allowed.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise FormulaError(f"A hypothesis must be a non-empty string such as 'x > 0', got {text!r}.")
+    tokens = _tokens(text, text)
+    relations = [k for k, t in enumerate(tokens) if t[0] == "relation"]
+    if len(relations) != 1:
+        raise FormulaError(f"Hypothesis {text!r} must be of the form 'left (= or < or >) right' with exactly one "
+                           f"relation; it has {len(relations)}.")
+    k = relations[0]
+    sides = []
+    for part, end in ((tokens[:k], tokens[k][2]), (tokens[k + 1:], len(text))):
+        parser = _Parser(text, part, end)
+        if not part:
+            raise FormulaError(f"Hypothesis {text!r} has an empty side; write e.g. 'x > 0'.")
+        node = parser.expr()
+        if parser.pos != len(part):
+            raise parser.error(f"unexpected {part[parser.pos][1]!r}")
+        sides.append(node)
+    compact = [re.sub(r"\s+", "", text[: tokens[k][2]]), re.sub(r"\s+", "", text[tokens[k][2] + 1:])]
+    zero = sides[1].kind == "num" and sides[1].value == 0.0
+    label = f"({compact[0]})" + ("" if zero else f"-({compact[1]})") + f" {tokens[k][1]} 0"
+    tree = sides[0] if zero else Node("-", args=tuple(sides))
+    return ParsedHypothesis(tree, tokens[k][1], label)
+
+
+@dataclass(frozen=True, eq=False)
+class HypothesisResult:
+    """brms's ``brmshypothesis``: the table and the draws of each hypothesis.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        ``Hypothesis, Estimate, Est.Error, CI.Lower, CI.Upper, Evid.Ratio, Post.Prob, Star``.
+    samples : pandas.DataFrame
+        Draws of each hypothesis's ``left - right`` (columns ``H1``, ``H2``, ...).
+    class_ : str
+        The class prefix used to look names up ("" for full names).
+    alpha : float
+    """
+
+    table: pd.DataFrame
+    samples: pd.DataFrame
+    class_: str
+    alpha: float
+
+    def __str__(self) -> str:
+        shown = self.table.copy()
+        for col in ("Estimate", "Est.Error", "CI.Lower", "CI.Upper", "Evid.Ratio", "Post.Prob"):
+            shown[col] = shown[col].map(lambda v: "NA" if pd.isna(v) else f"{v:.2f}")
+        one, two = round((1 - 2 * self.alpha) * 100), round((1 - self.alpha) * 100)
+        head = f"Hypothesis Tests for class {self.class_.rstrip('_')}:" if self.class_ else "Hypothesis Tests:"
+        return "\n".join([
+            head, shown.to_string(index=False), "---",
+            f"'CI': {one:g}%-CI for one-sided and {two:g}%-CI for two-sided hypotheses.",
+            f"'*': For one-sided hypotheses, the posterior probability exceeds {two:g}%;",
+            f"for two-sided hypotheses, the value tested against lies outside the {two:g}%-CI.",
+            "Posterior probabilities of point hypotheses assume equal prior probabilities.",
+        ])
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{self}</pre>"
+
+
+def hypothesis(draws: pd.DataFrame, hypotheses: Any, class_: str | None = "b", alpha: float = 0.05) -> HypothesisResult:
+    """Test ``hypotheses`` (a string or a list of strings) against posterior ``draws`` (brms names as columns).
+
+    Parameters
+    ----------
+    draws : pandas.DataFrame
+        One column per parameter, brms names (``Fit.draws()``).
+    hypotheses : str or sequence of str
+    class_ : str or None
+        Prefix added to every name: ``"b"`` (default, as brms) turns ``Days``
+        into ``b_Days``; None or ``""`` takes names as they are
+        (``sd_Subject__Days``).
+    alpha : float
+        Size of the tests (0.05: 95% intervals for point hypotheses, 90% for one-sided ones).
+
+    Raises
+    ------
+    FormulaError
+        For a hypothesis that does not parse or names a parameter the fit does not have (the message lists
+        the names of the class).
+    """
+    level = check.probability(alpha, "alpha")
+    assert level is not None
+    alpha = level
+    texts = [hypotheses] if isinstance(hypotheses, str) else list(hypotheses) if isinstance(
+        hypotheses, (list, tuple)) else None
+    if not texts:
+        raise FormulaError(f"hypotheses must be a string or a list of strings such as ['x > 0'], got {hypotheses!r}.")
+    prefix = "" if not class_ else (class_ if class_.endswith("_") else class_ + "_")
+    rows, samples = [], {}
+    for k, text in enumerate(texts, start=1):
+        parsed = parse_hypothesis(text)
+        missing = sorted(n for n in parsed.tree.names() if prefix + n not in draws.columns)
+        if missing:
+            known = [c[len(prefix):] for c in draws.columns if c.startswith(prefix)]
+            raise FormulaError(f"Hypothesis {text!r}: the model has no parameter(s) "
+                               f"{[prefix + n for n in missing]}; with class_={class_!r} the names are "
+                               f"{known[:20]}{' ...' if len(known) > 20 else ''}"
+                               + ("" if not prefix else " (class_=None takes full names)") + ".")
+        x = np.asarray(parsed.tree.evaluate({n: draws[prefix + n].to_numpy(dtype=float)
+                                             for n in parsed.tree.names()}), dtype=float)
+        x = np.broadcast_to(x, (len(draws),))
+        if parsed.sign == "=":
+            lo, hi = np.quantile(x, [alpha / 2, 1 - alpha / 2])
+            ratio = np.nan
+            star = not (lo <= 0 <= hi)
+        else:
+            lo, hi = np.quantile(x, [alpha, 1 - alpha])
+            hits = int(np.sum(x > 0 if parsed.sign == ">" else x < 0))
+            ratio = np.inf if hits == x.size else hits / (x.size - hits)
+        post = np.nan if np.isnan(ratio) else 1.0 if np.isinf(ratio) else ratio / (1 + ratio)
+        if parsed.sign != "=":
+            star = post > 1 - alpha
+        rows.append({"Hypothesis": parsed.label, "Estimate": float(np.mean(x)), "Est.Error": float(np.std(x, ddof=1)),
+                     "CI.Lower": float(lo), "CI.Upper": float(hi), "Evid.Ratio": ratio, "Post.Prob": post,
+                     "Star": "*" if star else ""})
+        samples[f"H{k}"] = x
+    return HypothesisResult(pd.DataFrame(rows), pd.DataFrame(samples), prefix, alpha)

@@ -1,0 +1,109 @@
+"""brms's hypothesis(): numbers against a computation on the draws, brms's table and the closed grammar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmmbayes as lb
+from lmmbayes.workflow.hypothesis import hypothesis, parse_hypothesis
+
+
+def fake_draws(n: int = 4000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"b_Intercept": rng.normal(250, 8, n), "b_Days": rng.normal(10, 2, n),
+                         "b_zBase:Trt1": rng.normal(0.05, 0.15, n), "sd_Subject__Days": rng.gamma(30, 0.2, n),
+                         "r_Subject[308,Days]": rng.normal(9, 3, n)})
+
+
+def test_one_sided_hypothesis_is_brms_arithmetic_on_the_draws():
+    d = fake_draws()
+    res = hypothesis(d, "Intercept - 25 * Days > 0")
+    x = d["b_Intercept"] - 25 * d["b_Days"]
+    row = res.table.iloc[0]
+    assert row["Hypothesis"] == "(Intercept-25*Days) > 0"
+    assert row["Estimate"] == pytest.approx(x.mean()) and row["Est.Error"] == pytest.approx(x.std())
+    # one-sided: brms's probabilities (alpha, 1 - alpha), i.e. a 90% interval at alpha = 0.05
+    assert (row["CI.Lower"], row["CI.Upper"]) == pytest.approx(tuple(np.quantile(x, [0.05, 0.95])))
+    p = (x > 0).mean()
+    assert row["Post.Prob"] == pytest.approx(p) and row["Evid.Ratio"] == pytest.approx(p / (1 - p))
+    assert row["Star"] == ("*" if p > 0.95 else "")
+    np.testing.assert_allclose(res.samples["H1"], x)
+
+
+def test_point_hypothesis_two_sided_interval_and_star():
+    d = fake_draws()
+    res = hypothesis(d, ["Days = 10", "Days = 0", "zBase:Trt1 < 0"], alpha=0.1)
+    t = res.table
+    assert list(t["Hypothesis"]) == ["(Days)-(10) = 0", "(Days) = 0", "(zBase:Trt1) < 0"]
+    x = d["b_Days"] - 10
+    assert (t.loc[0, "CI.Lower"], t.loc[0, "CI.Upper"]) == pytest.approx(tuple(np.quantile(x, [0.05, 0.95])))
+    assert t.loc[0, "Star"] == "" and t.loc[1, "Star"] == "*"
+    assert t[["Evid.Ratio", "Post.Prob"]].iloc[:2].isna().all().all()  # no prior draws: no Savage-Dickey
+    assert t.loc[2, "Post.Prob"] == pytest.approx((d["b_zBase:Trt1"] < 0).mean())
+    assert list(t.columns) == ["Hypothesis", "Estimate", "Est.Error", "CI.Lower", "CI.Upper", "Evid.Ratio",
+                               "Post.Prob", "Star"]
+
+
+def test_full_names_powers_functions_and_precedence():
+    d = fake_draws()
+    res = hypothesis(d, ["sd_Subject__Days^2 > 30", "-2^2 + exp(log(b_Days)) * (1 + 1) / 2 = 0",
+                         "r_Subject[308,Days] > 0"], class_=None)
+    np.testing.assert_allclose(res.samples["H1"], d["sd_Subject__Days"] ** 2 - 30)
+    np.testing.assert_allclose(res.samples["H2"], -(2.0**2) + d["b_Days"], rtol=1e-12)  # R: -2^2 is -4
+    np.testing.assert_allclose(res.samples["H3"], d["r_Subject[308,Days]"])
+    assert "Hypothesis Tests:" in str(res)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("Days", "exactly one relation"),
+    ("Days > 0 > 1", "exactly one relation"),
+    ("> 0", "empty side"),
+    ("Days + > 0", "ends too early at position 7"),
+    ("(Days > 0", "')' is missing"),
+    ("__import__('os').system('id') > 0", "not allowed"),
+    ("Days.real > 0", "no parameter"),
+    ("system(Days) > 0", "'system()' is not an allowed function"),
+    ("Days; x > 0", "not allowed"),
+    ("Nope > 0", "b_Nope"),
+])
+def test_bad_hypotheses_are_clear_errors_and_never_code(text, needle, tmp_path):
+    sentinel = tmp_path / "pwned"
+    with pytest.raises(lb.FormulaError, match="Hypothesis|hypothesis") as info:
+        hypothesis(fake_draws(), text.replace("'id'", f"'touch {sentinel}'"))
+    assert needle in str(info.value)
+    assert not sentinel.exists()
+
+
+def test_unknown_names_list_what_the_class_has():
+    with pytest.raises(lb.FormulaError, match=r"\['Intercept', 'Days', 'zBase:Trt1'\]"):
+        hypothesis(fake_draws(), "Nope > 0")
+    with pytest.raises(lb.LmmbayesError, match="alpha"):
+        hypothesis(fake_draws(), "Days > 0", alpha=1.5)
+    with pytest.raises(lb.FormulaError, match="list of strings"):
+        hypothesis(fake_draws(), 3)
+
+
+def test_parse_keeps_brms_label():
+    assert parse_hypothesis("a + b = c").label == "(a+b)-(c) = 0"
+
+
+def test_fit_hypothesis_uses_the_fits_draws(simulated_fit):
+    res = simulated_fit.hypothesis(["x - 2 = 0", "catb > catc"])
+    d = simulated_fit.draws()
+    np.testing.assert_allclose(res.samples["H1"], d["b_x"] - 2)
+    np.testing.assert_allclose(res.samples["H2"], d["b_catb"] - d["b_catc"])
+    # the simulated truth: b_x = 2, b_catb - b_catc = 1
+    assert res.table.loc[0, "CI.Lower"] < 0 < res.table.loc[0, "CI.Upper"]
+    assert res.table.loc[1, "Star"] == "*"
+    text = str(res)
+    assert text.startswith("Hypothesis Tests for class b:") and "(catb)-(catc) > 0" in text
+    assert "'CI': 90%-CI for one-sided and 95%-CI for two-sided hypotheses." in text
+
+
+def test_documented():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    assert "hypothesis" in docs
