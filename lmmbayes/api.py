@@ -108,17 +108,43 @@ class Fit(FitResult):
         """The prior of every parameter: prior, class, coef, group, lb, ub, source."""
         return self.priors.frame()
 
-    def draws(self, *, include_random: bool = True) -> pd.DataFrame:
-        """One row per draw with ``.chain``, ``.iteration``, ``.draw`` and brms-named columns."""
+    def draws(self, *, include_random: bool = True, format: str = "wide") -> pd.DataFrame:
+        """The posterior draws with brms's names (brms's ``as_draws_df``).
+
+        Parameters
+        ----------
+        include_random : bool
+            Include the random effects ``r_<group>[level,term]``.
+        format : {"wide", "long"}
+            ``"wide"``: one row per draw, one column per parameter, plus
+            ``.chain``, ``.iteration`` and ``.draw``. ``"long"``: one row per
+            draw and parameter with columns ``.chain, .iteration, .draw,
+            .variable, .value`` (tidybayes's ``gather_draws`` shape).
+        """
+        from . import _validate as check
         from .results.posterior import flat_draws
 
+        format = check.choice(format, "format", ("wide", "long"))
         names, arr = flat_draws(self.posterior, self.design, random=include_random)
         n_chain, n_draw = arr.shape[:2]
-        frame = pd.DataFrame(arr.reshape(n_chain * n_draw, -1), columns=names)
         meta = pd.DataFrame({".chain": np.repeat(np.arange(1, n_chain + 1), n_draw),
                              ".iteration": np.tile(np.arange(1, n_draw + 1), n_chain),
                              ".draw": np.arange(1, n_chain * n_draw + 1)})
-        return pd.concat([frame, meta], axis=1)
+        values = arr.reshape(n_chain * n_draw, -1)
+        if format == "long":
+            k = len(names)
+            long = meta.loc[meta.index.repeat(k)].reset_index(drop=True)
+            return long.assign(**{".variable": np.tile(np.asarray(names, dtype=object), len(meta)),
+                                  ".value": values.ravel()})
+        return pd.concat([pd.DataFrame(values, columns=names), meta], axis=1)
+
+    as_draws_df = draws
+
+    @property
+    def ndraws(self) -> int:
+        """Number of posterior draws, all chains together (brms's ``ndraws``)."""
+        sizes = self.posterior.sizes
+        return int(sizes["chain"] * sizes["draw"])
 
     def diagnostics(self, *, include_random: bool = True) -> Any:
         """Per-parameter R-hat, ESS and MCSE plus the sampler report (`Diagnostics`)."""

@@ -280,3 +280,17 @@ def test_a_tiny_prior_scale_is_sampled_not_refused(bounce):
     fit = quiet_fit("bounce_time ~ std_age", bounce, [lb.prior("normal(0, 1e-300)", class_="b")], chains=1,
                     draws=100, tune=100, seed=1)
     assert np.abs(fit.draws()["b_std_age"]).max() < 1e-295
+
+
+def test_draws_in_long_form_and_brms_aliases(simulated_fit):
+    wide = simulated_fit.draws(include_random=False)
+    long = simulated_fit.draws(include_random=False, format="long")
+    names = [c for c in wide.columns if not c.startswith(".")]
+    assert list(long.columns) == [".chain", ".iteration", ".draw", ".variable", ".value"]
+    assert len(long) == len(wide) * len(names) == simulated_fit.ndraws * len(names)
+    back = long.pivot(index=".draw", columns=".variable", values=".value")[names]
+    np.testing.assert_array_equal(back.to_numpy(), wide[names].to_numpy())
+    assert simulated_fit.as_draws_df().equals(simulated_fit.draws())
+    assert simulated_fit.ndraws == 2 * 500
+    with pytest.raises(lb.LmmbayesError, match="format"):
+        simulated_fit.draws(format="tidy")
