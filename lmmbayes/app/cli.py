@@ -21,6 +21,7 @@ rows, collinear columns) are printed as one ``warning:`` line each.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import warnings
@@ -208,6 +209,12 @@ def entry() -> None:
     status = main()
     if status == 130:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # CPython marks a Ctrl-C that arrives while exec'd source runs (dataclasses and other libraries
+        # exec strings while being imported) as unhandled even when `main` caught it, and at exit kills
+        # itself with SIGINT (status -2 instead of 130). Leave now, with the status the shell expects.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     sys.exit(status)
 
 
