@@ -164,7 +164,7 @@ def test_same_seed_same_draws_across_processes():
         ({"target_accept": 0}, "target_accept"),
         ({"seed": -1}, "seed"),
         ({"seed": "abc"}, "seed"),
-        ({"family": "nosuch"}, "Unknown family 'nosuch'"),
+        ({"family": "nosuch"}, "'nosuch' is an unknown family"),
         ({"family": 3}, "family must be a name"),
         ({"progress": "yes"}, "progress must be True or False"),
         ({"sample_prior": "yes please"}, "Unknown sample_prior"),

@@ -74,7 +74,7 @@ def test_fit_with_family_option(csv, capsys):
     assert main([*args, "--family", "gaussian", "--link", "identity"]) == 0
     assert capsys.readouterr().out == out  # the same seed, the same fit
     assert main([*args, "--family", "nosuchfamily"]) == 1
-    assert "error: Unknown family 'nosuchfamily'" in capsys.readouterr().err
+    assert "error: 'nosuchfamily' is an unknown family" in capsys.readouterr().err
 
 
 def test_families_and_links_on_the_command_line(tmp_path, capsys):
