@@ -141,15 +141,15 @@ def format_sampler_report(report: SamplerReport) -> str:
     ])
 
 
-def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """A diagnostics table as printed: ESS as integers, the rest to three significant digits."""
+def format_table(table: pd.DataFrame, number: str = "{:.3g}") -> pd.DataFrame:
+    """A table as printed: ESS as integers, the rest with ``number`` (three significant digits), NA for
+    non-finite values. The summary prints its tables through here too (``"{:.2f}"``)."""
     shown = table.copy().astype(object)
     for col in shown.columns:
         values = table[col].to_numpy(dtype=float)
-        if col in ("Bulk_ESS", "Tail_ESS"):
-            shown[col] = ["NA" if not np.isfinite(v) else f"{int(round(v))}" for v in values]
-        else:
-            shown[col] = ["NA" if not np.isfinite(v) else f"{v:.3g}" for v in values]
+        ess = col in ("Bulk_ESS", "Tail_ESS")
+        shown[col] = ["NA" if not np.isfinite(v) else str(int(round(v))) if ess else number.format(v)
+                      for v in values]
     return shown
 
 

@@ -18,7 +18,7 @@ from .. import _validate as check
 from ..design import Design
 from ..results.model import ENGINE_LABELS, FitResult
 from ..results.posterior import dpar_names, flat_draws, pair_label
-from .diagnostics import convergence, fit_warnings
+from .diagnostics import convergence, fit_warnings, format_table
 
 
 def quantile_label(p: float) -> str:
@@ -107,14 +107,7 @@ class Summary:
 def _format(table: pd.DataFrame) -> str:
     if table.empty:
         return "(none)"
-    shown = table.copy().astype(object)
-    for col in table.columns:
-        values = table[col].to_numpy(dtype=float)
-        if col in ("Bulk_ESS", "Tail_ESS"):
-            shown[col] = ["NA" if not np.isfinite(v) else f"{int(round(v))}" for v in values]
-        else:
-            shown[col] = ["NA" if not np.isfinite(v) else f"{v:.2f}" for v in values]
-    return shown.to_string()
+    return format_table(table, "{:.2f}").to_string()
 
 
 def _stat_table(labels: list[str], draws: np.ndarray, prob: float) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TUTORIAL_PRIORS
 from matplotlib.collections import PathCollection
 from matplotlib.container import ErrorbarContainer
 
@@ -21,12 +22,7 @@ import lmmbayes as lb
 from lmmbayes.families.builtin import Gaussian
 from lmmbayes.workflow import checks
 
-PRIORS = [
-    lb.prior("normal(200, 1)", class_="Intercept"),
-    lb.prior("normal(4, 1)", class_="b", coef="std_age"),
-    lb.prior("normal(0, 100)", class_="sigma"),
-    lb.prior("normal(0, 10)", class_="sd", group="county"),
-]
+PRIORS = TUTORIAL_PRIORS
 NDRAWS = 20
 
 

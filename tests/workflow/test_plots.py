@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TUTORIAL_PRIORS
 from matplotlib.collections import LineCollection, PathCollection
 from matplotlib.colors import to_rgba
 from matplotlib.transforms import Bbox
@@ -25,12 +26,7 @@ from PIL import Image
 import lmmbayes as lb
 from lmmbayes.workflow import mcmc_plots
 
-PRIORS = [
-    lb.prior("normal(200, 1)", class_="Intercept"),
-    lb.prior("normal(4, 1)", class_="b", coef="std_age"),
-    lb.prior("normal(0, 100)", class_="sigma"),
-    lb.prior("normal(0, 10)", class_="sd", group="county"),
-]
+PRIORS = TUTORIAL_PRIORS
 SLOPE = "bounce_time ~ std_age + (1 + std_age | county)"
 FIXED = ["b_Intercept", "b_std_age", "sd_county__Intercept", "sd_county__std_age",
          "cor_county__Intercept__std_age", "sigma"]

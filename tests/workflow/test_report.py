@@ -15,15 +15,11 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest
+from conftest import TUTORIAL_PRIORS
 
 import lmmbayes as lb
 
-PRIORS = [
-    lb.prior("normal(200, 1)", class_="Intercept"),
-    lb.prior("normal(4, 1)", class_="b", coef="std_age"),
-    lb.prior("normal(0, 100)", class_="sigma"),
-    lb.prior("normal(0, 10)", class_="sd", group="county"),
-]
+PRIORS = TUTORIAL_PRIORS
 FORMULAS = ["bounce_time ~ std_age + (1 | county)", "bounce_time ~ std_age + (1 + std_age | county)"]
 #: Figures per model: trace, rank, parallel coordinates, posterior predictive check.
 FIGURES = 4
