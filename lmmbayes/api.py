@@ -53,6 +53,13 @@ class Fit(FitResult):
         return cls(**{f.name: getattr(result, f.name) for f in fields(FitResult)})
 
     # -- tables ------------------------------------------------------------------------
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Labels of a categorical response's values in coded order: an ordinal model's categories 1..K
+        (``categories[k - 1]`` is category ``k`` of `posterior_predict`), or bernoulli's (failure, success);
+        empty for other families."""
+        return self.design.encoder.coding.levels
+
     def summary(self, prob: float = 0.95) -> _summary.Summary:
         """brms's summary: print it for the familiar layout, or use its tables.
 

@@ -41,7 +41,8 @@ SHAPES = {  # name: (formula, engine, family)
     "crossed intercepts": ("y ~ x + (1 | g) + (1 | h)", "joint", "gaussian"),
     "correlated random slope, collapsed engine": ("y ~ x + (1 + x | g)", "collapsed", "gaussian"),
     **{f"{fam} random intercept": (("y | trials(n)" if fam == "binomial" else "y") + " ~ x + (1 | g)", "joint", fam)
-       for fam in ("bernoulli", "binomial", "poisson", "negbinomial", "student", "lognormal", "gamma", "beta")},
+       for fam in ("bernoulli", "binomial", "poisson", "negbinomial", "student", "lognormal", "gamma", "beta",
+                   "cumulative")},
 }
 #: Proper, moderate priors for the distributional parameters (brms's gamma(0.01, 0.01) would simulate
 #: data sets of shape 1e-30); the other classes take PRIORS.
@@ -165,7 +166,8 @@ def main() -> None:
              "wide); both must exceed 0.01. `coverage` is the share of simulations whose central 90% "
              "interval covers the truth (must lie in 0.85-0.95). The families use the priors above for "
              "b, Intercept and sd, and proper moderate priors for shape, phi and sigma "
-             "(`DPAR_PRIORS`); binomial has 10 trials per row. Weighted models have no place here: "
+             "(`DPAR_PRIORS`); binomial has 10 trials per row; cumulative has four categories, its three ordered "
+             "thresholds under the Intercept prior. Weighted models have no place here: "
              "brms's weights() make a pseudo-likelihood with no generative model to simulate from (the "
              "collapsed engine's weights are checked exactly instead: tests/engines/test_collapsed.py); the "
              "last section uses that to build a model SBC must reject.", ""]
@@ -175,7 +177,9 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # the response is simulated: any placeholder the family can take
-            placeholder = data.assign(y={"beta": 0.5, "gamma": 1.0, "lognormal": 1.0}.get(family, 0.0))
+            # (four ordered categories for cumulative: three thresholds)
+            placeholder = data.assign(y={"beta": 0.5, "gamma": 1.0, "lognormal": 1.0,
+                                         "cumulative": np.tile([1, 2, 3, 4], 30)}.get(family, 0.0))
             result = lb.simulation_based_calibration(formula, placeholder, priors_for(formula, family),
                                                      n_sims=N_SIMS, seed=7, method=method, family=family,
                                                      draws=1000, thin=10)

@@ -113,9 +113,27 @@ class Design:
         return self.encoder.coef_names
 
     @property
+    def n_thresholds(self) -> int:
+        """Ordered thresholds that replace the intercept of an ordinal family (K − 1); 0 otherwise."""
+        return self.family.n_thresholds(self.encoder.coding)
+
+    @property
+    def intercept_names(self) -> tuple[str, ...]:
+        """Names of the centred intercept(s): ``Intercept``, or ``Intercept[1]``... for an ordinal family."""
+        if not self.centred_intercept:
+            return ()
+        k = self.n_thresholds
+        return tuple(f"Intercept[{j}]" for j in range(1, k + 1)) if k else ("Intercept",)
+
+    @property
+    def intercept_in_eta(self) -> bool:
+        """Whether the linear predictor holds an intercept (b then starts with it): not for ordinal families."""
+        return self.centred_intercept and not self.n_thresholds
+
+    @property
     def b_names(self) -> tuple[str, ...]:
-        """Population-level names as reported (``Intercept`` first if centred)."""
-        return (("Intercept",) if self.centred_intercept else ()) + self.coef_names
+        """Population-level names as reported (``Intercept`` or the thresholds first if centred)."""
+        return self.intercept_names + self.coef_names
 
     @property
     def factors(self) -> tuple[FactorCoding, ...]:
@@ -184,6 +202,7 @@ def build_design(spec: FormulaSpec, family: Family, data: Any, *, fitting: bool 
     DataError, FormulaError, FitError
     """
     family.check_additions(spec.additions.present)
+    family.check_intercept(spec.intercept)
     df = as_frame(data)
     needed = spec.variables()
     check_columns(df.columns, needed, spec.formula)

@@ -446,7 +446,8 @@ def _learn_response(family: Family, raw: Any, name: str, extra: Extra) -> tuple[
         return family.code_response(raw, name, extra)
     series = raw if isinstance(raw, pd.Series) else pd.Series(np.asarray(raw))
     levels = Levels.learn(series, name, warn_unused=False)
-    return family.code_levels(levels.codes(series), levels.labels, name)
+    ordered = isinstance(series.dtype, pd.CategoricalDtype) and bool(series.dtype.ordered)
+    return family.code_levels(levels.codes(series), levels.labels, name, ordered)
 
 
 def _encode_response(family: Family, raw: Any, name: str, coding: ResponseCoding, extra: Extra) -> np.ndarray:
@@ -457,7 +458,7 @@ def _encode_response(family: Family, raw: Any, name: str, coding: ResponseCoding
     codes = pd.Index(coding.levels).get_indexer([level_label(v) for v in values])
     if (codes < 0).any():
         raise DataError(f"The response '{name}' holds values other than {list(coding.levels)}.")
-    return codes.astype(float)
+    return family.code_levels(codes, coding.levels, name, ordered=True)[0]  # in the training order
 
 
 def _learn_component(ev: Evaluator, e: Expr) -> Component:

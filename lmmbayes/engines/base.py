@@ -71,6 +71,22 @@ class Engine(Protocol):
     def run(self, design: Design, plan: Plan, config: SamplerConfig) -> EngineResult: ...
 
 
+def population_effects(plan: Plan, design: Design, user: np.ndarray) -> np.ndarray:
+    """(..., P) population-level effects in brms's order from the plan's parameters on the user's scale.
+
+    A centred intercept is moved to the original scale: ``b_Intercept =
+    Intercept − x̄'b``; an ordinal model's thresholds, which the linear
+    predictor is subtracted from, become ``b_Intercept[k] = Intercept[k] + x̄'b``.
+    """
+    b = user[..., plan.indices("b")]
+    if not design.centred_intercept:
+        return b
+    shift = (b @ plan.std.x_centre)[..., None]
+    intercepts = user[..., plan.indices("Intercept")]
+    intercepts = intercepts + shift if design.n_thresholds else intercepts - shift
+    return np.concatenate([intercepts, b], axis=-1)
+
+
 def finish(plan: Plan, design: Design, u: np.ndarray, lcorr: dict[str, np.ndarray],
            r_std: dict[str, np.ndarray]) -> Draws:
     """Map an engine's draws to the user's scale.
@@ -86,11 +102,7 @@ def finish(plan: Plan, design: Design, u: np.ndarray, lcorr: dict[str, np.ndarra
     """
     user = plan.to_user(u)
     std = plan.std
-    kinds = [p.kind for p in plan.params]
-    b = user[..., [k for k, kind in enumerate(kinds) if kind == "b"]]
-    if design.centred_intercept:
-        intercept = user[..., kinds.index("Intercept")]
-        b = np.concatenate([(intercept - b @ std.x_centre)[..., None], b], axis=-1)
+    b = population_effects(plan, design, user)
     dpars = {p.name: user[..., k] for k, p in enumerate(plan.params) if p.kind == "dpar"}
     sd, r, lc = {}, {}, {}
     for f, z in zip(design.factors, std.z_scale):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..design import Design
-from ..families import Extra
+from ..families import THRESHOLDS, Extra
 from .base import EngineResult, finish
 from .plan import Plan
 from .pymc_model import Hyper, build_hyper, u_from_std
@@ -60,7 +60,7 @@ def build_model(design: Design, plan: Plan) -> tuple[Any, Hyper]:
         hyper = build_hyper(plan, design)
         X = pm.Data("X", (rows.X - std.x_centre) / std.x_scale)
         eta = pt.dot(X, hyper.take(plan, "b"))
-        if design.centred_intercept:
+        if design.intercept_in_eta:
             eta = eta + hyper.one(plan, "Intercept")
         if rows.offset is not None and not folded:
             eta = eta + pm.Data("offset", rows.offset)
@@ -75,6 +75,8 @@ def build_model(design: Design, plan: Plan) -> tuple[Any, Hyper]:
         extra = Extra(None if rows.extra.trials is None else pm.Data("trials", rows.extra.trials),
                       None if rows.extra.se is None else pm.Data("se", rows.extra.se / std.y_scale))
         dp = {name: hyper.one(plan, name) for name in plan.dpars}
+        if design.n_thresholds:
+            dp[THRESHOLDS] = hyper.take(plan, "Intercept")
         loglik = fam.logp_pt(y, eta, dp, extra)
         if rows.weights is not None:
             loglik = loglik * pm.Data("weights", rows.weights)

@@ -162,12 +162,16 @@ def _start(lo: float, hi: float, default: float) -> float:
 
 
 def _param(slot: Slot, prior: Prior, name: str, kind: str, c0: float, d0: float, class_bounds: tuple[float, float],
-           std_start: float) -> Param:
-    """The sampled parameter of one slot whose user value is ``c0 + d0 * std``."""
+           std_start: float, rescale: bool = True) -> Param:
+    """The sampled parameter of one slot whose user value is ``c0 + d0 * std``.
+
+    ``rescale=False`` keeps ``u`` in standardised units even under a narrow
+    prior (ordered thresholds share one map, so that ``u`` keeps their order).
+    """
     lo, hi = prior.bounds()
     lo, hi = max(lo, class_bounds[0]), min(hi, class_bounds[1])
     a, b = c0, d0
-    narrow = prior.family.centre_scale(prior.args) if prior.family.builtin else None
+    narrow = prior.family.centre_scale(prior.args) if prior.family.builtin and rescale else None
     if narrow is not None and narrow[1] < NARROW_PRIOR * d0:
         a, b = narrow
     if not b > 0 or not math.isfinite(b) or not math.isfinite(a):
@@ -178,13 +182,40 @@ def _param(slot: Slot, prior: Prior, name: str, kind: str, c0: float, d0: float,
     return Param(slot, prior, name, kind, a, b, alpha, beta, u_lo, u_hi, _start(u_lo, u_hi, start))
 
 
+def _thresholds(design: Design, resolved: ResolvedPriors) -> list[Param]:
+    """The ordered thresholds of an ordinal model (centred predictors), one shared map ``user = u``.
+
+    They start at the link of the data's cumulative proportions, which are
+    ordered and close to the truth when the predictors are centred.
+    """
+    K = design.n_thresholds + 1
+    y = design.y
+    counts = np.bincount(y.astype(np.int64), minlength=K + 1)[1:K + 1] if y.size else np.ones(K)
+    cum = np.cumsum(counts + 0.5)[:-1] / (counts + 0.5).sum()  # half a count per category keeps them inside (0, 1)
+    starts = design.family.link_function.forward(cum)
+    out = []
+    for k, start in enumerate(starts, start=1):
+        prior = resolved.get("Intercept", str(k))
+        name = f"Intercept[{k}]"
+        lo, hi = prior.bounds()
+        if math.isfinite(lo) or math.isfinite(hi):
+            raise PriorError(f"{prior.describe()}: the thresholds of an ordinal model are ordered and unbounded, "
+                             f"so {name}'s prior cannot have bounds; use an unbounded prior such as "
+                             "normal(0, 5) or student_t(3, 0, 2.5).")
+        out.append(_param(Slot("Intercept", str(k)), prior, name, "Intercept", 0.0, 1.0, (-math.inf, math.inf),
+                          float(start), rescale=False))
+    return out
+
+
 def plan(design: Design, resolved: ResolvedPriors) -> Plan:
     """The parameters of ``design`` under ``resolved`` priors and their maps."""
     std = standardisation(design)
     m, s = std.y_shift, std.y_scale
     inf = (-math.inf, math.inf)
     params: list[Param] = []
-    if design.centred_intercept:
+    if design.n_thresholds:
+        params += _thresholds(design, resolved)
+    elif design.centred_intercept:
         slot = Slot("Intercept")
         params.append(_param(slot, resolved.get("Intercept"), "Intercept", "Intercept", m, s, inf, 0.0))
     for j, coef in enumerate(design.coef_names):

@@ -18,13 +18,13 @@ from ..design import Design
 from ..errors import PriorError
 from ..priors import ResolvedPriors, Slot
 from ..priors.distributions import draws as prior_draws
-from .base import Draws
+from .base import Draws, population_effects
 from .plan import Plan
 
 
 def _parameter_name(slot: Slot, design: Design) -> str:
     if slot.class_ == "Intercept":
-        return "b_Intercept"
+        return f"b_Intercept[{slot.coef}]" if slot.coef else "b_Intercept"
     if slot.class_ == "b":
         return f"b_{slot.coef}"
     if slot.class_ == "sd":
@@ -73,6 +73,29 @@ def lkj_cholesky(n: int, eta: float, size: int, rng: np.random.Generator) -> np.
     return out
 
 
+def _ordered(plan: Plan, idx: list[int], values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draws of ordered thresholds: independent priors restricted to ``tau_1 < ... < tau_{K−1}``.
+
+    With one prior for all (brms's default), sorting independent draws is
+    exact (the order statistics have that density); with different priors,
+    draws are redrawn until ordered.
+    """
+    priors = [plan.params[k].prior for k in idx]
+    if all(p.same_distribution(priors[0]) for p in priors):
+        return np.sort(values, axis=1)
+    out = values.copy()
+    bad = np.flatnonzero((np.diff(out, axis=1) <= 0).any(axis=1))
+    for _ in range(1000):
+        if not bad.size:
+            return out
+        for j, p in enumerate(priors):
+            out[bad, j] = prior_draws(p.family, p.args, -math.inf, math.inf, bad.size, 1, rng, p.describe())[:, 0]
+        bad = bad[(np.diff(out[bad], axis=1) <= 0).any(axis=1)]
+    raise PriorError("The priors of the thresholds (class 'Intercept') almost never draw them in increasing order, "
+                     "so the prior cannot be simulated; give the thresholds priors that allow their order, e.g. "
+                     "one prior for the whole class.")
+
+
 def draw(design: Design, resolved: ResolvedPriors, plan: Plan, n: int, seed: int) -> Draws:
     """``n`` independent draws of every parameter from its prior, as one chain."""
     check_proper(design, resolved)
@@ -81,11 +104,10 @@ def draw(design: Design, resolved: ResolvedPriors, plan: Plan, n: int, seed: int
     for k, p in enumerate(plan.params):
         lo, hi = p.a + p.b * p.lo, p.a + p.b * p.hi
         user[:, k] = prior_draws(p.prior.family, p.prior.args, lo, hi, n, 1, rng, p.prior.describe())[:, 0]
-    kinds = [p.kind for p in plan.params]
-    b = user[:, [k for k, kind in enumerate(kinds) if kind == "b"]]
-    if design.centred_intercept:
-        intercept = user[:, kinds.index("Intercept")]
-        b = np.concatenate([(intercept - b @ plan.std.x_centre)[:, None], b], axis=1)
+    if design.n_thresholds:
+        thr = plan.indices("Intercept")
+        user[:, thr] = _ordered(plan, thr, user[:, thr], rng)
+    b = population_effects(plan, design, user)
     dpars = {p.name: user[None, :, k] for k, p in enumerate(plan.params) if p.kind == "dpar"}
     sd, lcorr, r = {}, {}, {}
     for f in design.factors:

@@ -49,12 +49,50 @@ def _group_key(p: Any) -> tuple[Any, ...]:
             np.isfinite(p.hi), p.kind == "sd" or p.kind == "dpar")
 
 
-def param_groups(plan: Plan) -> list[list[int]]:
-    """The plan's parameters grouped into one PyMC vector per prior (variables ``u0``, ``u1``, ...)."""
+def param_groups(plan: Plan, ks: list[int] | None = None) -> list[list[int]]:
+    """The plan's parameters (or those at ``ks``) grouped by prior: one PyMC vector each (``u0``, ``u1``, ...)."""
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for k, p in enumerate(plan.params):
-        groups[_group_key(p)].append(k)
+    for k in range(len(plan.params)) if ks is None else ks:
+        groups[_group_key(plan.params[k])].append(k)
     return list(groups.values())
+
+
+def _priors(plan: Plan, idx: list[int], u: Any, name: str) -> None:
+    """The prior of the parameters at ``idx`` (one prior), whose sampled values are ``u``, as a Potential."""
+    import pymc as pm
+
+    ps = [plan.params[k] for k in idx]
+    prior = ps[0].prior
+    if not prior.is_flat:
+        a, b = np.array([p.a for p in ps]), np.array([p.b for p in ps])
+        pm.Potential(f"{name}_prior", logp_pt(prior.family, prior.args, a + b * u, prior.describe()).sum())
+
+
+def _std(plan: Plan, std: Any, idx: list[int], u: Any) -> Any:
+    import pytensor.tensor as pt
+
+    alpha = np.array([plan.params[k].alpha for k in idx])
+    beta = np.array([plan.params[k].beta for k in idx])
+    return pt.set_subtensor(std[np.array(idx)], alpha + beta * u)
+
+
+def _thresholds(plan: Plan, std: Any, start: dict[str, np.ndarray]) -> Any:
+    """An ordinal model's thresholds: one vector under PyMC's ordered transform (its Jacobian included).
+
+    The plan gives them one shared map ``user = u`` (see `.plan`), so
+    ordering ``u`` orders the thresholds; each keeps its own prior.
+    """
+    import pymc as pm
+    from pymc.distributions.transforms import ordered
+
+    idx = plan.indices("Intercept")
+    init = np.array([plan.params[k].start for k in idx])
+    u = pm.Flat("thresholds", shape=(len(idx),), initval=init, default_transform=ordered)
+    start["thresholds"] = init
+    pos = {k: j for j, k in enumerate(idx)}
+    for g, group in enumerate(param_groups(plan, idx)):
+        _priors(plan, group, u[np.array([pos[k] for k in group])], f"thresholds{g}")
+    return _std(plan, std, idx, u)
 
 
 def build_hyper(plan: Plan, design: Design) -> Hyper:
@@ -66,7 +104,9 @@ def build_hyper(plan: Plan, design: Design) -> Hyper:
     K = len(plan.params)
     std = pt.zeros(K) if K else pt.zeros(0)
     start: dict[str, np.ndarray] = {}
-    for g, idx in enumerate(param_groups(plan)):
+    ordinal = bool(design.n_thresholds)
+    rest = [k for k, p in enumerate(plan.params) if not (ordinal and p.kind == "Intercept")]
+    for g, idx in enumerate(param_groups(plan, rest)):
         ps = [plan.params[k] for k in idx]
         lo, hi = np.array([p.lo for p in ps]), np.array([p.hi for p in ps])
         name = f"u{g}"
@@ -76,12 +116,10 @@ def build_hyper(plan: Plan, design: Design) -> Hyper:
             kwargs["default_transform"] = Interval(bounds_fn=lambda *_, b=bounds: b)
         u = pm.Flat(name, **kwargs)
         start[name] = kwargs["initval"]
-        a, b = np.array([p.a for p in ps]), np.array([p.b for p in ps])
-        prior = ps[0].prior
-        if not prior.is_flat:
-            pm.Potential(f"{name}_prior", logp_pt(prior.family, prior.args, a + b * u, prior.describe()).sum())
-        alpha, beta = np.array([p.alpha for p in ps]), np.array([p.beta for p in ps])
-        std = pt.set_subtensor(std[np.array(idx)], alpha + beta * u)
+        _priors(plan, idx, u, name)
+        std = _std(plan, std, idx, u)
+    if ordinal:
+        std = _thresholds(plan, std, start)
     std = pm.Deterministic("u_std", std) if K else std
     lcorr = {}
     for f in design.factors:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import FitError
-from .base import DistParam, Extra, Family, ResponseCoding, format_number, r_mad
+from .base import THRESHOLDS, DistParam, Extra, Family, ResponseCoding, format_number, r_mad
 from .builtin import (
     Bernoulli,
     Beta,
     Binomial,
+    Cumulative,
     GammaFamily,
     Gaussian,
     LogNormal,
@@ -27,6 +28,7 @@ from .links import LINKS, Link
 _BUILTIN: dict[str, type[Family]] = {
     "gaussian": Gaussian, "bernoulli": Bernoulli, "binomial": Binomial, "poisson": Poisson,
     "negbinomial": NegBinomial, "student": Student, "lognormal": LogNormal, "gamma": GammaFamily, "beta": Beta,
+    "cumulative": Cumulative,
 }
 #: Other spellings brms accepts (``brmsfamily("Gamma")`` is ``gamma`` with the log link).
 _ALIASES: dict[str, str] = {"Gamma": "gamma", "Beta": "beta", "negative_binomial": "negbinomial"}
@@ -40,7 +42,7 @@ def available() -> list[str]:
 
 #: brms families that lmmbayes does not fit yet: named as such in the error, not as unknown.
 _BRMS_NOT_YET = frozenset({
-    "cumulative", "sratio", "cratio", "acat", "categorical", "multinomial", "dirichlet", "skew_normal",
+    "sratio", "cratio", "acat", "categorical", "multinomial", "dirichlet", "skew_normal",
     "exponential", "weibull", "frechet", "gen_extreme_value", "exgaussian", "shifted_lognormal", "von_mises",
     "wiener", "asym_laplace", "hurdle_poisson", "hurdle_negbinomial", "hurdle_gamma", "hurdle_lognormal",
     "zero_inflated_poisson", "zero_inflated_negbinomial", "zero_inflated_binomial", "zero_inflated_beta",
@@ -122,6 +124,7 @@ def register_family(fam: Family) -> None:
 
 __all__ = [
     "LINKS",
+    "THRESHOLDS",
     "DistParam",
     "Extra",
     "Family",

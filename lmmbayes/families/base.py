@@ -21,6 +21,9 @@ from .links import LINKS, Link
 
 Array = np.ndarray
 
+#: Key of the thresholds (..., K − 1) in the ``dp`` mapping of an ordinal family's densities.
+THRESHOLDS = "thresholds"
+
 
 @dataclass(frozen=True)
 class DistParam:
@@ -116,6 +119,9 @@ class Family:
     default_check: ClassVar[str] = "dens_overlay"
     #: Name of the response-scale mean in tables (emmeans's ``response`` column).
     mean_name: ClassVar[str] = "response"
+    #: Whether the intercept is replaced by K − 1 ordered thresholds (brms's ordinal families): the
+    #: linear predictor then has no intercept and the densities take the thresholds as ``dp[THRESHOLDS]``.
+    ordinal: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         link = self.link or self.links[0]
@@ -151,8 +157,22 @@ class Family:
 
     required_additions: ClassVar[tuple[str, ...]] = ()
 
+    def check_intercept(self, intercept: str) -> None:
+        """FitError where an ordinal family's formula removes or spells out the intercept.
+
+        ``intercept`` is the formula's: ``"centred"``, ``"explicit"`` (``0 + Intercept``) or ``"none"``.
+        """
+        if self.ordinal and intercept != "centred":
+            raise FitError(f"Family {self.name!r} replaces the intercept by ordered thresholds (b_Intercept[1], "
+                           "...), so the formula cannot remove it ('0 +' or '- 1') or write it as a population-"
+                           "level 'Intercept' term; keep the implicit intercept, as brms requires.")
+
     def missing_addition_message(self, name: str) -> str:
         return f"Family {self.name!r} needs the addition term {name}()."
+
+    def n_thresholds(self, coding: ResponseCoding) -> int:
+        """How many ordered thresholds replace the intercept (0 unless `ordinal`)."""
+        return len(coding.levels) - 1 if self.ordinal else 0
 
     # -- the response --------------------------------------------------------------------
     def code_response(self, values: Any, name: str, extra: Extra) -> tuple[Array, ResponseCoding]:
@@ -167,11 +187,13 @@ class Family:
         self.check_values(y, name, extra)
         return y, ResponseCoding()
 
-    def code_levels(self, codes: Array, labels: tuple[str, ...], name: str) -> tuple[Array, ResponseCoding]:
+    def code_levels(self, codes: Array, labels: tuple[str, ...], name: str,
+                    ordered: bool = False) -> tuple[Array, ResponseCoding]:
         """Code a categorical response given as level positions (0-based) and labels.
 
         Called by the design layer, which owns level coding, for families with
-        ``factor_like`` set and a response that is not numeric.
+        ``factor_like`` set and a response that is not numeric. ``ordered`` says
+        whether the column is an ordered categorical.
         """
         raise DataError(f"The response '{name}' must be {self.response_text} for family {self.name!r}, "
                         f"but it is categorical with levels {list(labels[:5])}.")

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import DataError
-from .base import Array, DistParam, Extra, Family, ResponseCoding
+from .base import THRESHOLDS, Array, DistParam, Extra, Family, ResponseCoding
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -154,7 +154,8 @@ class Bernoulli(Family):
                             f"value(s), e.g. {y[bad][0]:g}.")
         return y, ResponseCoding(("0", "1"))
 
-    def code_levels(self, codes: Array, labels: tuple[str, ...], name: str) -> tuple[Array, ResponseCoding]:
+    def code_levels(self, codes: Array, labels: tuple[str, ...], name: str,
+                    ordered: bool = False) -> tuple[Array, ResponseCoding]:
         if len(labels) != 2:
             shown = list(labels[:5])
             raise DataError(f"The response '{name}' of family 'bernoulli' must take exactly two values, but it takes "
@@ -502,3 +503,126 @@ class Beta(Family):
     def variance(self, eta: Array, dp: dict[str, Array], extra: Extra) -> Array:
         mu = self.link_function.inverse(eta)
         return mu * (1 - mu) / (1 + dp["phi"])
+
+
+# -- ordinal -------------------------------------------------------------------------------------
+
+
+def _log_diff(lo_f: Array, hi_f: Array, lo_s: Array, hi_s: Array, lower: Array, log1mexp: Any, where: Any) -> Array:
+    """log(F(b) − F(a)) from log F and log(1 − F) at a < b, in whichever tail keeps its precision."""
+    in_lower = hi_f + log1mexp(lo_f - hi_f)  # log F(b) + log(1 − F(a)/F(b))
+    in_upper = lo_s + log1mexp(hi_s - lo_s)  # log S(a) + log(1 − S(b)/S(a))
+    return where(lower, in_lower, in_upper)
+
+
+def _log1mexp(x: Array) -> Array:
+    """log(1 − exp(x)) for x <= 0, accurate near 0 and at −inf."""
+    with np.errstate(divide="ignore"):
+        return np.where(x > -0.6931471805599453, np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+
+
+@dataclass(frozen=True)
+class Cumulative(Family):
+    """Ordered categories 1..K (brms's ``cumulative``): ``P(y <= k) = F(tau_k − eta)``.
+
+    The intercept is replaced by K − 1 ordered thresholds ``tau`` (brms's
+    ``b_Intercept[k]``); ``F`` is the inverse link. The response may be
+    positive integers (K is their maximum, as in brms) or an ordered
+    categorical (its categories in order).
+    """
+
+    name: str = "cumulative"
+    links: ClassVar[tuple[str, ...]] = ("logit", "probit", "cloglog")
+    discrete: ClassVar[bool] = True
+    factor_like: ClassVar[bool] = True
+    ordinal: ClassVar[bool] = True
+    response_text: ClassVar[str] = "ordered categories (positive integers or an ordered categorical)"
+    default_check: ClassVar[str] = "bars"
+    mean_name: ClassVar[str] = "prob"
+
+    def links_text(self, additions: tuple[str, ...] = (), se_sigma: bool = False) -> str:
+        return f"mu = {self.link}; disc = identity"  # brms prints the (fixed) discrimination's link too
+
+    def code_response(self, values: Any, name: str, extra: Extra) -> tuple[Array, ResponseCoding]:
+        y = self._numeric(values, name)
+        bad = ~np.isfinite(y) | (y < 1) | (y != np.round(y))
+        if bad.any():
+            raise _bad_values(y, bad, name, self.name, "family 'cumulative' needs positive integers 1, 2, ... (K "
+                              "categories in order) or an ordered pandas categorical")
+        k = int(y.max())
+        if k < 2:
+            raise DataError(f"The response '{name}' of family 'cumulative' takes one category only; an ordinal "
+                            "model needs at least two.")
+        return y, ResponseCoding(tuple(str(v) for v in range(1, k + 1)))
+
+    def code_levels(self, codes: Array, labels: tuple[str, ...], name: str,
+                    ordered: bool = False) -> tuple[Array, ResponseCoding]:
+        if not ordered:
+            raise DataError(f"The response '{name}' of family 'cumulative' is categorical but not ordered "
+                            f"({list(labels[:5])}{' ...' if len(labels) > 5 else ''}), so the order of its "
+                            "categories is unknown; make it ordered, e.g. pd.Categorical(values, categories=[...], "
+                            "ordered=True), or code it as integers 1..K.")
+        if len(labels) < 2:
+            raise DataError(f"The response '{name}' of family 'cumulative' takes one category only; an ordinal "
+                            "model needs at least two.")
+        return np.asarray(codes, dtype=float) + 1.0, ResponseCoding(labels)
+
+    def encode_response(self, values: Any, name: str, coding: ResponseCoding, extra: Extra) -> Array:
+        y = self._numeric(values, name)
+        bad = ~np.isin(y, np.arange(1, len(coding.levels) + 1))
+        if bad.any():
+            raise _bad_values(y, bad, name, self.name, f"the model has categories 1..{len(coding.levels)}")
+        return y
+
+    # P(y = k) = F(tau_k − eta) − F(tau_{k−1} − eta), with tau_0 = −inf and tau_K = +inf
+    def logpdf(self, y: Array, eta: Array, dp: dict[str, Array], extra: Extra) -> Array:
+        tau = np.asarray(dp[THRESHOLDS])
+        x = tau - np.asarray(eta)[..., None]  # (..., n, K − 1)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            lf, ls = _log_p(self.link, x)
+        pad = np.zeros(x.shape[:-1] + (1,))
+        lf = np.concatenate([pad - np.inf, lf, pad], axis=-1)
+        ls = np.concatenate([pad, ls, pad - np.inf], axis=-1)
+        k = np.broadcast_to(np.asarray(y, dtype=np.int64), x.shape[:-1])[..., None]
+        lo_f, hi_f = np.take_along_axis(lf, k - 1, -1)[..., 0], np.take_along_axis(lf, k, -1)[..., 0]
+        lo_s, hi_s = np.take_along_axis(ls, k - 1, -1)[..., 0], np.take_along_axis(ls, k, -1)[..., 0]
+        with np.errstate(invalid="ignore"):
+            lower = hi_f < math.log(0.5)
+            out = _log_diff(lo_f, hi_f, lo_s, hi_s, lower, _log1mexp, np.where)
+        return np.where(np.isnan(out), -np.inf, out)
+
+    def logp_pt(self, y: Any, eta: Any, dp: dict[str, Any], extra: Extra) -> Any:
+        import pytensor.tensor as pt
+
+        tau = dp[THRESHOLDS]
+        x = tau[None, :] - eta[:, None]  # (n, K − 1)
+        lf, ls = _log_p_pt(self.link, x)
+        n = x.shape[0]
+        lf = pt.concatenate([pt.full((n, 1), -np.inf), lf, pt.zeros((n, 1))], axis=1)
+        ls = pt.concatenate([pt.zeros((n, 1)), ls, pt.full((n, 1), -np.inf)], axis=1)
+        k = pt.cast(y, "int64")
+        rows = pt.arange(n)
+        lo_f, hi_f, lo_s, hi_s = lf[rows, k - 1], lf[rows, k], ls[rows, k - 1], ls[rows, k]
+        return _log_diff(lo_f, hi_f, lo_s, hi_s, hi_f < math.log(0.5), pt.log1mexp, pt.switch)
+
+    def category_probs(self, eta: Array, dp: dict[str, Array]) -> Array:
+        """(..., n, K) probabilities of the categories."""
+        cdf = self.link_function.inverse(np.asarray(dp[THRESHOLDS]) - np.asarray(eta)[..., None])
+        pad = np.zeros(cdf.shape[:-1] + (1,))
+        return np.clip(np.diff(np.concatenate([pad, cdf, pad + 1.0], axis=-1), axis=-1), 0.0, 1.0)
+
+    def mean(self, eta: Array, dp: dict[str, Array], extra: Extra) -> Array:
+        """Category probabilities, (..., n, K): brms's ``posterior_epred`` for ordinal families."""
+        return self.category_probs(eta, dp)
+
+    def random(self, rng: np.random.Generator, eta: Array, dp: dict[str, Array], extra: Extra) -> Array:
+        cdf = self.link_function.inverse(np.asarray(dp[THRESHOLDS]) - np.asarray(eta)[..., None])
+        u = rng.random(cdf.shape[:-1])
+        return _as_int(1 + (u[..., None] > cdf).sum(axis=-1))
+
+    def variance(self, eta: Array, dp: dict[str, Array], extra: Extra) -> Array:
+        """Variance of the category number 1..K (brms treats ordinal predictions as continuous in R²)."""
+        p = self.category_probs(eta, dp)
+        k = np.arange(1, p.shape[-1] + 1)
+        m = (p * k).sum(-1)
+        return (p * k * k).sum(-1) - m * m

@@ -24,6 +24,11 @@ CENTRED_INTERCEPT_NOTE = (
     "'y ~ 0 + Intercept + ...' and set class='b', coef='Intercept'."
 )
 
+THRESHOLDS_NOTE = (
+    "Note: class 'Intercept' holds the ordered thresholds of the model with centred predictors (brms's "
+    "convention), one per coef 1..K-1; b_Intercept[k] is reported on the original scale."
+)
+
 
 def format_bound(value: float | None) -> str:
     return "" if value is None else f"{value:.10g}"
@@ -41,7 +46,9 @@ class Slot:
 def slots(design: Design) -> list[Slot]:
     """Every parameter a prior can be set on, in brms's order."""
     out = [Slot("b", c) for c in design.coef_names]
-    if design.centred_intercept:
+    if design.n_thresholds:
+        out += [Slot("Intercept", str(k)) for k in range(1, design.n_thresholds + 1)]
+    elif design.centred_intercept:
         out.append(Slot("Intercept"))
     for f in design.factors:
         out += [Slot("sd", t, f.name) for t in f.terms]
@@ -172,17 +179,19 @@ def prior_table(design: Design) -> PriorTable:
     rows: list[dict[str, str]] = []
     classes_present = list(dict.fromkeys(s.class_ for s in slots(design)))
     for s in slots(design):
+        vector = s.class_ in ("b", "sd", "cor") or (s.class_ == "Intercept" and bool(s.coef))  # thresholds
         if s.class_ in classes_present:
-            if s.class_ in ("b", "sd", "cor"):
+            if vector:
                 rows.append({"prior": defaults[s.class_].dist, "class": s.class_, "coef": "", "group": "",
                              "source": "default"})
             classes_present.remove(s.class_)
         if s.class_ == "sd" and not any(r["class"] == "sd" and r["group"] == s.group for r in rows):
             rows.append({"prior": defaults["sd"].dist, "class": "sd", "coef": "", "group": s.group,
                          "source": "(vectorized)"})
-        inherited = s.class_ in ("b", "sd", "cor") and bool(s.coef or s.group)
+        inherited = vector and bool(s.coef or s.group)
         rows.append({"prior": defaults[s.class_].dist, "class": s.class_, "coef": s.coef, "group": s.group,
                      "source": "(vectorized)" if inherited else "default"})
     table = PriorTable(rows, columns=["prior", "class", "coef", "group", "source"])
-    table.note = CENTRED_INTERCEPT_NOTE if design.centred_intercept else ""
+    table.note = (THRESHOLDS_NOTE if design.n_thresholds else
+                  CENTRED_INTERCEPT_NOTE if design.centred_intercept else "")
     return table

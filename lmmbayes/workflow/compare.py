@@ -25,6 +25,7 @@ from ..errors import (
     DataError,
     FitError,
     LmmbayesError,
+    LmmbayesWarning,
     ParetoKWarning,
     WAICWarning,
     warn,
@@ -364,13 +365,17 @@ def bayes_r2(fit: FitResult, *, method: str = "model", include_groups: Any = Tru
         raise LmmbayesError(f"Unknown bayes_r2 method {method!r}; choose 'model' or 'residual'.")
     fit.design.require_rows("bayes_r2()", "Compute it on a fit of the data in memory.")
     mu = posterior_epred(fit, include_groups=include_groups)
+    if mu.ndim == 3:  # ordinal: brms's ordinal_probs_continuous, the expected category, with its warning
+        warn("Predictions are treated as continuous variables in bayes_r2, which is likely invalid for ordinal "
+             "families (as brms warns).", LmmbayesWarning)
+        mu = mu @ np.arange(1.0, mu.shape[2] + 1.0)
     var_mu = mu.var(axis=1, ddof=1)
     if method == "model":
         from .linpred import linear_predictor
 
         rows, chosen = prediction_rows(fit, None, include_groups, False)
         p = params(fit.posterior, fit.design)
-        eta = linear_predictor(p, rows, chosen, centred=fit.design.centred_intercept)
+        eta = linear_predictor(p, rows, chosen, centred=fit.design.intercept_in_eta)
         var_res = fit.family.variance(eta, {k: v[:, None] for k, v in p.dpars.items()}, rows.extra).mean(axis=1)
     else:
         var_res = (fit.design.y[None, :] - mu).var(axis=1, ddof=1)

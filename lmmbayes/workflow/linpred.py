@@ -19,6 +19,7 @@ import xarray as xr
 from ..design import Design, Rows
 from ..design.encoder import FactorCoding
 from ..errors import LmmbayesError
+from ..families import THRESHOLDS
 
 #: Ways to simulate the effects of grouping levels absent from the training data.
 SAMPLE_NEW_LEVELS = ("uncertainty", "gaussian")
@@ -40,6 +41,7 @@ class Params:
     sd : dict of (S, q) arrays
     cor : dict of (S, pairs) arrays
     dpars : dict of (S,) arrays
+        Distributional parameters; an ordinal model's (S, K − 1) thresholds under ``THRESHOLDS``.
     """
 
     b: np.ndarray
@@ -61,12 +63,17 @@ def params(posterior: xr.Dataset, design: Design, idx: np.ndarray | None = None)
 
     from ..results.posterior import dpar_names
 
+    b = take(posterior["b"].values)
+    dpars = {name: take(posterior[name].values) for name in dpar_names(design)}
+    k = design.n_thresholds
+    if k:  # an ordinal model's thresholds go to its density, not to the linear predictor
+        b, dpars[THRESHOLDS] = b[:, k:], b[:, :k]
     return Params(
-        b=take(posterior["b"].values),
+        b=b,
         r={f.name: take(posterior[f"r_{f.name}"].values) for f in design.factors},
         sd={f.name: take(posterior[f"sd_{f.name}"].values) for f in design.factors},
         cor={f.name: take(posterior[f"cor_{f.name}"].values) for f in design.factors if f.cor_pairs},
-        dpars={name: take(posterior[name].values) for name in dpar_names(design)},
+        dpars=dpars,
     )
 
 
@@ -129,7 +136,8 @@ def linear_predictor(p: Params, rows: Rows, factors: tuple[FactorCoding, ...], *
     factors : tuple of FactorCoding
         The factors of ``rows.factors`` (in order): those whose effects are included.
     centred : bool
-        Whether the model has a centred intercept (``b`` then starts with it; X has no column for it).
+        Whether ``b`` starts with a centred intercept that X has no column for
+        (`Design.intercept_in_eta`; an ordinal model's thresholds are apart).
     sample_new_levels : {"uncertainty", "gaussian"}
         How levels absent from the training data get effects (see `new_level_effects`).
     """

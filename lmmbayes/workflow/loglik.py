@@ -81,7 +81,7 @@ class PointwiseLogLik:
 def evaluator(fit: FitResult, chunk_size: Any = None) -> PointwiseLogLik:
     """The log-likelihood computer of ``fit`` (all draws)."""
     p = params(fit.posterior, fit.design)
-    return PointwiseLogLik(fit.family, fit.design.factors, fit.design.centred_intercept, p,
+    return PointwiseLogLik(fit.family, fit.design.factors, fit.design.intercept_in_eta, p,
                            chunk_rows(chunk_size, p.n))
 
 

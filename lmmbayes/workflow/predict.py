@@ -201,7 +201,7 @@ def _linpred(fit: FitResult, newdata: Any, include_groups: Any, allow_new_levels
     idx = draw_indices(fit.n_draws, draws)
     rows, chosen = prediction_rows(fit, newdata, include_groups, allow_new_levels)
     p = params(fit.posterior, fit.design, idx)
-    eta = linear_predictor(p, rows, chosen, centred=fit.design.centred_intercept,
+    eta = linear_predictor(p, rows, chosen, centred=fit.design.intercept_in_eta,
                            sample_new_levels=sample_new_levels, rng=rng)
     return eta, p, rows, rng
 
@@ -216,11 +216,17 @@ def posterior_linpred(fit: FitResult, newdata: Any = None, *, transform: bool = 
     """Draws of the linear predictor (brms's ``posterior_linpred``), (draws, rows).
 
     ``transform=True`` applies the inverse link (the mean of the response for
-    most families, before trials are multiplied in for binomial).
+    most families, before trials are multiplied in for binomial). For an
+    ordinal family the linear predictor excludes the thresholds, and
+    ``transform=True`` gives the category probabilities (draws, rows, K).
     Other parameters as `posterior_epred`.
     """
-    eta = _linpred(fit, newdata, include_groups, allow_new_levels, sample_new_levels, draws, seed)[0]
-    return fit.family.link_function.inverse(eta) if check.flag(transform, "transform") else eta
+    eta, p, rows, _ = _linpred(fit, newdata, include_groups, allow_new_levels, sample_new_levels, draws, seed)
+    if not check.flag(transform, "transform"):
+        return eta
+    if fit.family.ordinal:  # the inverse link needs the thresholds: the category probabilities, as brms
+        return fit.family.mean(eta, {k: v[:, None] for k, v in p.dpars.items()}, rows.extra)
+    return fit.family.link_function.inverse(eta)
 
 
 def posterior_epred(fit: FitResult, newdata: Any = None, *, include_groups: bool | str | Sequence[str] = True,
@@ -258,6 +264,8 @@ def posterior_epred(fit: FitResult, newdata: Any = None, *, include_groups: bool
     -------
     numpy.ndarray
         (draws, rows): one row per posterior draw, chains one after the other.
+        For an ordinal family (``cumulative``), (draws, rows, K): the
+        probability of each category, as brms.
 
     Raises
     ------
@@ -274,7 +282,8 @@ def posterior_predict(fit: FitResult, newdata: Any = None, *, include_groups: bo
     """Draws of new observations from the family given each posterior draw (brms's ``posterior_predict``).
 
     Same parameters and layout as `posterior_epred`; ``seed`` also seeds
-    the noise. Discrete families give integers.
+    the noise. Discrete families give integers; an ordinal family gives the
+    category numbers 1..K, as brms (their labels: ``fit.categories``).
     """
     eta, p, rows, rng = _linpred(fit, newdata, include_groups, allow_new_levels, sample_new_levels, draws, seed)
     return fit.family.random(rng, eta, {k: v[:, None] for k, v in p.dpars.items()}, rows.extra)
@@ -311,18 +320,43 @@ def fitted(fit: FitResult, newdata: Any = None, *, probs: tuple[float, ...] = (0
     pandas.DataFrame
         One row per data row (newdata's index, or 0..N-1 for the fitted data);
         columns ``Estimate`` (mean), ``Est.Error`` (SD), ``Q2.5``, ``Q97.5``.
+        For an ordinal family the columns are two-level, (statistic,
+        ``"P(Y = k)"``): ``table["Estimate"]`` holds each category's mean
+        probability, as brms's (rows, statistic, category) array.
     """
     check.keywords(kwargs, _TABLE_OPTIONS, "fitted", error=TypeError)  # type: ignore[arg-type]  # as Python does
     index = _index(fit, newdata)
-    return summarise_draws(posterior_epred(fit, newdata, **kwargs), index, probs)
+    epred = posterior_epred(fit, newdata, **kwargs)
+    if epred.ndim == 2:
+        return summarise_draws(epred, index, probs)
+    # ordinal: one block of statistics per category, as brms's (rows, statistic, category) array
+    blocks = [summarise_draws(epred[:, :, k], index, probs) for k in range(epred.shape[2])]
+    columns = pd.MultiIndex.from_product([list(blocks[0].columns), [_category(k) for k in range(len(blocks))]])
+    return pd.DataFrame(np.stack([b.to_numpy() for b in blocks], axis=-1).reshape(len(index), -1), index=index,
+                        columns=columns)
 
 
 def predict(fit: FitResult, newdata: Any = None, *, probs: tuple[float, ...] = (0.025, 0.975),
             **kwargs: Any) -> pd.DataFrame:
-    """brms's ``predict``: per-row summary of `posterior_predict` (same layout as `fitted`)."""
+    """brms's ``predict``: per-row summary of `posterior_predict` (same layout as `fitted`).
+
+    For an ordinal family, as brms: one column ``"P(Y = k)"`` per category,
+    the share of predictive draws in it.
+    """
     check.keywords(kwargs, _TABLE_OPTIONS, "predict", error=TypeError)  # type: ignore[arg-type]
     index = _index(fit, newdata)
-    return summarise_draws(posterior_predict(fit, newdata, **kwargs), index, probs)
+    draws = posterior_predict(fit, newdata, **kwargs)
+    if not fit.family.ordinal:
+        return summarise_draws(draws, index, probs)
+    # ordinal: the share of draws in each category, brms's P(Y = k) columns
+    K = fit.design.n_thresholds + 1
+    shares = {_category(k): (draws == k + 1).mean(axis=0) for k in range(K)}
+    return pd.DataFrame(shares, index=index)
+
+
+def _category(k: int) -> str:
+    """brms's label of category ``k`` (0-based) in ordinal tables."""
+    return f"P(Y = {k + 1})"
 
 
 def _index(fit: FitResult, newdata: Any) -> pd.Index:

@@ -41,7 +41,7 @@ def simulate(design: Design, resolved: ResolvedPriors, draws: int, seed: int) ->
     rows = design.require_rows("Prior predictive simulation", "Simulate from a pandas frame.")
     p = params(tree["posterior"].to_dataset(), design)
     rng = np.random.default_rng([seed, 11])
-    eta = linear_predictor(p, rows, design.factors, centred=design.centred_intercept, rng=rng)
+    eta = linear_predictor(p, rows, design.factors, centred=design.intercept_in_eta, rng=rng)
     y = design.family.random(rng, eta, {k: v[:, None] for k, v in p.dpars.items()}, rows.extra)
     return tree, np.asarray(y, dtype=float)
 

@@ -134,7 +134,9 @@ def header(fit: FitResult) -> tuple[tuple[str, str], ...]:
                        f"         total post-warmup draws = {c.chains * c.draws}"),
              ("Engine", ENGINE_LABELS.get(fit.engine, fit.engine))]
     levels = design.encoder.coding.levels
-    if levels and family.name == "bernoulli":
+    if levels and family.ordinal and levels != tuple(str(k) for k in range(1, len(levels) + 1)):
+        lines.insert(3, ("Categories", ", ".join(f"{k} = '{lab}'" for k, lab in enumerate(levels, start=1))))
+    elif levels and family.factor_like and not family.ordinal:
         lines.insert(3, ("Success", f"'{levels[1]}' (coded 1; '{levels[0]}' coded 0)"))
     return tuple(lines)
 

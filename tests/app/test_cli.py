@@ -92,6 +92,11 @@ def test_families_and_links_on_the_command_line(tmp_path, capsys):
     assert "Family: poisson" in capsys.readouterr().out and lb.load(out_file).design.family.name == "poisson"
     assert main(["get-prior", "y ~ x", str(path), "--family", "poisson", "--link", "logit"]) == 1
     assert "'logit'" in capsys.readouterr().err
+    # an ordinal model of the same counts shifted to categories 1..10: one threshold per cut
+    data.assign(y=data["y"] + 1).to_csv(path, index=False)
+    assert main(["get-prior", "y ~ x + (1 | g)", str(path), "--family", "cumulative", "--link", "probit"]) == 0
+    out = capsys.readouterr().out
+    assert "Intercept          9" in out and "thresholds" in out
 
 
 def test_console_script_and_module_run_the_same_main(csv):

@@ -172,6 +172,7 @@ def test_brms_default_priors_match_brms():
         "student": (pd.DataFrame({"y": positive, "x": x}), "y ~ x"),
         "beta": (pd.DataFrame({"y": np.linspace(0.05, 0.95, 80), "x": x}), "y ~ x"),
         "gaussian": (pd.DataFrame({"y": positive, "x": x, "g": g}), "y ~ x + (1 | g)"),
+        "cumulative": (pd.DataFrame({"y": np.tile([1, 2, 2, 3, 3, 3, 4, 4], 10), "x": x, "g": g}), "y ~ x + (1 | g)"),
     }
     for family, (data, formula) in sets.items():
         brms = dict(expected.loc[expected["family"] == family, ["class", "prior"]].itertuples(index=False))
