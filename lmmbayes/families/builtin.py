@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, DataWarning, warn
 from .base import THRESHOLDS, Array, DistParam, Extra, Family, ResponseCoding
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -553,6 +553,11 @@ class Cumulative(Family):
         if k < 2:
             raise DataError(f"The response '{name}' of family 'cumulative' takes one category only; an ordinal "
                             "model needs at least two.")
+        missing = sorted(set(range(1, k + 1)) - set(y.astype(int).tolist()))
+        if missing:  # brms's K = max(y) keeps them: their thresholds are then known from the prior only
+            warn(f"The response '{name}' of family 'cumulative' has no rows in categories {missing[:10]} of "
+                 f"1..{k} (K is the largest value, as in brms); the thresholds around them are identified by "
+                 "their prior only. Recode to consecutive categories if they do not exist.", DataWarning)
         return y, ResponseCoding(tuple(str(v) for v in range(1, k + 1)))
 
     def code_levels(self, codes: Array, labels: tuple[str, ...], name: str,
