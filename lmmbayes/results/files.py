@@ -50,6 +50,7 @@ from ..design import Design, FactorRows, Rows, Stats
 from ..design.crossprod import FactorSums, Layout, ReducedRows, RowSums
 from ..design.encoder import INTERCEPT, Component, EncodedTerm, FactorCoding, RowEncoder
 from ..design.levels import KINDS, LevelCoder, Levels
+from ..design.predictors import CATEGORICAL, NUMERIC, Predictor, Predictors, predictor_roles
 from ..design.transforms import State
 from ..engines.sampling import SAMPLERS, SamplerConfig
 from ..errors import FitFileError, LmmbayesError
@@ -119,6 +120,14 @@ def _stats(st: Stats) -> dict[str, Any]:
             "fingerprint": st.fingerprint}
 
 
+def _predictors(pr: Predictors | None) -> list[dict[str, Any]] | None:
+    if pr is None:
+        return None
+    return [{"name": p.name, "kind": p.kind, "role": p.role,
+             "summary": None if not p.numeric else [p.mean, p.sd, p.min, p.max],
+             "levels": None if p.levels is None else _levels(p.levels)} for p in pr.items]
+
+
 def _label(value: Any) -> Any:
     """An index label as JSON (numbers and strings as they are, anything else as its text)."""
     if isinstance(value, np.generic):
@@ -180,7 +189,8 @@ def save(fit: FitResult, path: Any) -> Path:
                     "ub": p.ub, "source": p.source, "custom": not p.family.builtin} for s, p in fit.priors.table],
         "encoder": _encoder(design.encoder),
         "design": {"n_dropped": design.n_dropped, "dropped_index": [_label(v) for v in design.dropped_index],
-                   "stats": _stats(design.stats), "rows": design.rows is not None, "layout": None},
+                   "stats": _stats(design.stats), "rows": design.rows is not None, "layout": None,
+                   "predictors": _predictors(design.predictors)},
     }
     groups = {g: fit.idata[g].to_dataset() for g in fit.idata.children}
     if design.rows is not None:
@@ -386,6 +396,32 @@ def _stats_back(v: Any, p: int, qs: list[int]) -> Stats:
                  tuple(_num_list(z, q, "z_rms") for z, q in zip(v["z_rms"], qs)), v["fingerprint"])
 
 
+def _predictors_back(v: Any, spec: Any) -> Predictors | None:
+    """The predictor summaries: exactly the formula's columns and roles, numbers or levels by kind."""
+    if v is None:
+        return None
+    _need(isinstance(v, list), "the predictor summaries are not a list")
+    expected = list(predictor_roles(spec))
+    _need(len(v) == len(expected), "the predictor summaries do not match the formula")
+    items = []
+    for item, (name, role) in zip(v, expected):
+        item = _obj(item, {"name", "kind", "role", "summary", "levels"}, "a predictor summary")
+        _need(item["name"] == name and item["role"] == role, "the predictor summaries do not match the formula")
+        _need(item["kind"] in (NUMERIC, CATEGORICAL), f"unknown predictor kind {item['kind']!r}")
+        if item["kind"] == NUMERIC:
+            _need(item["levels"] is None, "a numeric predictor has levels")
+            mean, sd, lo, hi = _num_list(item["summary"], 4, f"the summary of predictor '{name}' is malformed")
+            _need(bool(np.isfinite([mean, lo, hi]).all()) and lo <= mean <= hi and not sd < 0,
+                  f"the summary of predictor '{name}' is inconsistent")
+            items.append(Predictor(name, NUMERIC, role, float(mean), float(sd), float(lo), float(hi)))
+        else:
+            _need(item["summary"] is None, "a categorical predictor has a numeric summary")
+            levels = _levels_back(item["levels"])
+            _need(len(levels) >= 1, f"predictor '{name}' has no levels")
+            items.append(Predictor(name, CATEGORICAL, role, levels=levels))
+    return Predictors(tuple(items))
+
+
 def _unavailable(name: str) -> Any:
     def factory(*_: Any, **__: Any) -> Any:
         raise LmmbayesError(f"The custom prior distribution {name!r} of a loaded fit cannot be rebuilt: functions are "
@@ -558,7 +594,10 @@ def _fit_back(manifest: dict[str, Any], tree: xr.DataTree) -> FitResult:
     _need(isinstance(m["timings"], dict) and all(_is_num(x) for x in m["timings"].values()), "timings malformed")
     _need(isinstance(m["info"], dict) and isinstance(m["data_name"], str), "the fit's notes are malformed")
     encoder = _encoder_back(m["encoder"], spec, fam)
-    d = _obj(m["design"], {"n_dropped", "dropped_index", "stats", "rows", "layout"}, "the design")
+    keys = {"n_dropped", "dropped_index", "stats", "rows", "layout"}
+    d = m["design"]
+    # files written before the predictor summaries were stored lack the key (their fits cannot draw effect grids)
+    d = _obj(d, keys | {"predictors"} if isinstance(d, dict) and "predictors" in d else keys, "the design")
     _need(_is_int(d["n_dropped"]) and isinstance(d["dropped_index"], list) and isinstance(d["rows"], bool),
           "the design is malformed")
     stats = _stats_back(d["stats"], len(encoder.coef_names), [f.q for f in encoder.factors])
@@ -568,7 +607,9 @@ def _fit_back(manifest: dict[str, Any], tree: xr.DataTree) -> FitResult:
     else:
         _need("sums" in tree.children, "the stored cross-products are missing")
         rows, reduced = None, _sums_back(tree["sums"].to_dataset(), d["layout"], encoder)
-    design = Design(spec, fam, encoder, rows, stats, d["n_dropped"], tuple(d["dropped_index"]), reduced)
+    predictors = _predictors_back(d.get("predictors"), spec)
+    design = Design(spec, fam, encoder, rows, stats, d["n_dropped"], tuple(d["dropped_index"]), reduced,
+                    predictors=predictors)
     priors = _priors_back(m["priors"])
     groups = {g: tree[g].to_dataset() for g in ("posterior", "sample_stats", "observed_data", "prior")
               if g in tree.children}
