@@ -94,7 +94,7 @@ def default_effects(fit: FitResult, pr: Predictors) -> list[tuple[Predictor, ...
         if 1 <= len(names) <= 2 and key not in seen:
             seen.add(key)
             out.append(_numeric_first(tuple(pr.get(n) for n in names)))  # type: ignore[misc]
-    return out
+    return sorted(out, key=len)  # main effects before interactions, as R's terms() orders them
 
 
 def parse_effects(fit: FitResult, pr: Predictors, effects: Any) -> list[tuple[Predictor, ...]]:
