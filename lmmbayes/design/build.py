@@ -24,7 +24,7 @@ from .checks import collinear_columns, warn_collinearity
 from .crossprod import ReducedRows
 from .encoder import FactorCoding, RowEncoder, Rows, learn_encoder
 from .fingerprint import response_fingerprint
-from .predictors import Predictors, summarise_predictors
+from .predictors import Predictors, prediction_columns, summarise_predictors
 from .frame import as_frame, check_columns, check_finite, complete_rows, warn_dropped
 
 
@@ -93,7 +93,7 @@ class Design:
         The fitted rows' raw values of the columns a prediction reads
         (predictors, grouping columns, ``trials()``/``se()`` columns): the
         default rows of the marginaleffects-style averages. None where the
-        rows are not in memory (Dask) or not stored (loaded fits).
+        rows are not in memory (Dask) or for fit files written before they were stored.
     """
 
     spec: FormulaSpec
@@ -214,6 +214,5 @@ def build_design(spec: FormulaSpec, family: Family, data: Any, *, fitting: bool 
         check_response_spread(spec, family, stats)
     warn_collinearity(*collinear_columns(rows.X, encoder.coef_names, spec.intercept == "centred"))
     predictors = summarise_predictors(spec, encoder, frame)
-    kept = encoder.needed(response=False, additions=tuple(a for a in ("trials", "se") if a in spec.additions.present))
     return Design(spec, family, encoder, rows, stats, len(dropped), dropped, predictors=predictors,
-                  predictor_rows=frame.loc[:, list(kept)].reset_index(drop=True))
+                  predictor_rows=frame.loc[:, list(prediction_columns(encoder))].reset_index(drop=True))

@@ -132,6 +132,12 @@ def _is_categorical(values: pd.Series) -> bool:
         or not pd.api.types.is_numeric_dtype(dtype)
 
 
+def prediction_columns(encoder: RowEncoder) -> tuple[str, ...]:
+    """The raw columns a prediction of every group-level term reads (the design's ``predictor_rows``)."""
+    present = encoder.spec.additions.present
+    return encoder.needed(response=False, additions=tuple(a for a in ("trials", "se") if a in present))
+
+
 def summarise_predictors(spec: FormulaSpec, encoder: RowEncoder, frame: pd.DataFrame) -> Predictors:
     """The summaries from the complete training rows (numpy dtypes)."""
     items = []
@@ -168,8 +174,9 @@ class Moments:
         x = np.asarray(values, dtype=float)
         if x.size == 0:
             return cls()
-        mean = float(x.mean())
-        return cls(int(x.size), mean, float(((x - mean) ** 2).sum()), float(x.min()), float(x.max()))
+        with np.errstate(invalid="ignore", over="ignore"):  # infinite values are refused after the scan
+            mean = float(x.mean())
+            return cls(int(x.size), mean, float(((x - mean) ** 2).sum()), float(x.min()), float(x.max()))
 
     def __add__(self, other: Moments) -> Moments:
         if other.n == 0:

@@ -14,7 +14,8 @@ One zip archive (conventionally ``*.lmmb``) holding
 - a Zarr v3 store (written by xarray's own DataTree writer, then zipped): the
   groups ``posterior``, ``sample_stats`` and ``observed_data``, plus
   ``design`` (the encoded rows: X, y, offsets, per factor its level index and
-  term values) or, for a fit of a Dask DataFrame, ``sums`` (its cross-products).
+  term values, and the raw columns a prediction reads, as numbers, booleans or
+  strings, for the averages over the fitted rows) or, for a fit of a Dask DataFrame, ``sums`` (its cross-products).
 
 Loading never evaluates or unpickles anything from the file. The manifest is
 checked against a schema (types, enumerations, sizes consistent with each
@@ -50,7 +51,7 @@ from ..design import Design, FactorRows, Rows, Stats
 from ..design.crossprod import FactorSums, Layout, ReducedRows, RowSums
 from ..design.encoder import INTERCEPT, Component, EncodedTerm, FactorCoding, RowEncoder
 from ..design.levels import KINDS, LevelCoder, Levels
-from ..design.predictors import CATEGORICAL, NUMERIC, Predictor, Predictors, predictor_roles
+from ..design.predictors import CATEGORICAL, NUMERIC, Predictor, Predictors, prediction_columns, predictor_roles
 from ..design.transforms import State
 from ..engines.sampling import SAMPLERS, SamplerConfig
 from ..errors import FitFileError, LmmbayesError
@@ -146,7 +147,18 @@ def _design_group(design: Design) -> xr.Dataset:
     for k, f in enumerate(rows.factors):
         data[f"index_{k}"] = (("row",), f.index)
         data[f"Z_{k}"] = (("row", f"term_{k}"), f.Z)
+    if design.predictor_rows is not None:
+        for k, name in enumerate(prediction_columns(design.encoder)):
+            data[f"raw_{k}"] = (("row",), _raw_values(design.predictor_rows[name]))
     return xr.Dataset(data)
+
+
+def _raw_values(col: pd.Series) -> np.ndarray:
+    """A raw column as a plain numpy array: numbers and booleans as they are, anything else as strings."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        col = pd.Series(np.asarray(col.cat.categories)[col.cat.codes.to_numpy()])
+    values = col.to_numpy()
+    return values if values.dtype.kind in "biuf" else values.astype(str)
 
 
 def _sums_group(reduced: ReducedRows) -> tuple[xr.Dataset, dict[str, Any]]:
@@ -558,6 +570,24 @@ def _rows_back(ds: xr.Dataset, encoder: RowEncoder, n: int) -> Rows:
                 pd.RangeIndex(n))
 
 
+def _raw_back(ds: xr.Dataset, encoder: RowEncoder, n: int) -> pd.DataFrame | None:
+    """The fitted rows' raw prediction columns (None for files without them): numbers, booleans or strings."""
+    names = prediction_columns(encoder)
+    stored = sorted(str(v) for v in ds.data_vars if str(v).startswith("raw_"))
+    if not stored:
+        return None
+    _need(stored == sorted(f"raw_{k}" for k in range(len(names))), "the stored raw columns do not match the formula")
+    columns = {}
+    for k, name in enumerate(names):
+        values = np.asarray(ds[f"raw_{k}"].values)
+        _need(values.shape == (n,) and values.dtype.kind in "biufUO", f"the stored column '{name}' is malformed")
+        if values.dtype.kind in "UO":
+            _need(all(isinstance(v, str) for v in values), f"the stored column '{name}' is malformed")
+            values = values.astype(object)
+        columns[name] = values
+    return pd.DataFrame(columns)
+
+
 def _sums_back(ds: xr.Dataset, layout: Any, encoder: RowEncoder) -> ReducedRows:
     lay = _obj(layout, {"kind", "levels", "pairs", "n"}, "the Dask layout")
     _need(lay["kind"] in ("one", "nested", "dense") and _is_int(lay["n"], 1), "the Dask layout is malformed")
@@ -603,13 +633,16 @@ def _fit_back(manifest: dict[str, Any], tree: xr.DataTree) -> FitResult:
     stats = _stats_back(d["stats"], len(encoder.coef_names), [f.q for f in encoder.factors])
     if d["rows"]:
         _need("design" in tree.children, "the stored rows are missing")
-        rows, reduced = _rows_back(tree["design"].to_dataset(), encoder, stats.n_obs), None
+        stored = tree["design"].to_dataset()
+        rows, reduced = _rows_back(stored, encoder, stats.n_obs), None
+        raw = _raw_back(stored, encoder, stats.n_obs)
     else:
         _need("sums" in tree.children, "the stored cross-products are missing")
         rows, reduced = None, _sums_back(tree["sums"].to_dataset(), d["layout"], encoder)
+        raw = None
     predictors = _predictors_back(d.get("predictors"), spec)
     design = Design(spec, fam, encoder, rows, stats, d["n_dropped"], tuple(d["dropped_index"]), reduced,
-                    predictors=predictors)
+                    predictors=predictors, predictor_rows=raw)
     priors = _priors_back(m["priors"])
     groups = {g: tree[g].to_dataset() for g in ("posterior", "sample_stats", "observed_data", "prior")
               if g in tree.children}

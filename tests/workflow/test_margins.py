@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -90,7 +91,7 @@ def test_averages_are_computed_in_bounded_chunks(effects_fit, monkeypatch):
     pd.testing.assert_frame_equal(chunked, whole, rtol=1e-10)
 
 
-def test_avg_errors_name_the_argument(effects_fit, effects_data, tmp_path):
+def test_avg_errors_name_the_argument(effects_fit, effects_data):
     with pytest.raises(lb.DataError, match=r"no predictor 'nope'; its predictors are \['x', 'cat', 'z', 'trt'\]"):
         effects_fit.avg_comparisons("nope")
     with pytest.raises(lb.DataError, match="grouping factor's column"):
@@ -103,10 +104,18 @@ def test_avg_errors_name_the_argument(effects_fit, effects_data, tmp_path):
         effects_fit.avg_slopes("x", eps=0)
     with pytest.raises(lb.LmmbayesError, match="prob must be"):
         effects_fit.avg_predictions(prob=0)
-    loaded = lb.load(effects_fit.save(tmp_path / "f.lmmb"))
+    without = replace(effects_fit, design=replace(effects_fit.design, predictor_rows=None))  # as a Dask fit
     with pytest.raises(lb.FitError, match="pass newdata="):
-        loaded.avg_predictions()
-    check(loaded.avg_predictions(newdata=effects_data), effects_fit.posterior_epred(effects_data).mean(1)[:, None])
+        without.avg_predictions()
+    check(without.avg_predictions(newdata=effects_data), effects_fit.posterior_epred(effects_data).mean(1)[:, None])
+
+
+def test_loaded_fits_average_over_the_same_rows(effects_fit, tmp_path):
+    loaded = lb.load(effects_fit.save(tmp_path / "f.lmmb"))
+    assert list(loaded.design.predictor_rows.columns) == ["x", "cat", "z", "trt", "g"]
+    pd.testing.assert_frame_equal(loaded.avg_comparisons(["cat", "x"], by="trt"),
+                                  effects_fit.avg_comparisons(["cat", "x"], by="trt"))
+    pd.testing.assert_frame_equal(loaded.emmeans(["cat", "trt"]).table, effects_fit.emmeans(["cat", "trt"]).table)
 
 
 def reference_grid(fit, data) -> tuple[pd.DataFrame, np.ndarray]:
