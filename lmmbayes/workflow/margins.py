@@ -68,10 +68,11 @@ def _rows(fit: FitResult, newdata: Any, what: str) -> pd.DataFrame:
         return frame
     rows = fit.design.predictor_rows
     if rows is None:
-        why = "was fitted on a Dask DataFrame" if not fit.design.rows_in_memory else "was loaded from a file"
+        why = "was fitted on a Dask DataFrame" if not fit.design.rows_in_memory else \
+            "was loaded from a file written by an older lmmbayes"
         raise FitError(f"{what} with newdata=None averages over the fitted rows' raw values, which this fit does "
                        f"not keep (it {why}); pass newdata= a data frame with the model's columns (e.g. the data "
-                       "it was fitted on).")
+                       "it was fitted on, or a sample of it).")
     return rows
 
 

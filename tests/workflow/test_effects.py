@@ -189,3 +189,17 @@ def test_dask_designs_remember_the_same_predictors(effects_data):
         np.testing.assert_allclose([a.mean, a.sd, a.min, a.max], [b.mean, b.sd, b.min, b.max], rtol=1e-12)
     assert memory.predictors.get("k").levels.values == (0, 1, 2)
     assert dask.predictor_rows is None and len(memory.predictor_rows) == len(df)
+
+
+def test_a_dask_fit_gives_the_same_effects(effects_fit, effects_data):
+    dd = pytest.importorskip("dask.dataframe")
+    priors = [lb.prior("normal(0, 5)", class_="b"), lb.prior("normal(0, 10)", class_="Intercept")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.ConvergenceWarning)
+        fit = lb.fit(FORMULA, dd.from_pandas(effects_data, npartitions=3), priors, chains=2, draws=200, tune=200,
+                     seed=7, progress=False)
+    a, b = fit.conditional_effects("x:cat", resolution=5), effects_fit.conditional_effects("x:cat", resolution=5)
+    pd.testing.assert_frame_equal(a["x:cat"], b["x:cat"], rtol=1e-9)
+    pd.testing.assert_frame_equal(fit.emmeans("cat").table, effects_fit.emmeans("cat").table, rtol=1e-9)
+    with pytest.raises(lb.FitError, match=r"fitted on a Dask DataFrame\); pass newdata="):
+        fit.avg_predictions()
