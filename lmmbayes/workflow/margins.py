@@ -450,18 +450,16 @@ def emmeans(fit: FitResult, specs: str | Sequence[str], *, type: str = "link", p
     grid = pd.DataFrame({c: column(grid[c].tolist(), pr.get(c)) for c in grid.columns})
     eta = np.asarray(posterior_linpred(fit, grid, include_groups=False))
     spec_names = [p.name for p in chosen]
-    keyed = grid.groupby(spec_names, sort=False, observed=True)
-    order = list(itertools.product(*(values[n] for n in spec_names)))
-    codes = keyed.ngroup().to_numpy()
-    first = keyed.head(1).reset_index(drop=True)
-    # ngroup numbers groups in order of first appearance, which is the product order of the spec values
-    means = np.column_stack([eta[:, codes == k].mean(axis=1) for k in range(len(order))])
+    # emmeans's order: the first of the specs varies fastest
+    order = [tuple(reversed(t)) for t in itertools.product(*(values[n] for n in reversed(spec_names)))]
+    keys = list(zip(*(grid[n].tolist() for n in spec_names)))
+    means = np.column_stack([eta[:, np.asarray([k == combo for k in keys])].mean(axis=1) for combo in order])
     link = fit.family.link
     inverse = fit.family.link_function.inverse
     shown = inverse(means) if type_ == "response" else means
     lo, hi = hpd(shown, level)
     name = "emmean" if type_ == "link" or link == "identity" else fit.family.mean_name
-    table = first[spec_names].copy()
+    table = pd.DataFrame(order, columns=spec_names)
     for p in chosen:
         if p.levels is not None:
             table[p.name] = pd.Categorical(table[p.name], categories=list(p.levels.values))
