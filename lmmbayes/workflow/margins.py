@@ -321,6 +321,9 @@ class Emmeans:
     type : str
     prob : float
     link : str
+    pair_column, pair_operator : str
+        How `pairs` names its estimate and joins the labels: ``estimate`` and
+        ``-`` (link scale), ``ratio`` or ``odds.ratio`` and ``/`` (response scale, log or logit link).
     """
 
     table: pd.DataFrame
@@ -331,7 +334,6 @@ class Emmeans:
     link: str
     pair_column: str
     pair_operator: str
-    inverse: Any
 
     @property
     def labels(self) -> list[str]:
@@ -455,8 +457,7 @@ def emmeans(fit: FitResult, specs: str | Sequence[str], *, type: str = "link", p
     keys = list(zip(*(grid[n].tolist() for n in spec_names)))
     means = np.column_stack([eta[:, np.asarray([k == combo for k in keys])].mean(axis=1) for combo in order])
     link = fit.family.link
-    inverse = fit.family.link_function.inverse
-    shown = inverse(means) if type_ == "response" else means
+    shown = fit.family.link_function.inverse(means) if type_ == "response" else means
     lo, hi = hpd(shown, level)
     name = "emmean" if type_ == "link" or link == "identity" else fit.family.mean_name
     table = pd.DataFrame(order, columns=spec_names)
@@ -466,4 +467,4 @@ def emmeans(fit: FitResult, specs: str | Sequence[str], *, type: str = "link", p
     table[name] = np.median(shown, axis=0)
     table["lower.HPD"], table["upper.HPD"] = lo, hi
     column_name, operator = _pair_name(fit, type_)
-    return Emmeans(table, means, tuple(spec_names), type_, level, link, column_name, operator, inverse)
+    return Emmeans(table, means, tuple(spec_names), type_, level, link, column_name, operator)
