@@ -46,6 +46,9 @@ _LAZY = {
     "prior_predictive": "workflow.priorsim",
     "simulation_based_calibration": "workflow.sbc",
     "report": "workflow.report",
+    "conditional_effects": "workflow.effects",
+    "avg_predictions": "workflow.margins", "avg_comparisons": "workflow.margins", "avg_slopes": "workflow.margins",
+    "emmeans": "workflow.margins",
 }
 
 

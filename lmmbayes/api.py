@@ -223,6 +223,56 @@ class Fit(FitResult):
         return fitted(self, newdata, probs=probs, include_groups=include_groups, allow_new_levels=allow_new_levels,
                       sample_new_levels=sample_new_levels, draws=draws, seed=seed)
 
+    # -- after the fit: effects and marginal summaries ------------------------------------------
+    def conditional_effects(self, effects: str | Sequence[str] | None = None, *, conditions: Any = None,
+                            include_groups: bool | str | Sequence[str] = False, prob: float = 0.95,
+                            method: str = "posterior_epred", resolution: int = 100, seed: int | None = None) -> Any:
+        """brms's ``conditional_effects``; see `lmmbayes.workflow.effects.conditional_effects`.
+
+        Returns a `ConditionalEffects`: ``ce["Days"]`` is brms's table
+        (``estimate__``, ``se__``, ``lower__``, ``upper__``, ...), ``ce.plot()`` the figures.
+        """
+        from .workflow.effects import conditional_effects
+
+        return conditional_effects(self, effects, conditions=conditions, include_groups=include_groups, prob=prob,
+                                   method=method, resolution=resolution, seed=seed)
+
+    def avg_predictions(self, *, by: str | Sequence[str] | None = None, newdata: Any = None,
+                        include_groups: bool | str | Sequence[str] = True, prob: float = 0.95) -> pd.DataFrame:
+        """marginaleffects's ``avg_predictions``; see `lmmbayes.workflow.margins.avg_predictions`."""
+        from .workflow.margins import avg_predictions
+
+        return avg_predictions(self, by=by, newdata=newdata, include_groups=include_groups, prob=prob)
+
+    def avg_comparisons(self, variables: str | Sequence[str], *, by: str | Sequence[str] | None = None,
+                        newdata: Any = None, comparison: str = "difference",
+                        include_groups: bool | str | Sequence[str] = True, prob: float = 0.95) -> pd.DataFrame:
+        """marginaleffects's ``avg_comparisons``; see `lmmbayes.workflow.margins.avg_comparisons`."""
+        from .workflow.margins import avg_comparisons
+
+        return avg_comparisons(self, variables, by=by, newdata=newdata, comparison=comparison,
+                               include_groups=include_groups, prob=prob)
+
+    def avg_slopes(self, variables: str | Sequence[str], *, by: str | Sequence[str] | None = None,
+                   newdata: Any = None, eps: float | None = None, include_groups: bool | str | Sequence[str] = True,
+                   prob: float = 0.95) -> pd.DataFrame:
+        """marginaleffects's ``avg_slopes``; see `lmmbayes.workflow.margins.avg_slopes`."""
+        from .workflow.margins import avg_slopes
+
+        return avg_slopes(self, variables, by=by, newdata=newdata, eps=eps, include_groups=include_groups,
+                          prob=prob)
+
+    def emmeans(self, specs: str | Sequence[str], *, type: str = "link", prob: float = 0.95,
+                at: dict[str, Any] | None = None) -> Any:
+        """emmeans's estimated marginal means; see `lmmbayes.workflow.margins.emmeans`.
+
+        Returns an `Emmeans` whose ``table`` prints as emmeans does and whose
+        ``pairs()`` gives the pairwise contrasts.
+        """
+        from .workflow.margins import emmeans
+
+        return emmeans(self, specs, type=type, prob=prob, at=at)
+
     # -- checking and comparison ------------------------------------------------------------
     def log_lik(self, *, chunk_size: int | None = None) -> np.ndarray:
         """Pointwise log-likelihood, (chain, draw, observation), computed on demand."""

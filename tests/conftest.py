@@ -85,3 +85,40 @@ def simulated_fit(simulated) -> lb.Fit:
     data, _ = simulated
     priors = [lb.prior("normal(0, 5)", class_="b"), lb.prior("normal(0, 5)", class_="Intercept")]
     return quiet_fit("y ~ x + cat + (1 + x | g)", data, priors, chains=2, draws=500, tune=500, seed=5)
+
+
+def simulate_effects(seed: int = 4, n: int = 240) -> pd.DataFrame:
+    """y ~ x * cat + z + trt + (1 | g), trt unbalanced across cat (so equal and data weights differ)."""
+    rng = np.random.default_rng(seed)
+    cat = rng.choice(["a", "b", "c"], size=n)
+    trt = np.where(rng.random(n) < np.select([cat == "a", cat == "b"], [0.2, 0.5], 0.85), "T", "C")
+    x, z = rng.normal(2.0, 1.0, n), rng.normal(0.0, 2.0, n)
+    g = rng.integers(0, 12, n)
+    r = rng.normal(0, 0.5, 12)
+    y = (1 + 2 * x + 0.5 * (cat == "b") - 0.5 * (cat == "c") + 0.7 * x * (cat == "b") + 0.3 * z
+         + 1.0 * (trt == "T") + r[g] + rng.normal(0, 0.7, n))
+    return pd.DataFrame({"y": y, "x": x, "cat": cat, "z": z, "trt": trt, "g": [f"g{k:02d}" for k in g]})
+
+
+@pytest.fixture(scope="session")
+def effects_data() -> pd.DataFrame:
+    return simulate_effects()
+
+
+@pytest.fixture(scope="session")
+def effects_fit(effects_data) -> lb.Fit:
+    """A Gaussian fit (collapsed engine) with an interaction, two factors and two numeric predictors."""
+    priors = [lb.prior("normal(0, 5)", class_="b"), lb.prior("normal(0, 10)", class_="Intercept")]
+    return quiet_fit("y ~ x * cat + z + trt + (1 | g)", effects_data, priors, chains=2, draws=200, tune=200,
+                     seed=7)
+
+
+@pytest.fixture(scope="session")
+def poisson_effects_fit() -> lb.Fit:
+    """A Poisson fit (log link) with a numeric and a categorical predictor."""
+    rng = np.random.default_rng(3)
+    n = 200
+    x, cat = rng.normal(size=n), rng.choice(["a", "b", "c"], size=n)
+    eta = 0.5 + 0.4 * x + 0.5 * (cat == "b") - 0.3 * (cat == "c")
+    data = pd.DataFrame({"count": rng.poisson(np.exp(eta)), "x": x, "cat": cat})
+    return quiet_fit("count ~ x + cat", data, family="poisson", chains=2, draws=200, tune=200, seed=2)

@@ -153,6 +153,22 @@ def test_prediction_arguments_are_data(tmp_path):
     assert not sentinel.exists()
 
 
+def test_effect_and_margin_names_are_data(tmp_path):
+    """Effect names, variables, by, specs and at keys are looked up among the model's variables, never run."""
+    fit = lb.fit("y ~ x + (1 | g)", DATA, chains=1, draws=30, tune=30, progress=False, seed=1)
+    sentinel = tmp_path / "S"
+    for payload in PAYLOADS:
+        text = payload.format(s=sentinel)
+        for call in (lambda: fit.conditional_effects(text), lambda: fit.conditional_effects(f"x:{text}"),
+                     lambda: fit.conditional_effects("x", conditions=pd.DataFrame({text: [1.0]})),
+                     lambda: fit.avg_comparisons(text), lambda: fit.avg_slopes([text]),
+                     lambda: fit.avg_predictions(by=text), lambda: fit.emmeans(text),
+                     lambda: fit.emmeans("x", at={text: 1.0})):
+            with pytest.raises(lb.DataError):
+                call()
+    assert not sentinel.exists()
+
+
 def _tamper(path: Path, out: Path, edit) -> Path:
     """A copy of a fit file with its manifest (JSON) edited by ``edit``."""
     work = out.with_suffix(".d")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..errors import DataError, FitError
 from ..families import Family, r_mad
@@ -23,6 +24,7 @@ from .checks import collinear_columns, warn_collinearity
 from .crossprod import ReducedRows
 from .encoder import FactorCoding, RowEncoder, Rows, learn_encoder
 from .fingerprint import response_fingerprint
+from .predictors import Predictors, prediction_columns, summarise_predictors
 from .frame import as_frame, check_columns, check_finite, complete_rows, warn_dropped
 
 
@@ -83,6 +85,15 @@ class Design:
     dropped_index : tuple
         Index labels of the dropped rows in the user's data frame.
     reduced : ReducedRows or None
+    predictors : Predictors or None
+        What the model remembers about each raw predictor column (numeric
+        summaries or levels), for grids of predictor values; None for a fit
+        file written before lmmbayes stored them.
+    predictor_rows : pandas.DataFrame or None
+        The fitted rows' raw values of the columns a prediction reads
+        (predictors, grouping columns, ``trials()``/``se()`` columns): the
+        default rows of the marginaleffects-style averages. None where the
+        rows are not in memory (Dask) or for fit files written before they were stored.
     """
 
     spec: FormulaSpec
@@ -93,6 +104,8 @@ class Design:
     n_dropped: int
     dropped_index: tuple[Any, ...]
     reduced: ReducedRows | None = field(default=None, repr=False)
+    predictors: Predictors | None = field(default=None, repr=False)
+    predictor_rows: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def rows_in_memory(self) -> bool:
@@ -219,4 +232,6 @@ def build_design(spec: FormulaSpec, family: Family, data: Any, *, fitting: bool 
     if check_response:
         check_response_spread(spec, family, stats)
     warn_collinearity(*collinear_columns(rows.X, encoder.coef_names, spec.intercept == "centred"))
-    return Design(spec, family, encoder, rows, stats, len(dropped), dropped)
+    predictors = summarise_predictors(spec, encoder, frame)
+    return Design(spec, family, encoder, rows, stats, len(dropped), dropped, predictors=predictors,
+                  predictor_rows=frame.loc[:, list(prediction_columns(encoder))].reset_index(drop=True))

@@ -35,7 +35,7 @@ not import it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
@@ -50,6 +50,7 @@ from .checks import collinear_columns_from_gram, warn_collinearity
 from .crossprod import Layout, ReducedRows, RowSums, gaussian_weights, layout_of, reduce_rows
 from .encoder import RowEncoder, Rows, learn_encoder
 from .fingerprint import ResponseHash
+from .predictors import Moments, predictor_roles, predictors_from_moments
 from .frame import (
     check_columns,
     check_dtype,
@@ -136,6 +137,9 @@ class Scan:
         Distinct combinations of the grouping columns among complete rows.
     sample : pandas.DataFrame
         A few complete rows (from the first partition that has any).
+    moments : dict of str to Moments
+        Count, mean, spread, minimum and maximum, among complete rows, of
+        every numeric column (for `Predictors`).
     """
 
     n_rows: int
@@ -145,6 +149,7 @@ class Scan:
     values: dict[str, pd.DataFrame]
     combos: pd.DataFrame
     sample: pd.DataFrame
+    moments: dict[str, Moments] = field(default_factory=dict)
 
     def __add__(self, other: Scan) -> Scan:
         return Scan(
@@ -155,6 +160,7 @@ class Scan:
             {k: _distinct_rows(v, other.values[k]) for k, v in self.values.items()},
             _distinct_rows(self.combos, other.combos),
             self.sample if len(self.sample) else other.sample,
+            {k: v + other.moments[k] for k, v in self.moments.items()},
         )
 
 
@@ -166,6 +172,7 @@ class Scanner:
     categorical: tuple[str, ...]
     grouping: tuple[str, ...]
     sample_rows: int = 5
+    numeric: tuple[str, ...] = ()
 
     def __call__(self, part: pd.DataFrame) -> Scan:
         frame = part.loc[:, list(self.needed)]
@@ -179,6 +186,7 @@ class Scanner:
             values={c: kept[[c]].drop_duplicates(ignore_index=True) for c in self.categorical},
             combos=kept.loc[:, list(self.grouping)].drop_duplicates(ignore_index=True),
             sample=kept.head(self.sample_rows).reset_index(drop=True),
+            moments={c: Moments.of(kept[c].to_numpy(dtype=float)) for c in self.numeric},
         )
 
 
@@ -516,7 +524,8 @@ def build_dask_design(spec: FormulaSpec, family: Family, ddf: Any) -> Design:
         check_dtype(frame._meta[name], name)
     grouping = tuple(dict.fromkeys(v for g in spec.groups for v in g.factor_vars))
     categorical = _categorical_columns(spec, frame.dtypes)
-    scan = map_reduce(frame, Scanner(tuple(needed), categorical, grouping), _add)
+    numeric = tuple(c for c, _ in predictor_roles(spec) if c not in categorical)
+    scan = map_reduce(frame, Scanner(tuple(needed), categorical, grouping, numeric=numeric), _add)
     _check_scan(scan, needed)
     template = to_numpy_dtypes(template_frame(scan.sample, scan.values))
     combos = to_numpy_dtypes(scan.combos)
@@ -544,5 +553,6 @@ def build_dask_design(spec: FormulaSpec, family: Family, ddf: Any) -> Design:
     warn_collinearity(*collinear_columns_from_gram(sums.VtV[1:p + 1, 1:p + 1], partial.x_absmax,
                                                    encoder.coef_names, centre))
     stats = _stats(partial.sums, partial, median, mad, p, centre)
+    predictors = predictors_from_moments(spec, encoder, scan.moments, scan.values)
     return Design(spec, family, encoder, None, stats, scan.n_dropped, scan.dropped,
-                  ReducedRows(sums, RowSource(frame, reducer)))
+                  ReducedRows(sums, RowSource(frame, reducer)), predictors=predictors)

@@ -14,7 +14,8 @@ One zip archive (conventionally ``*.lmmb``) holding
 - a Zarr v3 store (written by xarray's own DataTree writer, then zipped): the
   groups ``posterior``, ``sample_stats`` and ``observed_data``, plus
   ``design`` (the encoded rows: X, y, offsets, per factor its level index and
-  term values) or, for a fit of a Dask DataFrame, ``sums`` (its cross-products).
+  term values, and the raw columns a prediction reads, as numbers, booleans or
+  strings, for the averages over the fitted rows) or, for a fit of a Dask DataFrame, ``sums`` (its cross-products).
 
 Loading never evaluates or unpickles anything from the file. The manifest is
 checked against a schema (types, enumerations, sizes consistent with each
@@ -50,6 +51,7 @@ from ..design import Design, FactorRows, Rows, Stats
 from ..design.crossprod import FactorSums, Layout, ReducedRows, RowSums
 from ..design.encoder import INTERCEPT, Component, EncodedTerm, FactorCoding, RowEncoder
 from ..design.levels import KINDS, LevelCoder, Levels
+from ..design.predictors import CATEGORICAL, NUMERIC, Predictor, Predictors, prediction_columns, predictor_roles
 from ..design.transforms import State
 from ..engines.sampling import SAMPLERS, SamplerConfig
 from ..errors import FitFileError, LmmbayesError
@@ -119,6 +121,14 @@ def _stats(st: Stats) -> dict[str, Any]:
             "fingerprint": st.fingerprint}
 
 
+def _predictors(pr: Predictors | None) -> list[dict[str, Any]] | None:
+    if pr is None:
+        return None
+    return [{"name": p.name, "kind": p.kind, "role": p.role,
+             "summary": None if not p.numeric else [p.mean, p.sd, p.min, p.max],
+             "levels": None if p.levels is None else _levels(p.levels)} for p in pr.items]
+
+
 def _label(value: Any) -> Any:
     """An index label as JSON (numbers and strings as they are, anything else as its text)."""
     if isinstance(value, np.generic):
@@ -137,7 +147,18 @@ def _design_group(design: Design) -> xr.Dataset:
     for k, f in enumerate(rows.factors):
         data[f"index_{k}"] = (("row",), f.index)
         data[f"Z_{k}"] = (("row", f"term_{k}"), f.Z)
+    if design.predictor_rows is not None:
+        for k, name in enumerate(prediction_columns(design.encoder)):
+            data[f"raw_{k}"] = (("row",), _raw_values(design.predictor_rows[name]))
     return xr.Dataset(data)
+
+
+def _raw_values(col: pd.Series) -> np.ndarray:
+    """A raw column as a plain numpy array: numbers and booleans as they are, anything else as strings."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        col = pd.Series(np.asarray(col.cat.categories)[col.cat.codes.to_numpy()])
+    values = col.to_numpy()
+    return values if values.dtype.kind in "biuf" else values.astype(str)
 
 
 def _sums_group(reduced: ReducedRows) -> tuple[xr.Dataset, dict[str, Any]]:
@@ -180,7 +201,8 @@ def save(fit: FitResult, path: Any) -> Path:
                     "ub": p.ub, "source": p.source, "custom": not p.family.builtin} for s, p in fit.priors.table],
         "encoder": _encoder(design.encoder),
         "design": {"n_dropped": design.n_dropped, "dropped_index": [_label(v) for v in design.dropped_index],
-                   "stats": _stats(design.stats), "rows": design.rows is not None, "layout": None},
+                   "stats": _stats(design.stats), "rows": design.rows is not None, "layout": None,
+                   "predictors": _predictors(design.predictors)},
     }
     groups = {g: fit.idata[g].to_dataset() for g in fit.idata.children}
     if design.rows is not None:
@@ -386,6 +408,32 @@ def _stats_back(v: Any, p: int, qs: list[int]) -> Stats:
                  tuple(_num_list(z, q, "z_rms") for z, q in zip(v["z_rms"], qs)), v["fingerprint"])
 
 
+def _predictors_back(v: Any, spec: Any) -> Predictors | None:
+    """The predictor summaries: exactly the formula's columns and roles, numbers or levels by kind."""
+    if v is None:
+        return None
+    _need(isinstance(v, list), "the predictor summaries are not a list")
+    expected = list(predictor_roles(spec))
+    _need(len(v) == len(expected), "the predictor summaries do not match the formula")
+    items = []
+    for item, (name, role) in zip(v, expected):
+        item = _obj(item, {"name", "kind", "role", "summary", "levels"}, "a predictor summary")
+        _need(item["name"] == name and item["role"] == role, "the predictor summaries do not match the formula")
+        _need(item["kind"] in (NUMERIC, CATEGORICAL), f"unknown predictor kind {item['kind']!r}")
+        if item["kind"] == NUMERIC:
+            _need(item["levels"] is None, "a numeric predictor has levels")
+            mean, sd, lo, hi = _num_list(item["summary"], 4, f"the summary of predictor '{name}' is malformed")
+            _need(bool(np.isfinite([mean, lo, hi]).all()) and lo <= mean <= hi and not sd < 0,
+                  f"the summary of predictor '{name}' is inconsistent")
+            items.append(Predictor(name, NUMERIC, role, float(mean), float(sd), float(lo), float(hi)))
+        else:
+            _need(item["summary"] is None, "a categorical predictor has a numeric summary")
+            levels = _levels_back(item["levels"])
+            _need(len(levels) >= 1, f"predictor '{name}' has no levels")
+            items.append(Predictor(name, CATEGORICAL, role, levels=levels))
+    return Predictors(tuple(items))
+
+
 def _unavailable(name: str) -> Any:
     def factory(*_: Any, **__: Any) -> Any:
         raise LmmbayesError(f"The custom prior distribution {name!r} of a loaded fit cannot be rebuilt: functions are "
@@ -522,6 +570,24 @@ def _rows_back(ds: xr.Dataset, encoder: RowEncoder, n: int) -> Rows:
                 pd.RangeIndex(n))
 
 
+def _raw_back(ds: xr.Dataset, encoder: RowEncoder, n: int) -> pd.DataFrame | None:
+    """The fitted rows' raw prediction columns (None for files without them): numbers, booleans or strings."""
+    names = prediction_columns(encoder)
+    stored = sorted(str(v) for v in ds.data_vars if str(v).startswith("raw_"))
+    if not stored:
+        return None
+    _need(stored == sorted(f"raw_{k}" for k in range(len(names))), "the stored raw columns do not match the formula")
+    columns = {}
+    for k, name in enumerate(names):
+        values = np.asarray(ds[f"raw_{k}"].values)
+        _need(values.shape == (n,) and values.dtype.kind in "biufUO", f"the stored column '{name}' is malformed")
+        if values.dtype.kind in "UO":
+            _need(all(isinstance(v, str) for v in values), f"the stored column '{name}' is malformed")
+            values = values.astype(object)
+        columns[name] = values
+    return pd.DataFrame(columns)
+
+
 def _sums_back(ds: xr.Dataset, layout: Any, encoder: RowEncoder) -> ReducedRows:
     lay = _obj(layout, {"kind", "levels", "pairs", "n"}, "the Dask layout")
     _need(lay["kind"] in ("one", "nested", "dense") and _is_int(lay["n"], 1), "the Dask layout is malformed")
@@ -558,17 +624,25 @@ def _fit_back(manifest: dict[str, Any], tree: xr.DataTree) -> FitResult:
     _need(isinstance(m["timings"], dict) and all(_is_num(x) for x in m["timings"].values()), "timings malformed")
     _need(isinstance(m["info"], dict) and isinstance(m["data_name"], str), "the fit's notes are malformed")
     encoder = _encoder_back(m["encoder"], spec, fam)
-    d = _obj(m["design"], {"n_dropped", "dropped_index", "stats", "rows", "layout"}, "the design")
+    keys = {"n_dropped", "dropped_index", "stats", "rows", "layout"}
+    d = m["design"]
+    # files written before the predictor summaries were stored lack the key (their fits cannot draw effect grids)
+    d = _obj(d, keys | {"predictors"} if isinstance(d, dict) and "predictors" in d else keys, "the design")
     _need(_is_int(d["n_dropped"]) and isinstance(d["dropped_index"], list) and isinstance(d["rows"], bool),
           "the design is malformed")
     stats = _stats_back(d["stats"], len(encoder.coef_names), [f.q for f in encoder.factors])
     if d["rows"]:
         _need("design" in tree.children, "the stored rows are missing")
-        rows, reduced = _rows_back(tree["design"].to_dataset(), encoder, stats.n_obs), None
+        stored = tree["design"].to_dataset()
+        rows, reduced = _rows_back(stored, encoder, stats.n_obs), None
+        raw = _raw_back(stored, encoder, stats.n_obs)
     else:
         _need("sums" in tree.children, "the stored cross-products are missing")
         rows, reduced = None, _sums_back(tree["sums"].to_dataset(), d["layout"], encoder)
-    design = Design(spec, fam, encoder, rows, stats, d["n_dropped"], tuple(d["dropped_index"]), reduced)
+        raw = None
+    predictors = _predictors_back(d.get("predictors"), spec)
+    design = Design(spec, fam, encoder, rows, stats, d["n_dropped"], tuple(d["dropped_index"]), reduced,
+                    predictors=predictors, predictor_rows=raw)
     priors = _priors_back(m["priors"])
     groups = {g: tree[g].to_dataset() for g in ("posterior", "sample_stats", "observed_data", "prior")
               if g in tree.children}

@@ -332,10 +332,34 @@ def test_a_manifest_out_of_schema_is_refused(saved, tmp_path):
         "engine": (lambda m: {**m, "engine": "exec"}, "unknown engine 'exec'"),
         "family": (lambda m: {**m, "family": {"name": "os.system", "link": "identity"}}, "cannot be loaded"),
         "draws": (lambda m: m["config"].update(draws="1000"), "sampler counts are not integers"),
+        "predictor kind": (lambda m: m["design"]["predictors"][0].update(kind="code"), "unknown predictor kind"),
+        "predictor name": (lambda m: m["design"]["predictors"][0].update(name="os"),
+                           "predictor summaries do not match the formula"),
+        "predictor summary": (lambda m: m["design"]["predictors"][0].update(summary=[1.0, 1.0, 2.0, 0.0]),
+                              "inconsistent"),
+        "predictor levels": (lambda m: m["design"]["predictors"][0].update(summary=None, kind="categorical",
+                                                                           levels={"values": [1], "kind": "str"}),
+                             "level values malformed"),
+        "predictor extra": (lambda m: m["design"]["predictors"][0].update(code="x"), "a predictor summary has keys"),
     }
     for name, (edit, needle) in edits.items():
         with pytest.raises(lb.FitFileError, match=needle):
             lb.load(rewrite(path, tmp_path / f"{name}.lmmb", manifest=edit))
+
+
+def test_files_without_predictor_summaries_load_and_say_so(saved, tmp_path):
+    """Format-2 files written before the summaries (and the raw columns) were stored still load."""
+    path, fit = saved
+
+    def drop(m: dict) -> None:
+        del m["design"]["predictors"]
+
+    old = lb.load(rewrite(path, tmp_path / "old.lmmb", manifest=drop))
+    np.testing.assert_array_equal(old.posterior_epred(), fit.posterior_epred())
+    with pytest.raises(lb.FitError, match="older lmmbayes. Refit"):
+        old.conditional_effects()
+    assert fit.design.predictors.names == ("std_age",) and fit.design.predictors.get("std_age").numeric
+    assert list(fit.design.predictor_rows.columns) == ["std_age", "county"]
 
 
 def test_save_errors(bounce_slope_fit, tmp_path):
