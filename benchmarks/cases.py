@@ -32,6 +32,42 @@ def sleepstudy_shaped(seed: int = 18) -> pd.DataFrame:
     return pd.DataFrame({"Reaction": y, "Days": days, "Subject": [f"S{k:02d}" for k in subject]})
 
 
+def crossed_small(seed: int = 19) -> pd.DataFrame:
+    """180 rows, 18 subjects x 10 days crossed with a 3-level factor (sleepstudy-sized, crossed intercepts)."""
+    rng = np.random.default_rng(seed)
+    subject = np.repeat(np.arange(18), 10)
+    caffeine = rng.integers(0, 3, 180)
+    days = np.tile(np.arange(10.0), 18)
+    y = (251.4 + 10.5 * days + rng.normal(0, 30, 18)[subject] + rng.normal(0, 15, 3)[caffeine]
+         + rng.normal(0, 25.6, 180))
+    return pd.DataFrame({"Reaction": y, "Days": days, "Subject": [f"S{k:02d}" for k in subject],
+                         "Caffeine": [f"c{k}" for k in caffeine]})
+
+
+def crossed_intercepts(subjects: int, items: int, seed: int = 21) -> pd.DataFrame:
+    """Every subject answers every item once: y ~ x + (1 | subject) + (1 | item), sds 1 and 0.7, sigma 1."""
+    rng = np.random.default_rng(seed)
+    s, i = np.repeat(np.arange(subjects), items), np.tile(np.arange(items), subjects)
+    x = rng.normal(size=s.size)
+    y = 0.5 + 0.3 * x + rng.normal(0, 1, subjects)[s] + rng.normal(0, 0.7, items)[i] + rng.normal(size=s.size)
+    return pd.DataFrame({"y": y, "x": x, "subject": [f"s{k:04d}" for k in s], "item": [f"i{k:04d}" for k in i]})
+
+
+def penicillin() -> pd.DataFrame:
+    """lme4's Penicillin (GPL: read from ../shared, never shipped): 24 plates x 6 samples, crossed."""
+    from pathlib import Path
+
+    return pd.read_csv(Path(__file__).resolve().parents[2] / "shared" / "data" / "lme4_brms" / "Penicillin.csv")
+
+
+def insteval() -> pd.DataFrame:
+    """lme4's InstEval (GPL: read from ../shared, never shipped): 73,421 ratings, students x lecturers."""
+    from pathlib import Path
+
+    df = pd.read_csv(Path(__file__).resolve().parents[2] / "shared" / "data" / "lme4_brms" / "InstEval.csv")
+    return df.astype({"s": str, "d": str, "dept": str, "service": str})
+
+
 def bounce() -> pd.DataFrame:
     from pathlib import Path
 
@@ -54,6 +90,29 @@ CASES = {
                    {"Intercept": ("Normal", {"mu": 250, "sigma": 50}), "Days": ("Normal", {"mu": 0, "sigma": 20}),
                     "sigma": ("HalfNormal", {"sigma": 50}), "sd": 30}),
 }
+CASES["crossed_small"] = (
+    "Reaction ~ Days + (1 | Subject) + (1 | Caffeine)", crossed_small,
+    [("normal(250, 50)", "Intercept", "", ""), ("normal(0, 20)", "b", "", ""), ("normal(0, 50)", "sigma", "", ""),
+     ("normal(0, 30)", "sd", "", "")],
+    {"Intercept": ("Normal", {"mu": 250, "sigma": 50}), "Days": ("Normal", {"mu": 0, "sigma": 20}),
+     "sigma": ("HalfNormal", {"sigma": 50}), "sd": 30})
+CASES["penicillin"] = (
+    "diameter ~ 1 + (1 | plate) + (1 | sample)", penicillin,
+    [("normal(23, 5)", "Intercept", "", ""), ("normal(0, 5)", "sigma", "", ""), ("normal(0, 5)", "sd", "", "")],
+    {"Intercept": ("Normal", {"mu": 23, "sigma": 5}), "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
+CASES["insteval"] = (
+    "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)", insteval,
+    [("normal(3, 2)", "Intercept", "", ""), ("normal(0, 2)", "b", "", ""), ("normal(0, 2)", "sigma", "", ""),
+     ("normal(0, 2)", "sd", "", "")],
+    {"Intercept": ("Normal", {"mu": 3, "sigma": 2}), "service": ("Normal", {"mu": 0, "sigma": 2}),
+     "sigma": ("HalfNormal", {"sigma": 2}), "sd": 2})
+for n_s, n_i in [(40, 20), (100, 50), (200, 100)]:
+    CASES[f"crossed_S{n_s}_I{n_i}"] = (
+        "y ~ x + (1 | subject) + (1 | item)", (lambda a=n_s, b=n_i: crossed_intercepts(a, b)),
+        [("normal(0, 5)", "Intercept", "", ""), ("normal(0, 5)", "b", "", ""), ("normal(0, 5)", "sigma", "", ""),
+         ("normal(0, 5)", "sd", "", "")],
+        {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "x": ("Normal", {"mu": 0, "sigma": 5}),
+         "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
 for n, g in [(10_000, 10), (10_000, 1000), (100_000, 10), (100_000, 1000), (1_000_000, 10), (1_000_000, 1000)]:
     CASES[f"sim_N{n}_G{g}"] = (
         "y ~ x + (x | g)", (lambda n=n, g=g: simulated(n, g)),

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from arviz_stats.base import array_stats  # noqa: E402
 
 import lmmbayes as lb  # noqa: E402
+from lmmbayes.results.posterior import flat_draws  # noqa: E402
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from cases import CASES  # noqa: E402
@@ -31,7 +32,7 @@ def main() -> None:
                  chains=chains, draws=draws, tune=draws, seed=1, progress=False, method=method)
     text = str(fit.summary())
     wall = time.perf_counter() - t0
-    names, arr = lb.posterior.flat_draws(fit.posterior, fit.design)
+    names, arr = flat_draws(fit.posterior, fit.design)
     ess = array_stats.ess(arr, chain_axis=0, draw_axis=1, method="bulk")
     print(json.dumps({
         "tool": f"lmmbayes-{fit.engine}", "case": case, "rows": len(data), "import_s": t_import,

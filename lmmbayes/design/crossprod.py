@@ -281,6 +281,42 @@ def reduce_rows(layout: Layout, X: np.ndarray, y: np.ndarray, indexes: Sequence[
     return RowSums(layout, int(n), np.asarray(shift, dtype=float), V.T @ V, factors, tuple(pairs))
 
 
+@dataclass(frozen=True, eq=False)
+class SparsePairSums:
+    """Σ over rows of ``w_i Z_left,i Z_right,i'`` for the pairs of levels that share rows, in coordinates.
+
+    Crossed factors share few level pairs (at most one per row), so the
+    cross-products of two factors are kept sparse: entry ``k`` is at row
+    ``level_l * q_l + i`` and column ``level_r * q_r + j`` of the
+    ``(G_l q_l) x (G_r q_r)`` matrix, duplicates summed.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    shape: tuple[int, int]
+
+    def matrix(self) -> Any:
+        """As a scipy CSR matrix."""
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((self.values, (self.rows, self.cols)), shape=self.shape)
+
+
+def sparse_pair_sums(idx_l: np.ndarray, Z_l: np.ndarray, n_l: int, idx_r: np.ndarray, Z_r: np.ndarray, n_r: int,
+                     weights: np.ndarray | None = None) -> SparsePairSums:
+    """`SparsePairSums` of two factors from rows: level indexes, term values (n, q) and row weights."""
+    import scipy.sparse as sp
+
+    q_l, q_r = Z_l.shape[1], Z_r.shape[1]
+    w = np.ones(idx_l.shape[0]) if weights is None else np.asarray(weights, dtype=float)
+    rows = np.broadcast_to(idx_l[:, None, None] * q_l + np.arange(q_l)[None, :, None], (idx_l.size, q_l, q_r))
+    cols = np.broadcast_to(idx_r[:, None, None] * q_r + np.arange(q_r)[None, None, :], (idx_l.size, q_l, q_r))
+    values = w[:, None, None] * Z_l[:, :, None] * Z_r[:, None, :]
+    M = sp.coo_matrix((values.ravel(), (rows.ravel(), cols.ravel())), shape=(n_l * q_l, n_r * q_r)).tocsr().tocoo()
+    return SparsePairSums(M.row.astype(np.int64), M.col.astype(np.int64), M.data.astype(float), (n_l * q_l, n_r * q_r))
+
+
 # -- what a design without rows keeps of them ----------------------------------------
 
 

@@ -65,7 +65,9 @@ from .model import ENGINE_LABELS, FitResult
 from .posterior import dpar_names
 
 FORMAT = "lmmbayes.Fit"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: Formats this version reads: 2 lacks the raw predictors (conditional_effects then asks for a refit).
+READABLE_VERSIONS = (2, 3)
 MANIFEST = "lmmbayes.json"
 #: Largest manifest read (bytes): far above any real one, a guard against hostile files.
 MAX_MANIFEST = 256 * 2**20
@@ -703,12 +705,12 @@ def load(path: Any) -> FitResult:
             if version == 1:
                 raise FitFileError(f"{name!r} was written by lmmbayes {manifest.get('lmmbayes_version', '0.1')} "
                                    "(fit-file format 1), whose loader re-evaluated the formula on stored data; this "
-                                   f"lmmbayes ({_version()}) reads format {FORMAT_VERSION} only. Refit the model and "
+                                   f"lmmbayes ({_version()}) reads formats 2 and 3 only. Refit the model and "
                                    "save it again.")
-            if not _is_int(version) or version != FORMAT_VERSION:
+            if not _is_int(version) or version not in READABLE_VERSIONS:
                 raise FitFileError(f"{name!r} uses fit-file format {version!r} (lmmbayes "
                                    f"{manifest.get('lmmbayes_version', '?')}); this lmmbayes ({_version()}) reads "
-                                   f"format {FORMAT_VERSION}. Upgrade lmmbayes to load it.")
+                                   f"formats {', '.join(map(str, READABLE_VERSIONS))}. Upgrade lmmbayes to load it.")
             _check_zarr(zf, source.stat().st_size)
         tree = _open_tree(source)
         return _fit_back(manifest, tree)

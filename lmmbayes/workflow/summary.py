@@ -122,6 +122,14 @@ def _stat_table(labels: list[str], draws: np.ndarray, prob: float) -> pd.DataFra
     return table
 
 
+def engine_label(fit: FitResult) -> str:
+    """The engine that ran; for crossed factors on the collapsed engine, which were integrated out."""
+    integrated, sampled = fit.info.get("integrated"), fit.info.get("sampled")
+    if fit.engine == "collapsed" and isinstance(integrated, str) and isinstance(sampled, str):
+        return f"collapsed ({integrated} integrated out, then drawn exactly; {sampled} sampled by NUTS)"
+    return ENGINE_LABELS.get(fit.engine, fit.engine)
+
+
 def header(fit: FitResult) -> tuple[tuple[str, str], ...]:
     """brms's header lines, with the engine that ran."""
     c, design = fit.config, fit.design
@@ -132,7 +140,7 @@ def header(fit: FitResult) -> tuple[tuple[str, str], ...]:
              ("Data", f"{fit.data_name} (Number of observations: {fit.nobs})"),
              ("Draws", f"{c.chains} chains, each with iter = {c.tune + c.draws}; warmup = {c.tune}; thin = 1;\n"
                        f"         total post-warmup draws = {c.chains * c.draws}"),
-             ("Engine", ENGINE_LABELS.get(fit.engine, fit.engine))]
+             ("Engine", engine_label(fit))]
     levels = design.encoder.coding.levels
     if levels and family.ordinal and levels != tuple(str(k) for k in range(1, len(levels) + 1)):
         lines.insert(3, ("Categories", ", ".join(f"{k} = '{lab}'" for k, lab in enumerate(levels, start=1))))

@@ -19,6 +19,7 @@ from conftest import quiet_fit
 
 import lmmbayes as lb
 from lmmbayes.design import build_design
+from lmmbayes.design.crossprod import DENSE_MAX
 from lmmbayes.engines import collapsed as cl
 from lmmbayes.engines.collapsed import algebra
 from lmmbayes.families import family
@@ -224,16 +225,23 @@ def test_cross_products_do_not_grow_with_n():
 def test_applies_and_the_error_for_other_designs():
     data = unit_data()
     for formula, kind in UNIT_CASES.values():
-        # auto picks the collapsed engine only where A is block diagonal
+        # auto picks the collapsed engine where A is block diagonal, and for crossed factors with few effects
         assert cl.applies(design_of(formula, data))[0]
-        assert cl.preferred(design_of(formula, data)) == (kind is not algebra.DenseEffects)
+        assert cl.preferred(design_of(formula, data))
     rng = np.random.default_rng(0)
+    # crossed with 120 effects: the dense algebra applies (<= DENSE_MAX) but auto leaves it to the joint engine
+    mid = pd.DataFrame({"y": rng.normal(size=600), "g": rng.integers(0, 60, 600), "h": rng.integers(0, 60, 600)})
+    mid_design = design_of("y ~ 1 + (1 | g) + (1 | h)", mid)
+    assert cl.applies(mid_design)[0] and not cl.preferred(mid_design)
+    assert cl.DENSE_AUTO_MAX < 120 <= DENSE_MAX
     big = pd.DataFrame({"y": rng.normal(size=2000), "g": rng.integers(0, 300, 2000),
                         "h": rng.integers(0, 300, 2000)})
     crossed = design_of("y ~ 1 + (1 | g) + (1 | h)", big)
-    assert not cl.applies(crossed)[0] and not cl.preferred(crossed)
+    # 600 crossed effects: the largest factor integrated out, the other sampled; auto leaves it to joint
+    assert cl.applies(crossed)[0] and not cl.preferred(crossed)
     with pytest.raises(lb.FitError, match=r'collapsed engine does not apply.*method="joint"'):
-        lb.fit("y ~ 1 + (1 | g) + (1 | h)", big, method="collapsed", progress=False)
+        lb.fit("y ~ 1 + (1 | g)", big.assign(y=np.abs(big["y"]).round()), method="collapsed", family="poisson",
+               progress=False)
     with pytest.raises(lb.FitError, match="no group-level terms"):
         lb.fit("y ~ x", data, method="collapsed", progress=False)
 
@@ -383,3 +391,120 @@ def test_bounce_random_slope_has_no_divergences_at_the_default(bounce):
     at_08 = sum(quiet_fit(SLOPE, bounce, TUTORIAL_PRIORS, seed=seed, target_accept=0.8).sampler_report.divergences
                 for seed in (5, 7, 9, 10))
     assert at_08 > 0, "these seeds no longer diverge at 0.8: pick seeds that do, or the test proves nothing"
+
+
+# -- crossed factors, the largest integrated out (PartlyCollapsed) ----------------------------
+
+
+def _crossed_rows(seed: int = 5, subjects: int = 40, items: int = 30, n: int = 300):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"y": rng.normal(3.0, 2.0, n), "x": rng.normal(size=n),
+                         "s": [f"s{i}" for i in rng.integers(0, subjects, n)],
+                         "i": [f"i{i}" for i in rng.integers(0, items, n)],
+                         "h": [f"h{i}" for i in rng.integers(0, 4, n)]})
+
+
+def _partial(formula: str, data: pd.DataFrame):
+    from lmmbayes.engines.plan import plan as make_plan
+    from lmmbayes.priors import as_prior_set, resolve_priors
+
+    design = design_of(formula, data)
+    plan = make_plan(design, resolve_priors(design, as_prior_set(None)))
+    return design, plan, cl.partly_collapsed(design, plan)
+
+
+def _standardised(design, plan):
+    std = plan.std
+    y = (design.rows.y - std.y_shift) / std.y_scale
+    W = np.column_stack([np.ones(design.n_obs), (design.rows.X - std.x_centre) / std.x_scale])
+    Zs = []
+    for f, fr, z in zip(design.factors, design.rows.factors, std.z_scale):
+        Z = np.zeros((design.n_obs, f.n_levels * f.q))
+        for t in range(f.q):
+            Z[np.arange(design.n_obs), fr.index * f.q + t] = fr.Z[:, t] / z[t]
+        Zs.append(Z)
+    return y, W, Zs
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | s) + (1 | i)", "y ~ x + (1 + x | s) + (1 | i) + (1 | h)"])
+def test_partly_collapsed_likelihood_is_the_gaussian_of_the_remaining_effects(formula):
+    """log p(y | β, σ, Λ, b_others) = N(y; Wβ + Σ Z_k b_k, σ²I + Z_big Λ Λ' Z_big'), a dense witness."""
+    import pytensor
+
+    design, plan, pc = _partial(formula, _crossed_rows())
+    assert pc.big.name == "s"  # the factor with the most effects is integrated out
+    y, W, Zs = _standardised(design, plan)
+    rng = np.random.default_rng(2)
+    beta, sigma, scales = random_parameters(design, rng)
+    effects = {o.name: rng.normal(0, 0.8, (o.n_levels, o.q)) for o in pc.others}
+    got = pytensor.function([], pc.loglik(beta, sigma, scales, effects))()
+    names = [f.name for f in design.factors]
+    big = names.index("s")
+    mean = W @ beta + sum(Zs[names.index(k)] @ v.ravel() for k, v in effects.items())
+    G, q = design.factors[big].n_levels, design.factors[big].q
+    Lam = np.kron(np.eye(G), scales["s"])  # level-major, term-minor, as Zs
+    Zb = Zs[big] @ Lam
+    cov = sigma**2 * np.eye(design.n_obs) + Zb @ Zb.T
+    assert float(got) == pytest.approx(scipy.stats.multivariate_normal(mean, cov).logpdf(y), rel=1e-9)
+
+
+def test_partly_collapsed_weights_equal_repeated_rows():
+    import pytensor
+
+    data = _crossed_rows(n=120)
+    _, _, twice = _partial("y | weights(w) ~ x + (1 | s) + (1 | i)", data.assign(w=2.0))
+    _, _, doubled = _partial("y ~ x + (1 | s) + (1 | i)", pd.concat([data, data], ignore_index=True))
+    rng = np.random.default_rng(3)
+    beta, sigma = rng.normal(size=2), 0.8
+    scales = {"s": np.array([[0.7]]), "i": np.array([[0.4]])}
+    effects = {"i": rng.normal(size=(twice.others[0].n_levels, 1))}
+    one = pytensor.function([], twice.loglik(beta, sigma, scales, effects))()
+    two = pytensor.function([], doubled.loglik(beta, sigma, scales, effects))()
+    assert float(one) == pytest.approx(float(two), rel=1e-10)
+
+
+def test_partly_collapsed_draws_are_the_exact_conditional():
+    """Draws of the integrated effects given the sampled ones: mean and covariance of the dense posterior."""
+    design, plan, pc = _partial("y ~ x + (1 | s) + (1 | i)", _crossed_rows(n=200, subjects=30, items=8))
+    y, W, Zs = _standardised(design, plan)
+    rng = np.random.default_rng(4)
+    beta, sigma = rng.normal(size=2), 0.7
+    lam = {"s": np.array([[0.9]]), "i": np.array([[0.5]])}
+    effects = {"i": rng.normal(0, 0.5, (pc.others[0].n_levels, 1))}
+    S = 20_000
+    drawn = pc.draw(np.tile(beta, (S, 1)), np.full(S, sigma), {k: np.tile(v, (S, 1, 1)) for k, v in lam.items()},
+                    np.random.default_rng(5), {"i": np.tile(effects["i"], (S, 1, 1))})["s"][:, :, 0]
+    names = [f.name for f in design.factors]
+    Zs_, Zi = Zs[names.index("s")], Zs[names.index("i")]
+    r = y - W @ beta - Zi @ effects["i"].ravel()
+    prec = Zs_.T @ Zs_ / sigma**2 + np.eye(Zs_.shape[1]) / 0.9**2
+    cov = np.linalg.inv(prec)
+    mean = cov @ Zs_.T @ r / sigma**2
+    err = drawn.mean(axis=0) - mean
+    assert err @ np.linalg.solve(cov / S, err) < scipy.stats.chi2.ppf(0.9999, mean.size)
+    np.testing.assert_allclose(np.cov(drawn.T), cov, atol=0.05 * np.abs(cov).max())
+
+
+def test_large_crossed_designs_integrate_the_largest_factor_when_asked():
+    data = _crossed_rows(subjects=90, items=40, n=600)
+    design = design_of("y ~ x + (1 | s) + (1 | i)", data)
+    lay = cl.layout(design)[0]
+    assert lay is not None and lay.kind == "partial" and not cl.preferred(design)
+
+
+@pytest.mark.slow  # two compiles and 4 x 1500 draws each (about 2 minutes): `make validate`
+def test_partly_collapsed_crossed_fit_agrees_with_the_joint_engine():
+    """70 subjects x 40 items (110 effects, so method="collapsed" integrates the subjects out and samples the
+    items): the same posterior as the joint engine at target_accept 0.95 (no divergences there), within
+    `assert_same_posterior`'s tolerances, random effects included."""
+    rng = np.random.default_rng(31)
+    s, i = rng.integers(0, 70, 1400), rng.integers(0, 40, 1400)
+    x = rng.normal(size=1400)
+    y = 1.0 + 0.5 * x + rng.normal(0, 0.8, 70)[s] + rng.normal(0, 0.5, 40)[i] + rng.normal(size=1400)
+    data = pd.DataFrame({"y": y, "x": x, "s": [f"s{k}" for k in s], "i": [f"i{k}" for k in i]})
+    kw = dict(chains=4, draws=1500, tune=1000, seed=31)
+    partial = quiet_fit("y ~ x + (1 | s) + (1 | i)", data, AGREEMENT_PRIORS, method="collapsed", **kw)
+    joint = quiet_fit("y ~ x + (1 | s) + (1 | i)", data, AGREEMENT_PRIORS, method="joint", target_accept=0.95, **kw)
+    assert "Engine: collapsed (s integrated out, then drawn exactly; i sampled by NUTS)" in str(partial.summary())
+    assert joint.sampler_report.divergences == 0
+    assert_same_posterior(partial, joint)

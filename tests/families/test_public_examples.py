@@ -163,6 +163,29 @@ def test_inhaler_cumulative_matches_brms_and_clmm():
         assert abs(float(draws[name].mean()) - row["Estimate"]) < 0.5 * row["Est.Error"], (name, row["Estimate"])
 
 
+LMER_INSTEVAL = pd.read_csv(Path(__file__).parent / "fixtures" / "lmer_insteval.csv", index_col=0)["estimate"]
+
+
+@pytest.mark.slow  # about 2 minutes: `make validate`
+def test_insteval_crossed_matches_lmer():
+    """lme4's InstEval: 73,421 ratings, 2,972 students x 1,128 lecturers crossed, plus dept:service (28
+    levels). auto fits it on the collapsed engine with the students integrated out. With this many rows the
+    priors barely matter: posterior means of sd(s), sd(d) and sigma within 5% of lmer's REML estimates,
+    sd(dept:service) within 20% (28 levels), the coefficients within 0.05 (fixtures/lmer_insteval.R)."""
+    data = shared_csv("InstEval.csv").astype({"s": str, "d": str, "dept": str, "service": str})
+    priors = [lb.prior("normal(0, 2)", class_="b"), lb.prior("normal(0, 2)", class_="sd"),
+              lb.prior("normal(0, 2)", class_="sigma")]
+    fit = quiet_fit("y ~ service + (1 | s) + (1 | d) + (1 | dept:service)", data, priors, chains=2, draws=500,
+                    tune=500, seed=14)
+    assert fit.engine == "collapsed" and "s integrated out" in str(fit.summary())
+    means = fit.draws().mean()
+    for name, rel in {"sd_s__Intercept": 0.05, "sd_d__Intercept": 0.05, "sigma": 0.05,
+                      "sd_dept:service__Intercept": 0.2}.items():
+        assert means[name] == pytest.approx(LMER_INSTEVAL[name], rel=rel), name
+    for name in ("b_Intercept", "b_service1"):
+        assert means[name] == pytest.approx(LMER_INSTEVAL[name], abs=0.05), name
+
+
 # BDA3 section 5.5: estimated effects and standard errors of the coaching programmes
 SCHOOLS = pd.DataFrame({"school": list("ABCDEFGH"), "y": [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0],
                         "sigma": [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]})

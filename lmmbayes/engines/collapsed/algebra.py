@@ -16,7 +16,7 @@ and the data are reduced once to per-level cross-products
 (`lmmbayes.design.crossprod`): in numpy for an in-memory design, or
 partition by partition on Dask (`lmmbayes.design.dask`), which hands
 over a design that holds only the sums. This module is the algebra alone, in
-whatever units it is given (the engine gives it standardised ones). Three structures of ``A`` are
+whatever units it is given (the engine gives it standardised ones). Four structures are
 handled:
 
 - `OneFactor` (one grouping factor): one q × q block per level;
@@ -24,7 +24,10 @@ handled:
   block diagonal by the outer level, factored by a Schur complement on the
   inner levels, so the cost stays linear in the number of levels;
 - `DenseEffects` (anything else, e.g. crossed factors) while the total
-  number of random effects is at most `DENSE_MAX`: a dense Cholesky.
+  number of random effects is at most `DENSE_MAX`: a dense Cholesky;
+- `PartlyCollapsed` (crossed factors with more effects): the factor with
+  the most effects integrated out, the others' effects sampled by NUTS; its
+  cross-products with the other factors are sparse (level pairs that share rows).
 
 Memory after the reduction is O(levels × q²) (O(m²) for the dense case) and
 does not depend on N; no N × (levels × q) matrix is built.
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 import pytensor.tensor as pt
 
-from ...design.crossprod import RowSums
+from ...design.crossprod import RowSums, SparsePairSums
 
 #: Largest q for which the per-level Cholesky is written out as elementwise
 #: ops: they fuse into one loop over levels, some 80 times faster than
@@ -275,15 +278,28 @@ class OneFactor:
 
     def draw(self, beta: np.ndarray, sigma: np.ndarray, scales: dict[str, np.ndarray],
              rng: np.random.Generator) -> dict[str, np.ndarray]:
-        f = self.factor
-        out = np.empty((beta.shape[0], f.n_levels, f.q))
-        for s in _chunks(beta.shape[0], f.n_levels * f.q * (f.q + 4)):
-            lam, s2 = scales[f.name][s], sigma[s, None, None] ** 2
-            c = _np_c(f, beta[s] - self.fixed.shift, lam, s2)
-            L = _np_cholesky(np.eye(f.q) + _np_gram(f.ZtZ, lam, lam, s2))
-            u = _np_solve_upper_t(L, _np_solve_lower(L, c) + rng.standard_normal(c.shape))
-            out[s] = np.matmul(u, np.swapaxes(lam, -1, -2))  # b_g = Λ u_g
-        return {f.name: out}
+        return {self.factor.name: _draw_blocks(self.factor, beta - self.fixed.shift, sigma, scales[self.factor.name],
+                                               rng)}
+
+
+def _draw_blocks(f: FactorCrossProducts, beta: np.ndarray, sigma: np.ndarray, lam_all: np.ndarray,
+                 rng: np.random.Generator, zr: np.ndarray | None = None) -> np.ndarray:
+    """(S, G, q) exact draws of one factor's effects whose precision is block diagonal by level.
+
+    ``u_g | · ~ N(A_g⁻¹c_g/σ², A_g⁻¹)`` with ``c_g = Λ'(Z'y − Z'Wβ − zr)_g`` and
+    ``b_g = Λ u_g``. ``zr`` (S, G, q), optional: per draw, ``Z'`` times the
+    part of the mean that other, sampled, effects explain (`PartlyCollapsed`).
+    """
+    out = np.empty((beta.shape[0], f.n_levels, f.q))
+    for s in _chunks(beta.shape[0], f.n_levels * f.q * (f.q + 4)):
+        lam, s2 = lam_all[s], sigma[s, None, None] ** 2
+        c = _np_c(f, beta[s], lam, s2)
+        if zr is not None:
+            c -= np.matmul(zr[s], lam) / s2
+        L = _np_cholesky(np.eye(f.q) + _np_gram(f.ZtZ, lam, lam, s2))
+        u = _np_solve_upper_t(L, _np_solve_lower(L, c) + rng.standard_normal(c.shape))
+        out[s] = np.matmul(u, np.swapaxes(lam, -1, -2))  # b_g = Λ u_g
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -439,7 +455,65 @@ class DenseEffects:
         return {name: u_all[:, rows].reshape(-1, G, q) for name, rows, G, q in self._blocks()}
 
 
-Collapsed = OneFactor | NestedPair | DenseEffects
+def _sparse_dot_pt(M: SparsePairSums, x: Tensor) -> Tensor:
+    """M @ x for a flat vector x, as a gather and a segment sum (differentiable, numba-compilable)."""
+    return pt.inc_subtensor(pt.zeros(M.shape[0])[M.rows], M.values * x[M.cols])
+
+
+@dataclass(frozen=True, eq=False)
+class PartlyCollapsed:
+    """Crossed factors: the factor with the most effects integrated out, the others' effects sampled.
+
+    Given the sampled effects ``b_k`` of the other factors, the model is a
+    one-factor model of ``y − Σ_k Z_k b_k``, whose marginal likelihood needs
+    only cross-products (Lai, Domke and Sheldon 2024): the per-level sums of
+    every factor, and the sparse sums of the integrated factor with each
+    other factor and of the other factors among themselves. A gradient costs
+    O(level pairs that share rows + levels × q³), and the integrated effects
+    are drawn exactly for every posterior draw, given the sampled ones.
+    """
+
+    fixed: FixedCrossProducts
+    big: FactorCrossProducts
+    others: tuple[FactorCrossProducts, ...]
+    big_other: tuple[SparsePairSums, ...]  # Σ Z_big Z_k' per other factor k
+    other_pairs: tuple[tuple[int, int, SparsePairSums], ...]  # (k, l, Σ Z_k Z_l'), k < l
+
+    def loglik(self, beta: Tensor, sigma: Tensor, scales: dict[str, Tensor],
+               effects: dict[str, Tensor] | None = None) -> Tensor:
+        """log p(y | β, σ, Λ, b_others); ``effects`` per other factor (G_k, q_k) in standardised units."""
+        assert effects is not None
+        f, beta = self.big, beta - self.fixed.shift
+        flat_b = [effects[o.name].reshape((-1,)) for o in self.others]
+        rr = self.fixed.residual_ss(beta)
+        zr = f.Zty - pt.dot(f.ZtW, beta)
+        for k, (o, b) in enumerate(zip(self.others, flat_b)):
+            bk = effects[o.name]
+            rr = rr - 2.0 * (bk * (o.Zty - pt.dot(o.ZtW, beta))).sum()
+            rr = rr + (bk[:, :, None] * o.ZtZ * bk[:, None, :]).sum()
+            zr = zr - _sparse_dot_pt(self.big_other[k], b).reshape((f.n_levels, f.q))
+        for k, l, M in self.other_pairs:
+            rr = rr + 2.0 * (flat_b[k] * _sparse_dot_pt(M, flat_b[l])).sum()
+        lam = scales[f.name]
+        c = pt.dot(zr, lam)
+        A = pt.eye(f.q) + _scaled_gram(f.ZtZ, lam, lam) / sigma**2
+        logdet, v = _chol_solve(A, c[:, :, None], f.q, 1)
+        s2 = sigma**2
+        return -0.5 * (self.fixed.n * pt.log(2.0 * np.pi * s2) + logdet + (rr - (v**2).sum() / s2) / s2)
+
+    def draw(self, beta: np.ndarray, sigma: np.ndarray, scales: dict[str, np.ndarray], rng: np.random.Generator,
+             effects: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Exact draws of the integrated factor's effects, given each draw's sampled effects (S, G_k, q_k)."""
+        assert effects is not None
+        f, S = self.big, beta.shape[0]
+        zr = np.zeros((S, f.n_levels * f.q))
+        for o, M in zip(self.others, self.big_other):
+            zr += (M.matrix() @ effects[o.name].reshape(S, -1).T).T
+        drawn = _draw_blocks(f, beta - self.fixed.shift, sigma, scales[f.name], rng, zr.reshape(S, f.n_levels, f.q))
+        return {f.name: drawn}
+
+
+Collapsed = OneFactor | NestedPair | DenseEffects | PartlyCollapsed
 
 
 def from_sums(sums: RowSums, names: tuple[str, ...], centred: bool, x_centre: np.ndarray | None = None) -> Collapsed:
