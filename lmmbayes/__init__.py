@@ -49,6 +49,7 @@ _LAZY = {
     "conditional_effects": "workflow.effects",
     "avg_predictions": "workflow.margins", "avg_comparisons": "workflow.margins", "avg_slopes": "workflow.margins",
     "emmeans": "workflow.margins",
+    "kfold": "workflow.kfold",
 }
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import pipeline
-from .errors import ConvergenceWarning
+from .errors import ConvergenceWarning, FitError
 from .families import Family
 from .priors import Prior, PriorSet, PriorTable, prior_table
 from .results.model import FitResult
@@ -167,11 +167,33 @@ class Fit(FitResult):
         prefix (``"b"``: ``Days`` is ``b_Days``; None for full names such as
         ``sd_Subject__Days``); the strings are parsed by a closed grammar, never
         evaluated as code. Returns a `HypothesisResult` whose ``table`` has
-        brms's columns and which prints as brms does.
+        brms's columns and which prints as brms does. With
+        ``sample_prior="yes"``, point hypotheses (``=``) get brms's
+        Savage-Dickey evidence ratio.
         """
         from .workflow.hypothesis import hypothesis
 
-        return hypothesis(self.draws(), hypotheses, class_, alpha)
+        prior = self.prior_draws() if "prior" in self.idata.children else None
+        return hypothesis(self.draws(), hypotheses, class_, alpha, prior=prior)
+
+    def prior_draws(self) -> pd.DataFrame:
+        """brms's ``prior_draws()``: the draws from the priors kept by ``sample_prior="yes"``.
+
+        One column per parameter, brms names, as `draws` without the random
+        effects; NaN for parameters whose prior is flat (and those derived from
+        them, e.g. ``b_Intercept`` under a flat prior on a slope).
+
+        Raises
+        ------
+        FitError
+            If the fit was made without ``sample_prior="yes"``.
+        """
+        from .results.posterior import flat_draws
+
+        if "prior" not in self.idata.children:
+            raise FitError('This fit holds no prior draws: fit with sample_prior="yes" to keep them.')
+        names, arr = flat_draws(self.idata["prior"].to_dataset(), self.design, random=False)
+        return pd.DataFrame(arr.reshape(-1, arr.shape[-1]), columns=names)
 
     # -- prediction ----------------------------------------------------------------------
     def posterior_linpred(self, newdata: Any = None, *, transform: bool = False,
@@ -286,6 +308,14 @@ class Fit(FitResult):
 
         return loo(self, label=label)
 
+    def kfold(self, K: int = 10, *, folds: Any = None, group: str | None = None, data: Any = None,
+              seed: int | None = None, chains: int | None = None, draws: int | None = None,
+              tune: int | None = None) -> Any:
+        """brms's ``kfold``: refit without each of K folds; see `lmmbayes.workflow.kfold.kfold`."""
+        from .workflow.kfold import kfold
+
+        return kfold(self, K, folds=folds, group=group, data=data, seed=seed, chains=chains, draws=draws, tune=tune)
+
     def waic(self) -> Any:
         """WAIC from the pointwise log-likelihood; see `lmmbayes.workflow.compare.waic`."""
         from .workflow.compare import waic
@@ -383,10 +413,14 @@ def fit(
         applies (always for Dask data), joint otherwise.
     sampler : {"nutpie", "pymc"}
         nutpie (Rust NUTS, default) or PyMC's own NUTS.
-    sample_prior : {"no", "only"}
-        ``"only"`` skips NUTS and returns a Fit whose draws come from the
-        priors alone (one chain of ``draws``), as brms's ``sample_prior =
-        "only"``; every parameter then needs a proper prior.
+    sample_prior : {"no", "yes", "only"}
+        ``"yes"`` keeps as many draws from the priors beside the posterior
+        (``fit.prior_draws()``; parameters with flat priors are NaN there),
+        which ``hypothesis`` uses for Savage-Dickey evidence ratios of point
+        hypotheses, as brms's ``sample_prior = "yes"``. ``"only"`` skips NUTS
+        and returns a Fit whose draws come from the priors alone (one chain
+        of ``draws``), as brms's ``sample_prior = "only"``; every parameter
+        then needs a proper prior.
 
     Returns
     -------
@@ -453,7 +487,7 @@ def load(path: Any) -> Fit:
 
 
 def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
-    """Compare models fitted to the same data by PSIS-LOO (brms's ``loo_compare``).
+    """Compare models fitted to the same data by PSIS-LOO, or their `kfold` results (brms's ``loo_compare``).
 
     See `lmmbayes.workflow.compare.loo_compare`.
     """

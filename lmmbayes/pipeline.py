@@ -28,7 +28,7 @@ from .results.posterior import to_datatree
 from .spec import parse_formula
 
 METHODS = ("auto", *ENGINES)
-SAMPLE_PRIOR = ("no", "only")
+SAMPLE_PRIOR = ("no", "yes", "only")
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,11 @@ def run(formula: Any, data: Any, priors: Prior | PriorSet | Iterable[Prior] | No
     t2 = time.perf_counter()
     attrs = {"engine": method, "sampler": config.sampler, "seed": config.seed}
     idata = to_datatree(design, result.draws, result.sample_stats, attrs)
+    if opts.sample_prior == "yes":  # prior draws beside the posterior, as many (brms's prior_draws)
+        from .engines.prior import draw
+
+        prior = draw(design, resolved, plan, config.chains * config.draws, config.seed, proper_only=True)
+        idata["prior"] = to_datatree(design, prior, {}, {"sample_prior": "yes"})["posterior"]
     timings = {"design": t1 - t0, **result.timings, "postprocess": time.perf_counter() - t2}
     return FitResult(design, resolved, method, config, idata, timings, dict(result.info), data_name)
 

@@ -234,7 +234,7 @@ CASES += [
      lb.LmmbayesError, ["sample_new_levels", "uncertainty"]),
     ("bad pp_check kind", lambda: fitted().pp_check("violin"), lb.LmmbayesError, ["'violin'", "dens_overlay"]),
     ("bad plot kind", lambda: fitted().plot("histogram"), lb.LmmbayesError, ["'histogram'", "trace"]),
-    ("unknown sample_prior", lambda: fit(sample_prior="yes"), lb.FitError, ["'yes'", "only"]),
+    ("unknown sample_prior", lambda: fit(sample_prior="both"), lb.FitError, ["'both'", "yes", "only"]),
     ("load a missing file", lambda: lb.load("/nonexistent/fit.lmmb"), lb.FitError, ["Could not read"]),
 ]
 

@@ -96,13 +96,22 @@ def _ordered(plan: Plan, idx: list[int], values: np.ndarray, rng: np.random.Gene
                      "one prior for the whole class.")
 
 
-def draw(design: Design, resolved: ResolvedPriors, plan: Plan, n: int, seed: int) -> Draws:
-    """``n`` independent draws of every parameter from its prior, as one chain."""
-    check_proper(design, resolved)
+def draw(design: Design, resolved: ResolvedPriors, plan: Plan, n: int, seed: int, *,
+         proper_only: bool = False) -> Draws:
+    """``n`` independent draws of every parameter from its prior, as one chain.
+
+    ``proper_only=True`` (brms's ``sample_prior = "yes"``) leaves parameters
+    with flat priors, and whatever depends on them, NaN instead of refusing.
+    """
+    if not proper_only:
+        check_proper(design, resolved)
     rng = np.random.default_rng([seed, 7])
     user = np.empty((n, len(plan.params)))
     for k, p in enumerate(plan.params):
         lo, hi = p.a + p.b * p.lo, p.a + p.b * p.hi
+        if p.prior.is_flat:
+            user[:, k] = np.nan
+            continue
         user[:, k] = prior_draws(p.prior.family, p.prior.args, lo, hi, n, 1, rng, p.prior.describe())[:, 0]
     if design.n_thresholds:
         thr = plan.indices("Intercept")

@@ -275,6 +275,8 @@ def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
     ----------
     *fits : Fit, or one list or dict of fits
         Two or more fits of the same observations; a dict's keys name them.
+        `kfold` results instead of fits compare by k-fold cross-validation
+        (columns ``elpd_kfold``, ``se_elpd_kfold``, ``p_kfold``, ``kfoldic``).
     names : list of str, optional
         Row labels; default the formulas (or the dict's keys).
 
@@ -297,6 +299,10 @@ def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
     labels, items = _named(fits, names)
     if len(items) < 2:
         raise LmmbayesError(f"loo_compare needs at least two fits to compare, got {len(items)}.")
+    from .kfold import KFold
+
+    if all(isinstance(f, KFold) for f in items):
+        return _compare_kfold(labels, items)
     bad = [type(f).__name__ for f in items if not isinstance(f, FitResult)]
     if bad:
         raise LmmbayesError(f"loo_compare takes lmmbayes Fit objects, got {bad}.")
@@ -322,6 +328,24 @@ def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
     table = CompareTable(rows, index=pd.Index(labels, name="model"))
     order = np.argsort(-table["elpd_loo"].to_numpy(), kind="stable")
     return table.iloc[order]
+
+
+def _compare_kfold(labels: list[str], results: list[Any]) -> pd.DataFrame:
+    """loo_compare of `kfold` results: the same table with brms's ``elpd_kfold`` columns."""
+    ref = results[0]
+    for label, r in zip(labels[1:], results[1:]):
+        if r.fingerprint != ref.fingerprint or r.elpd_i.size != ref.elpd_i.size:
+            raise DataError(f"loo_compare needs k-fold results of the same data: '{label}' and '{labels[0]}' differ.")
+    best = int(np.argmax([r.elpd for r in results]))
+    n = ref.elpd_i.size
+    rows = []
+    for r in results:
+        diff = r.elpd_i - results[best].elpd_i
+        rows.append({"elpd_diff": float(diff.sum()), "se_diff": float(math.sqrt(n) * diff.std(ddof=1)),
+                     "elpd_kfold": r.elpd, "se_elpd_kfold": r.se, "p_kfold": r.p, "kfoldic": r.kfoldic,
+                     "se_kfoldic": 2 * r.se})
+    table = CompareTable(rows, index=pd.Index(labels, name="model"))
+    return table.iloc[np.argsort(-table["elpd_kfold"].to_numpy(), kind="stable")]
 
 
 class CompareTable(pd.DataFrame):

@@ -14,8 +14,11 @@ probabilities ``(alpha/2, 1 - alpha/2)`` for a point hypothesis (``=``) and
 ``P(x > 0) / P(x <= 0)`` for ``>`` (and the mirror for ``<``), ``Post.Prob``
 ``Evid.Ratio / (1 + Evid.Ratio)``; ``Star`` marks a point hypothesis whose
 interval excludes 0 or a one-sided one whose posterior probability exceeds
-``1 - alpha``. Point hypotheses get no evidence ratio: it needs prior draws
-(Savage-Dickey), which fits do not keep yet.
+``1 - alpha``. A point hypothesis gets the Savage-Dickey evidence ratio
+where the fit keeps prior draws (``sample_prior="yes"``): the density of the
+posterior draws of ``left - right`` at 0 over that of its prior draws
+(Gaussian kernel densities with R's default bandwidth, ``bw.nrd0``, as brms's
+``density()``), NaN where a parameter has no prior draws (a flat prior).
 """
 
 from __future__ import annotations
@@ -240,7 +243,26 @@ class HypothesisResult:
         return f"<pre>{self}</pre>"
 
 
-def hypothesis(draws: pd.DataFrame, hypotheses: Any, class_: str | None = "b", alpha: float = 0.05) -> HypothesisResult:
+def density_at(x: np.ndarray, point: float = 0.0) -> float:
+    """Gaussian kernel density of draws ``x`` at ``point``, with R's ``bw.nrd0`` bandwidth (brms's ``density``).
+
+    NaN where ``x`` holds a NaN (no prior draws) or does not vary.
+    """
+    x = np.asarray(x, dtype=float)
+    if x.size < 2 or not np.isfinite(x).all():
+        return float("nan")
+    sd = float(np.std(x, ddof=1))
+    iqr = float(np.subtract(*np.quantile(x, [0.75, 0.25]))) / 1.34
+    spread = min(sd, iqr) if iqr > 0 else sd
+    if not spread > 0:
+        return float("nan")
+    bw = 0.9 * spread * x.size ** -0.2
+    z = (point - x) / bw
+    return float(np.mean(np.exp(-0.5 * z * z)) / (bw * np.sqrt(2 * np.pi)))
+
+
+def hypothesis(draws: pd.DataFrame, hypotheses: Any, class_: str | None = "b", alpha: float = 0.05, *,
+               prior: pd.DataFrame | None = None) -> HypothesisResult:
     """Test ``hypotheses`` (a string or a list of strings) against posterior ``draws`` (brms names as columns).
 
     Parameters
@@ -254,6 +276,9 @@ def hypothesis(draws: pd.DataFrame, hypotheses: Any, class_: str | None = "b", a
         (``sd_Subject__Days``).
     alpha : float
         Size of the tests (0.05: 95% intervals for point hypotheses, 90% for one-sided ones).
+    prior : pandas.DataFrame, optional
+        Draws from the priors, same columns (``Fit.prior_draws()``): point
+        hypotheses then get Savage-Dickey evidence ratios.
 
     Raises
     ------
@@ -285,6 +310,10 @@ def hypothesis(draws: pd.DataFrame, hypotheses: Any, class_: str | None = "b", a
         if parsed.sign == "=":
             lo, hi = np.quantile(x, [alpha / 2, 1 - alpha / 2])
             ratio = np.nan
+            if prior is not None:  # Savage-Dickey: posterior over prior density at the point
+                x0 = np.asarray(parsed.tree.evaluate({n: prior[prefix + n].to_numpy(dtype=float)
+                                                      for n in parsed.tree.names()}), dtype=float)
+                ratio = density_at(x) / density_at(np.broadcast_to(x0, (len(prior),)))
             star = not (lo <= 0 <= hi)
         else:
             lo, hi = np.quantile(x, [alpha, 1 - alpha])

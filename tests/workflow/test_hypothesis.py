@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
+from conftest import quiet_fit
 
 import lmmbayes as lb
 from lmmbayes.workflow.hypothesis import hypothesis, parse_hypothesis
@@ -107,3 +109,63 @@ def test_fit_hypothesis_uses_the_fits_draws(simulated_fit):
 def test_documented():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     assert "hypothesis" in docs
+
+
+# -- Savage-Dickey evidence ratios (sample_prior="yes") -------------------------------------------
+
+# A conjugate model: y_i ~ N(mu, s_i) with known s_i (se()) and mu ~ N(0, TAU0), so the Bayes factor of
+# mu = 0 is N(0; m, v) / N(0; 0, TAU0) exactly.
+SD_Y = np.array([0.9, 0.2, 1.4, 0.6, -0.1, 1.1])
+SD_S = np.array([1.0, 0.8, 1.2, 1.0, 0.9, 1.1])
+TAU0 = 1.5
+
+
+@pytest.fixture(scope="module")
+def conjugate_fit():
+    data = pd.DataFrame({"y": SD_Y, "s": SD_S})
+    return quiet_fit("y | se(s) ~ 1", data, [lb.prior(f"normal(0, {TAU0})", class_="Intercept")],
+                     sample_prior="yes", chains=2, draws=3000, seed=3)
+
+
+def test_savage_dickey_matches_the_conjugate_bayes_factor(conjugate_fit, tmp_path):
+    """Tolerance 5%: the kernel density at 0 of 6,000 draws (posterior and prior) is off by about 1-2%."""
+    prec = 1 / TAU0**2 + (1 / SD_S**2).sum()
+    m, v = (SD_Y / SD_S**2).sum() / prec, 1 / prec
+    exact = scipy.stats.norm.pdf(0, m, np.sqrt(v)) / scipy.stats.norm.pdf(0, 0, TAU0)
+    row = conjugate_fit.hypothesis("Intercept = 0").table.iloc[0]
+    assert row["Evid.Ratio"] == pytest.approx(exact, rel=0.05)
+    assert row["Post.Prob"] == pytest.approx(row["Evid.Ratio"] / (1 + row["Evid.Ratio"]))
+    prior = conjugate_fit.prior_draws()["b_Intercept"]
+    assert prior.std() == pytest.approx(TAU0, rel=0.05) and len(prior) == 6000
+    # one-sided hypotheses keep the posterior-probability ratio; the prior group survives save and load
+    assert conjugate_fit.hypothesis("Intercept > 0").table.iloc[0]["Evid.Ratio"] > 1
+    back = lb.load(conjugate_fit.save(tmp_path / "sd.lmmb"))
+    assert back.hypothesis("Intercept = 0").table.iloc[0]["Evid.Ratio"] == row["Evid.Ratio"]
+
+
+def test_density_is_r_default_gaussian_kernel():
+    """bw.nrd0 = 0.9 min(sd, IQR/1.34) n^-1/5; scipy's gaussian_kde with that bandwidth is the witness."""
+    from lmmbayes.workflow.hypothesis import density_at
+
+    x = np.random.default_rng(1).standard_t(5, 3000)
+    iqr = np.subtract(*np.quantile(x, [0.75, 0.25])) / 1.34
+    bw = 0.9 * min(x.std(ddof=1), iqr) * x.size ** -0.2
+    kde = scipy.stats.gaussian_kde(x, bw_method=bw / x.std(ddof=1))
+    for point in (0.0, 0.7, -2.5):
+        assert density_at(x, point) == pytest.approx(float(kde(point)[0]), rel=1e-10)
+    assert np.isnan(density_at(np.full(10, np.nan)))
+
+
+def test_point_hypotheses_without_prior_draws_have_no_evidence_ratio(conjugate_fit):
+    draws = conjugate_fit.draws()
+    flat_prior = draws.assign(b_Intercept=np.nan)  # a flat prior leaves NaN prior draws
+    assert np.isnan(hypothesis(draws, "Intercept = 0", prior=flat_prior).table.iloc[0]["Evid.Ratio"])
+    assert np.isnan(hypothesis(draws, "Intercept = 0").table.iloc[0]["Evid.Ratio"])
+
+
+def test_prior_draws_need_sample_prior_yes(conjugate_fit):
+    data = pd.DataFrame({"y": SD_Y, "s": SD_S})
+    fit = lb.fit("y | se(s) ~ 1", data, [lb.prior("normal(0, 1)", class_="Intercept")], sample_prior="only",
+                 draws=50, seed=1)
+    with pytest.raises(lb.FitError, match='sample_prior="yes"'):
+        fit.prior_draws()

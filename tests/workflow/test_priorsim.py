@@ -198,8 +198,8 @@ def test_sample_prior_only_summary_works(prior_only_fit):
 
 
 def test_sample_prior_is_validated(bounce):
-    with pytest.raises(lb.FitError, match=r"sample_prior.*\['no', 'only'\]"):
-        lb.fit(SLOPE, bounce, TUTORIAL_PRIORS, sample_prior="yes", progress=False)
+    with pytest.raises(lb.FitError, match=r"sample_prior.*\['no', 'yes', 'only'\]"):
+        lb.fit(SLOPE, bounce, TUTORIAL_PRIORS, sample_prior="both", progress=False)
     with pytest.raises(lb.PriorError, match="b_std_age"):
         lb.fit(SLOPE, bounce, sample_prior="only", draws=10, progress=False)
 
