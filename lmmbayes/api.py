@@ -308,6 +308,20 @@ class Fit(FitResult):
 
         return loo(self, label=label)
 
+    def update(self, newdata: Any = None, formula: str | None = None, priors: Any = None,
+               **sampling: Any) -> Fit:
+        """brms's ``update``: refit with a new formula (``". ~ . + x"``), data, priors or sampling settings.
+
+        See `lmmbayes.workflow.refit.update`. Warnings of the new fit are
+        reported as `fit` reports them.
+        """
+        from .workflow.refit import update
+
+        result = Fit.of(update(self, newdata, formula, priors, **sampling))
+        for text in result.warnings:
+            warnings.warn(text, ConvergenceWarning, stacklevel=2)
+        return result
+
     def kfold(self, K: int = 10, *, folds: Any = None, group: str | None = None, data: Any = None,
               seed: int | None = None, chains: int | None = None, draws: int | None = None,
               tune: int | None = None) -> Any:

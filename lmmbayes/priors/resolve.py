@@ -86,6 +86,11 @@ def _matches(p: Prior, s: Slot) -> bool:
     return p.class_ == s.class_ and (not p.coef or p.coef == s.coef) and (not p.group or p.group == s.group)
 
 
+def applies_to(p: Prior, design: Design) -> bool:
+    """Whether prior ``p`` targets some parameter of ``design``."""
+    return any(_matches(p, s) for s in slots(design))
+
+
 def _specificity(p: Prior) -> int:
     return 2 * bool(p.coef) + bool(p.group)
 

@@ -231,6 +231,44 @@ def _split_top(text: str, offset: int, signs: str = "+-") -> list[tuple[str, str
     return parts
 
 
+def update_formula(old: str, new: str) -> str:
+    """brms's (and R's ``update.formula``) shorthand: ``new`` with ``.`` standing for ``old``'s sides.
+
+    ``". ~ . + x"`` adds a term, ``". ~ . - x"`` removes one (``- 1`` removes
+    the intercept), ``"log_y ~ ."`` keeps the predictors with another
+    response. A formula without ``.`` replaces the old one. Only text is
+    rearranged here; the result is parsed and checked like any formula.
+    """
+    for text in (old, new):
+        if not isinstance(text, str):
+            raise FormulaError(f"The formula must be a string such as '. ~ . + x', got {type(text).__name__}.")
+        if len(text) > MAX_LENGTH:
+            raise FormulaError(f"The formula has {len(text)} characters; at most {MAX_LENGTH} are accepted.")
+    tilde = [i for i, ch in enumerate(_strip_quoted(new)) if ch == "~"]
+    old_tilde = [i for i, ch in enumerate(_strip_quoted(old)) if ch == "~"]
+    if len(tilde) != 1 or len(old_tilde) != 1:
+        raise FormulaError(f"The formula {new!r} must contain exactly one '~', as in '. ~ . + x'.")
+    lhs, rhs = new[:tilde[0]].strip(), new[tilde[0] + 1:]
+    old_lhs, old_rhs = old[:old_tilde[0]].strip(), old[old_tilde[0] + 1:]
+    lhs = old_lhs if lhs == "." else lhs
+    terms: list[tuple[str, str]] = []
+    for sign, term, _ in _split_top(rhs, tilde[0] + 1):
+        key = term.replace(" ", "")
+        if key == ".":
+            terms += [(sg, t) for sg, t, _ in _split_top(old_rhs, old_tilde[0] + 1)]
+        elif sign == "+" and key not in [t.replace(" ", "") for _, t in terms]:
+            terms.append(("+", term))
+        elif sign == "-":
+            kept = [(sg, t) for sg, t in terms if t.replace(" ", "") != key or sg == "-"]
+            if len(kept) == len(terms) and key not in ("1", "Intercept", "0"):
+                raise FormulaError(f"'{new}' removes the term '{term}', which the formula {old!r} does not have.")
+            terms = kept + ([("-", term)] if key in ("1", "Intercept") else [])
+    if not terms:
+        raise FormulaError(f"Updating {old!r} by {new!r} leaves no terms; write '1' for an intercept-only model.")
+    text = " ".join(f"{'' if k == 0 and sg == '+' else sg + ' '}{t}" for k, (sg, t) in enumerate(terms))
+    return f"{lhs} ~ {text}"
+
+
 def _split_bar(inner: str) -> tuple[str, str, bool] | None:
     depth = 0
     scan = _strip_quoted(inner)

@@ -26,11 +26,11 @@ import pandas as pd
 from scipy.special import logsumexp
 
 from .. import _validate as check
-from ..design.frame import as_frame, complete_rows
-from ..errors import DataError, FitError
+from ..errors import FitError
 from ..results.model import FitResult
 from .linpred import linear_predictor, params
 from .loglik import evaluator
+from .refit import fitted_data, user_priors
 
 #: How ``folds`` may be given (besides an array of fold numbers).
 FOLD_KINDS = ("random", "grouped")
@@ -98,23 +98,6 @@ def split_grouped(K: int, groups: np.ndarray, rng: np.random.Generator) -> np.nd
     return split_random(K, labels.size, rng)[codes]
 
 
-def _training_frame(fit: FitResult, data: Any) -> pd.DataFrame:
-    """The complete rows the model was fitted to, as a frame with every column the formula reads."""
-    spec = fit.design.spec
-    if data is not None:
-        frame, _ = complete_rows(as_frame(data), spec.variables())
-        if len(frame) != fit.nobs:
-            raise DataError(f"kfold: data has {len(frame)} complete rows for this formula, but the model was fitted "
-                            f"to {fit.nobs}; pass the data the model was fitted to.")
-        return frame.reset_index(drop=True)
-    raw = fit.design.predictor_rows
-    name = spec.response_name
-    if raw is None or name not in spec.variables() or "weights" in spec.additions.present or fit.family.factor_like:
-        raise FitError("kfold needs the data the model was fitted to for this fit (the fit keeps its predictors but "
-                       "not, in the form the formula reads, its response or weights): pass data=.")
-    return raw.assign(**{name: fit.design.y}).reset_index(drop=True)
-
-
 def lpd(fit: FitResult) -> np.ndarray:
     """Each fitted row's log pointwise predictive density, log mean_s p(y_i | theta_s), in row chunks."""
     rows = fit.design.require_rows("kfold", "Cross-validate a fit of the data in memory.")
@@ -176,7 +159,7 @@ def kfold(fit: FitResult, K: int = 10, *, folds: Any = None, group: str | None =
         raise FitError("kfold needs a fit of the data, not draws from the prior (sample_prior='only').")
     seed = check.seed(seed, error=FitError)
     rng = np.random.default_rng([0 if seed is None else seed, 23])
-    frame = _training_frame(fit, data)
+    frame = fitted_data(fit, data, "kfold")
     n = len(frame)
     K = check.count(K, "K (number of folds)", error=FitError)
     if K < 2 or K > n:
@@ -200,7 +183,7 @@ def kfold(fit: FitResult, K: int = 10, *, folds: Any = None, group: str | None =
     opts = pipeline.options(family=fit.family, chains=chains or c.chains, draws=draws or c.draws,
                             tune=c.tune if tune is None else tune, seed=seed, target_accept=c.target_accept,
                             progress=False, method=fit.engine, sampler=c.sampler)
-    user = list({id(p): p for _, p in fit.priors.table if p.source == "user"}.values())
+    user = user_priors(fit)
     elpd_i = np.empty(n)
     for k in range(1, K + 1):
         test = fold == k
