@@ -344,11 +344,11 @@ class Fit(FitResult):
         return bayes_r2(self, method=method, include_groups=include_groups, probs=probs)
 
     def pp_check(self, kind: str | None = None, ndraws: int | None = 50, *, stat: Any = "mean",
-                 seed: int | None = None) -> Any:
+                 seed: int | None = None, group: str | None = None) -> Any:
         """Posterior predictive check figure (bayesplot's kinds); see `lmmbayes.workflow.checks.pp_check`."""
         from .workflow.checks import pp_check
 
-        return pp_check(self, kind=kind, ndraws=ndraws, stat=stat, seed=seed)
+        return pp_check(self, kind=kind, ndraws=ndraws, stat=stat, seed=seed, group=group)
 
     def plot(self, kind: str = "trace", **kwargs: Any) -> Any:
         """brms's ``mcmc_plot``: kind is trace, rank, acf, parallel, pairs, energy, forest or ranef."""

@@ -40,7 +40,8 @@ from .predict import posterior_predict
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-KINDS = ("dens_overlay", "hist", "stat", "ecdf_overlay", "intervals", "bars", "rootogram")
+KINDS = ("dens_overlay", "hist", "stat", "ecdf_overlay", "intervals", "bars", "rootogram", "scatter_avg",
+         "error_scatter_avg", "stat_grouped", "loo_pit_overlay")
 #: Kinds that only make sense for a discrete response (counts, categories).
 DISCRETE_KINDS = ("bars", "rootogram")
 #: Statistics ``kind="stat"`` knows by name (a callable ``f(array, axis=...)`` works too).
@@ -55,6 +56,8 @@ STATS: dict[str, Callable[..., Any]] = {
 }
 #: Replicated data sets shown next to the observed one by ``kind="hist"``.
 HIST_PANELS = 8
+#: Most groups ``kind="stat_grouped"`` draws a panel for (the first ones in level order).
+GROUP_PANELS = 12
 #: Probability mass of the replicate intervals of ``kind="bars"`` (bayesplot's default).
 BARS_PROB = 0.9
 #: Inner and outer interval of ``kind="intervals"`` (bayesplot's ``prob`` and ``prob_outer``).
@@ -129,7 +132,7 @@ def predictive_tree(yrep: np.ndarray, y: np.ndarray, name: str, *, discrete: boo
 # -- the check -----------------------------------------------------------------------------
 
 def pp_check(fit: FitResult, kind: str | None = None, ndraws: int | None = 50, stat: Any = "mean",
-             seed: int | None = None) -> Figure:
+             seed: int | None = None, group: str | None = None) -> Figure:
     """Compare the observed response with data sets replicated from the posterior predictive.
 
     Parameters
@@ -152,7 +155,16 @@ def pp_check(fit: FitResult, kind: str | None = None, ndraws: int | None = 50, s
         - ``"bars"`` (discrete families): the counts of each value of y as
           bars, with the replicates' median count and 90% interval;
         - ``"rootogram"`` (discrete families): observed and replicated
-          frequencies of each value on a square-root scale.
+          frequencies of each value on a square-root scale;
+        - ``"scatter_avg"``: y against the average of the replicates per
+          observation, with the line y = x;
+        - ``"error_scatter_avg"``: the average predictive error y − y_rep per
+          observation against y;
+        - ``"stat_grouped"``: ``"stat"`` per level of the grouping factor
+          ``group`` (one panel per level, the first `GROUP_PANELS`);
+        - ``"loo_pit_overlay"``: the ECDF of the LOO probability integral
+          transform (PSIS-weighted share of replicates at or below y, over all
+          draws) with its simultaneous envelope for uniformity (arviz-plots).
     ndraws : int or None
         Number of replicated data sets (capped at the number of draws; None:
         all draws, useful for ``"stat"``).
@@ -161,6 +173,8 @@ def pp_check(fit: FitResult, kind: str | None = None, ndraws: int | None = 50, s
         ``min``, ``max``, ``iqr``, or ``f(array, axis=...)``.
     seed : int, optional
         Which draws, and the replicated noise.
+    group : str, optional
+        For ``kind="stat_grouped"``: a grouping factor of the model (``"county"``).
 
     Returns
     -------
@@ -178,9 +192,17 @@ def pp_check(fit: FitResult, kind: str | None = None, ndraws: int | None = 50, s
     func, stat_name = _stat_function(stat)
     fit.design.require_rows("pp_check()", "Check the model on a fit of the data in memory, or of a pandas "
                             "sample of it (ddf.sample(frac=...).compute()).")
-    yrep, y = replicates(fit, ndraws, seed)
     response = fit.design.spec.response_name
+    if kind == "loo_pit_overlay":
+        return _loo_pit(fit, response, seed)
+    if kind == "stat_grouped":
+        index, labels = _grouping(fit, group)
+    yrep, y = replicates(fit, ndraws, seed)
     discrete = bool(fit.family.discrete)
+    if kind in ("scatter_avg", "error_scatter_avg"):
+        return _scatter_avg(yrep, y, response, error=kind == "error_scatter_avg")
+    if kind == "stat_grouped":
+        return _stat_grouped(yrep, y, index, labels, func, stat_name, response, str(group))
     if kind == "hist":
         return _hist(yrep, y, response)
     if kind == "bars":
@@ -316,6 +338,84 @@ def _bars(yrep: np.ndarray, y: np.ndarray, response: str) -> Figure:
     ax.set_ylabel("count")
     ax.legend(frameon=False)
     ax.set_title(f"Posterior predictive check: counts of each value in y and {len(ri)} replicates", fontsize=10)
+    return fig
+
+
+def _grouping(fit: FitResult, group: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Each fitted row's level of grouping factor ``group``, and the levels' labels."""
+    names = [f.name for f in fit.design.factors]
+    if not isinstance(group, str) or group not in names:
+        raise LmmbayesError(f"pp_check kind 'stat_grouped' needs group= one of the model's grouping factors "
+                            f"{names}, got {group!r}.")
+    rows = fit.design.require_rows("pp_check()", "")
+    k = names.index(group)
+    return rows.factors[k].index, tuple(fit.design.factors[k].levels)
+
+
+def _scatter_avg(yrep: np.ndarray, y: np.ndarray, response: str, *, error: bool) -> Figure:
+    """bayesplot's ``ppc_scatter_avg`` (y against mean y_rep) and ``ppc_error_scatter_avg`` (mean y − y_rep against y)."""
+    import matplotlib.pyplot as plt
+
+    avg = yrep.mean(axis=0)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), layout="constrained")
+    if error:
+        ax.scatter(y, y - avg, s=10, color=REPLICATE_COLOUR, alpha=0.8)
+        ax.axhline(0.0, color=OBSERVED_COLOUR, lw=0.8, ls="--")
+        ax.set_xlabel(f"y ({response})")
+        ax.set_ylabel("average y - y_rep")
+        ax.set_title(f"Posterior predictive check: average predictive error over {len(yrep)} replicates", fontsize=10)
+    else:
+        ax.scatter(avg, y, s=10, color=REPLICATE_COLOUR, alpha=0.8)
+        lo, hi = float(min(avg.min(), y.min())), float(max(avg.max(), y.max()))
+        ax.plot([lo, hi], [lo, hi], color=OBSERVED_COLOUR, lw=0.8, ls="--")
+        ax.set_xlabel("average y_rep")
+        ax.set_ylabel(f"y ({response})")
+        ax.set_title(f"Posterior predictive check: y against the average of {len(yrep)} replicates", fontsize=10)
+    return fig
+
+
+def _stat_grouped(yrep: np.ndarray, y: np.ndarray, index: np.ndarray, labels: tuple[str, ...],
+                  func: Callable[..., Any], stat_name: str, response: str, group: str) -> Figure:
+    """bayesplot's ``ppc_stat_grouped``: the stat of each group's replicates, with the group's observed stat."""
+    import matplotlib.pyplot as plt
+
+    shown = [g for g in range(len(labels)) if (index == g).any()][:GROUP_PANELS]
+    ncols = min(4, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.1 * nrows + 0.5), squeeze=False,
+                             layout="constrained")
+    for ax, g in zip(axes.ravel(), shown):
+        rows = index == g
+        values = np.asarray(func(yrep[:, rows], axis=1), dtype=float)
+        ax.hist(values, bins=20, color=REPLICATE_COLOUR, edgecolor="white", linewidth=0.3)
+        ax.axvline(float(func(y[rows], axis=0)), color=OBSERVED_COLOUR, lw=2)
+        ax.set_title(f"{group} = {labels[g]}", fontsize=8)
+        ax.set_yticks([])
+    for ax in axes.ravel()[len(shown):]:
+        ax.remove()
+    more = f" (first {len(shown)} of {len(labels)} levels)" if len(labels) > len(shown) else ""
+    fig.suptitle(f"Posterior predictive check: {stat_name}({response}) per {group}{more}; observed as lines",
+                 fontsize=10)
+    return fig
+
+
+def _loo_pit(fit: FitResult, response: str, seed: Any) -> Figure:
+    """LOO-PIT ECDF with its simultaneous envelope (arviz-plots's ``plot_loo_pit``), from every draw."""
+    import arviz_plots as azp
+
+    from .loglik import log_lik
+
+    yrep, y = replicates(fit, None, seed)
+    ll = log_lik(fit).reshape(1, -1, y.size)
+    tree = predictive_tree(yrep, y, response)
+    obs = {"chain": [1], "draw": np.arange(ll.shape[1]), "obs": np.arange(y.size)}
+    tree["log_likelihood"] = xr.DataTree(xr.Dataset({response: (("chain", "draw", "obs"), ll)}, coords=obs))
+    b = fit.posterior["b"].values
+    tree["posterior"] = xr.DataTree(xr.Dataset({"b": (("chain", "draw", "coef"), b.reshape(1, -1, b.shape[-1]))},
+                                               coords={"chain": [1], "draw": obs["draw"]}))
+    pc = azp.plot_loo_pit(tree, backend=BACKEND, figure_kwargs={"figsize": (6.4, 4.2), "layout": "constrained"})
+    fig = _figure(pc)
+    fig.axes[0].set_title("Posterior predictive check: LOO-PIT, ECDF minus uniform (p: test of uniformity)", fontsize=10)
     return fig
 
 

@@ -154,6 +154,37 @@ def test_same_seed_same_figure_and_draws_taken_at_random(fit):
     assert yrep.shape == (5, len(fit.design.y)) and np.array_equal(y, fit.design.y)
 
 
+def test_scatter_avg_and_error_scatter_avg_plot_the_replicates_mean(fit):
+    yrep, y = checks.replicates(fit, NDRAWS, seed=2)
+    (points,) = fit.pp_check("scatter_avg", ndraws=NDRAWS, seed=2).axes[0].collections
+    np.testing.assert_allclose(points.get_offsets(), np.column_stack([yrep.mean(axis=0), y]))
+    (errors,) = fit.pp_check("error_scatter_avg", ndraws=NDRAWS, seed=2).axes[0].collections
+    np.testing.assert_allclose(errors.get_offsets(), np.column_stack([y, y - yrep.mean(axis=0)]))
+
+
+def test_stat_grouped_has_a_panel_per_level_with_the_observed_stat(fit):
+    fig = fit.pp_check("stat_grouped", ndraws=NDRAWS, stat="median", group="county", seed=1)
+    county = fit.design.factors[0]
+    rows = fit.design.rows.factors[0].index
+    assert len(fig.axes) == min(county.n_levels, checks.GROUP_PANELS)
+    for ax, g in zip(fig.axes, range(county.n_levels)):
+        assert ax.get_title() == f"county = {county.levels[g]}"
+        (line,) = ax.get_lines()
+        assert line.get_xdata()[0] == pytest.approx(np.median(fit.design.y[rows == g]))
+    with pytest.raises(lb.LmmbayesError, match=r"group= one of the model's grouping factors \['county'\]"):
+        fit.pp_check("stat_grouped", group="state")
+
+
+def test_loo_pit_overlay_is_near_uniform_for_a_well_specified_model(fit):
+    """The LOO-PIT of a model fitted to data like it is close to uniform: arviz-plots prints the p-value of its
+    uniformity test (pot_c) in the panel, which must not reject at 0.01."""
+    fig = fit.pp_check("loo_pit_overlay", seed=1)
+    ax = fig.axes[0]
+    (text,) = [t.get_text() for t in ax.texts if t.get_text().startswith("p=")]
+    assert float(text[2:].split("(")[0]) > 0.01
+    assert "LOO-PIT" in ax.get_title()
+
+
 # -- the discrete kinds ----------------------------------------------------------------------
 
 def test_bars_count_each_value_with_replicate_intervals(count_fit):
