@@ -147,6 +147,41 @@ class Fit(FitResult):
 
     as_draws_df = draws
 
+    def ranef_draws(self, group: str | None = None) -> pd.DataFrame:
+        """Draws of a grouping factor's random effects in long form (tidybayes's ``spread_draws(r_g[g, term])``).
+
+        Parameters
+        ----------
+        group : str, optional
+            A grouping factor; the first one by default.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per draw, level and term: ``.chain, .iteration, .draw``,
+            the factor's name (its level), ``term``, and ``r_<group>`` (the effect).
+
+        Raises
+        ------
+        FitError
+            An unknown grouping factor (listing the model's), or a model without one.
+        """
+        names = [f.name for f in self.design.factors]
+        if not names:
+            raise FitError("This model has no group-level terms, so no random effects to draw.")
+        group = names[0] if group is None else group
+        if group not in names:
+            raise FitError(f"ranef_draws: the model has no grouping factor {group!r}; its factors are {names}.")
+        f = self.design.factors[names.index(group)]
+        r = self.posterior[f"r_{group}"].values  # (chain, draw, level, term)
+        C, D, L, Q = r.shape
+        chain = np.repeat(np.arange(1, C + 1), D * L * Q)
+        iteration = np.tile(np.repeat(np.arange(1, D + 1), L * Q), C)
+        return pd.DataFrame({".chain": chain, ".iteration": iteration, ".draw": (chain - 1) * D + iteration,
+                             group: np.tile(np.repeat(np.asarray(f.levels, dtype=object), Q), C * D),
+                             "term": np.tile(np.asarray(f.terms, dtype=object), C * D * L),
+                             f"r_{group}": r.ravel()})
+
     @property
     def ndraws(self) -> int:
         """Number of posterior draws, all chains together (brms's ``ndraws``)."""

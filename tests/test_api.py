@@ -294,3 +294,19 @@ def test_draws_in_long_form_and_brms_aliases(simulated_fit):
     assert simulated_fit.ndraws == 2 * 500
     with pytest.raises(lb.LmmbayesError, match="format"):
         simulated_fit.draws(format="tidy")
+
+
+def test_random_effect_draws_in_tidybayes_long_form(simulated_fit):
+    """ranef_draws(): spread_draws(r_g[g, term])'s shape; each value equals the wide draws' r_g[level,term]."""
+    long = simulated_fit.ranef_draws("g")
+    wide = simulated_fit.draws()
+    f = simulated_fit.design.factors[0]
+    assert list(long.columns) == [".chain", ".iteration", ".draw", "g", "term", "r_g"]
+    assert len(long) == simulated_fit.ndraws * f.n_levels * f.q
+    back = long.assign(name="r_g[" + long["g"] + "," + long["term"] + "]").pivot(
+        index=".draw", columns="name", values="r_g")
+    np.testing.assert_array_equal(back[wide.filter(like="r_g[").columns].to_numpy(),
+                                  wide.filter(like="r_g[").to_numpy())
+    assert long.equals(simulated_fit.ranef_draws())
+    with pytest.raises(lb.FitError, match=r"no grouping factor 'h'; its factors are \['g'\]"):
+        simulated_fit.ranef_draws("h")
