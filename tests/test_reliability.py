@@ -89,6 +89,17 @@ def test_many_levels_with_few_rows_each():
     assert fit.ranef()["g"].shape[0] == 5000
 
 
+def as_from_a_shell() -> None:
+    """Start a child as an interactive shell starts a command: SIGINT neither ignored nor blocked.
+
+    A long test session can leave its worker with SIGINT ignored or blocked at the C level (a native
+    library's signal handling, invisible to signal.getsignal), and children inherit both across exec;
+    such a child would never see the Ctrl-C these tests send.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 INTERRUPTED = """
 import warnings, lmmbayes as lb
 warnings.simplefilter("ignore")
@@ -105,7 +116,8 @@ def test_interrupt_leaves_no_processes_or_temporary_files(tmp_path):
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=as_from_a_shell)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(12)  # compiling (cold or warm) and sampling
     os.killpg(proc.pid, signal.SIGINT)
@@ -136,7 +148,7 @@ def test_interrupted_pymc_sampler_returns_no_partial_fit(tmp_path):
     """PyMC's NUTS catches Ctrl-C and returns the draws so far; lmmbayes must not wrap them as a full fit."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_PYMC], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+                            text=True, env=env, start_new_session=True, preexec_fn=as_from_a_shell)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(15)  # compiling and sampling the first chain
     os.killpg(proc.pid, signal.SIGINT)
@@ -153,7 +165,7 @@ def test_ctrl_c_in_the_cli_exits_130_with_one_line(tmp_path, delay):
     lb.datasets.load_bounce_times().to_csv(csv, index=False)
     proc = subprocess.Popen([sys.executable, "-m", "lmmbayes", "fit", "bounce_time ~ std_age + (1 | county)", str(csv),
                              "--draws", "2000000", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=as_from_a_shell)
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
