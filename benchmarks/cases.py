@@ -121,3 +121,51 @@ for n, g in [(10_000, 10), (10_000, 1000), (100_000, 10), (100_000, 1000), (1_00
         {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "x": ("Normal", {"mu": 0, "sigma": 5}),
          "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5},
     )
+
+
+# -- GLMMs (issue 13): the family of each case, and bambi's spelling of its formula where it differs ------------
+
+
+def shared(name: str) -> pd.DataFrame:
+    """A data set of lme4/brms (GPL: read from ../shared, never shipped)."""
+    from pathlib import Path
+
+    return pd.read_csv(Path(__file__).resolve().parents[2] / "shared" / "data" / "lme4_brms" / name)
+
+
+def epilepsy() -> pd.DataFrame:
+    return shared("epilepsy.csv").astype({"Trt": str, "patient": str})
+
+
+def cbpp() -> pd.DataFrame:
+    return shared("cbpp.csv").astype({"herd": str, "period": str})
+
+
+def bernoulli_sim(n: int, groups: int, seed: int = 22) -> pd.DataFrame:
+    """y ~ x + (1 + x | g), continuous x, correlated intercepts and slopes (SDs 1 and 0.5, correlation 0.3)."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, groups, n)
+    x = rng.normal(size=n)
+    L = np.linalg.cholesky(np.array([[1.0, 0.15], [0.15, 0.25]]))
+    b = rng.normal(size=(groups, 2)) @ L.T
+    eta = -0.5 + 0.8 * x + b[g, 0] + b[g, 1] * x
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int)
+    return pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+
+
+_GLMM_PRIORS = [("normal(0, 5)", "Intercept", "", ""), ("normal(0, 5)", "b", "", ""), ("normal(0, 2)", "sd", "", "")]
+#: case -> (lmmbayes family, bambi family, bambi formula or None for the same formula)
+FAMILIES: dict[str, tuple[str, str, str | None]] = {}
+CASES["epilepsy"] = ("count ~ zAge + zBase * Trt + (1 | patient)", epilepsy, _GLMM_PRIORS,
+                     {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "zAge": ("Normal", {"mu": 0, "sigma": 5}),
+                      "zBase": ("Normal", {"mu": 0, "sigma": 5}), "Trt": ("Normal", {"mu": 0, "sigma": 5}),
+                      "zBase:Trt": ("Normal", {"mu": 0, "sigma": 5}), "sd": 2})
+FAMILIES["epilepsy"] = ("poisson", "poisson", None)
+CASES["cbpp"] = ("incidence | trials(size) ~ period + (1 | herd)", cbpp, _GLMM_PRIORS,
+                 {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "period": ("Normal", {"mu": 0, "sigma": 5}), "sd": 2})
+FAMILIES["cbpp"] = ("binomial", "binomial", "p(incidence, size) ~ period + (1 | herd)")
+for n in (10_000, 100_000, 1_000_000):
+    CASES[f"bern_N{n}_G1000"] = ("y ~ x + (1 + x | g)", (lambda n=n: bernoulli_sim(n, 1000)), _GLMM_PRIORS,
+                                 {"Intercept": ("Normal", {"mu": 0, "sigma": 5}),
+                                  "x": ("Normal", {"mu": 0, "sigma": 5}), "sd": 2})
+    FAMILIES[f"bern_N{n}_G1000"] = ("bernoulli", "bernoulli", None)

@@ -19,7 +19,7 @@ import bambi as bmb  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from cases import CASES  # noqa: E402
+from cases import CASES, FAMILIES  # noqa: E402
 
 t_import = time.perf_counter() - t_start
 
@@ -33,8 +33,9 @@ def main() -> None:
     lhs, factor = [s.strip() for s in group_terms[0].split("|")]
     for term in [t.strip() for t in lhs.split("+")] or ["1"]:
         priors[f"{term}|{factor}"] = bmb.Prior("Normal", mu=0, sigma=bmb.Prior("HalfNormal", sigma=spec["sd"]))
+    _, family, bambi_formula = FAMILIES.get(case, ("gaussian", "gaussian", None))
     t0 = time.perf_counter()
-    model = bmb.Model(formula, data, priors=priors)
+    model = bmb.Model(bambi_formula or formula, data, priors=priors, family=family)
     idata = model.fit(draws=draws, tune=draws, chains=chains, random_seed=1, inference_method=sampler,
                       progressbar=False)
     text = str(az.summary(idata))

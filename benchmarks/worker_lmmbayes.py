@@ -18,7 +18,7 @@ import lmmbayes as lb  # noqa: E402
 from lmmbayes.results.posterior import flat_draws  # noqa: E402
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from cases import CASES  # noqa: E402
+from cases import CASES, FAMILIES  # noqa: E402
 
 t_import = time.perf_counter() - t_start
 
@@ -28,8 +28,9 @@ def main() -> None:
     formula, make, priors, _ = CASES[case]
     data = make()
     t0 = time.perf_counter()
+    family = FAMILIES.get(case, ("gaussian",))[0]
     fit = lb.fit(formula, data, [lb.prior(d, class_=c, coef=k, group=g) for d, c, k, g in priors],
-                 chains=chains, draws=draws, tune=draws, seed=1, progress=False, method=method)
+                 chains=chains, draws=draws, tune=draws, seed=1, progress=False, method=method, family=family)
     text = str(fit.summary())
     wall = time.perf_counter() - t0
     names, arr = flat_draws(fit.posterior, fit.design)
@@ -38,7 +39,7 @@ def main() -> None:
         "tool": f"lmmbayes-{fit.engine}", "case": case, "rows": len(data), "import_s": t_import,
         "wall_s": wall, "compile_s": fit.timings.get("compile", 0.0), "sample_s": fit.timings.get("sample", 0.0),
         "min_ess": float(np.nanmin(ess)), "min_ess_param": names[int(np.nanargmin(ess))],
-        "divergences": fit.sampler_report.divergences,
+        "divergences": fit.sampler_report.divergences, "integration": fit.info.get("integration", ""),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "summary_chars": len(text),
     }))
 

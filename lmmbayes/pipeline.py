@@ -17,6 +17,8 @@ from . import _validate as check
 from .design import Design, build_design
 from .design.dask import build_dask_design, is_dask_frame
 from .engines import ENGINES
+from .engines.base import EngineResult
+from .engines.plan import Plan
 from .engines.plan import plan as make_plan
 from .engines.sampling import DEFAULT_TARGET_ACCEPT, SAMPLERS, SamplerConfig
 from .errors import DataError, FitError
@@ -81,7 +83,7 @@ def check_identified(design: Design, resolved: ResolvedPriors) -> None:
                             f"proper prior, e.g. lb.prior('normal(0, 1)', class_='b', coef={name!r}).")
 
 
-def choose_engine(design: Design, method: str) -> str:
+def choose_engine(design: Design, method: str, plan: Plan | None = None, sampler: str = "nutpie") -> str:
     """The engine ``method`` asks for (``auto``: collapsed where it applies and pays, else joint)."""
     from .engines import collapsed, joint
 
@@ -89,7 +91,7 @@ def choose_engine(design: Design, method: str) -> str:
         if not design.rows_in_memory:
             method = "collapsed"
         else:
-            method = "collapsed" if collapsed.preferred(design) else "joint"
+            method = "collapsed" if collapsed.preferred(design, plan, sampler) else "joint"
     module = collapsed if method == "collapsed" else joint
     ok, why = module.applies(design)
     if not ok:
@@ -118,14 +120,15 @@ def run(formula: Any, data: Any, priors: Prior | PriorSet | Iterable[Prior] | No
         timings = {"design": t1 - t0, "prior": time.perf_counter() - t1}
         return FitResult(design, resolved, "prior", config, idata, timings, {}, data_name)
     check_identified(design, resolved)
-    method = choose_engine(design, opts.method)
-    if config.target_accept is None:
-        config = replace(config, target_accept=DEFAULT_TARGET_ACCEPT[method])
-    if method == "collapsed":
-        from .engines import collapsed as engine
-    else:
-        from .engines import joint as engine  # type: ignore[no-redef]
-    result = engine.run(design, plan, config)
+    method = choose_engine(design, opts.method, plan, config.sampler)
+    result = _engine_run(method, design, plan, config)
+    if result.info.get("quadrature_ok") is False and opts.method == "auto":
+        # the quadrature's own check failed: pay for a second fit, on the engine that needs no approximation
+        why = str(result.info.get("integration", ""))
+        method = "joint"
+        result = _engine_run(method, design, plan, config)
+        result.info["fallback"] = f"refitted on the joint engine because the collapsed engine's {why}"
+    config = replace(config, target_accept=config.target_accept or DEFAULT_TARGET_ACCEPT[method])
     t2 = time.perf_counter()
     attrs = {"engine": method, "sampler": config.sampler, "seed": config.seed}
     idata = to_datatree(design, result.draws, result.sample_stats, attrs)
@@ -136,6 +139,17 @@ def run(formula: Any, data: Any, priors: Prior | PriorSet | Iterable[Prior] | No
         idata["prior"] = to_datatree(design, prior, {}, {"sample_prior": "yes"})["posterior"]
     timings = {"design": t1 - t0, **result.timings, "postprocess": time.perf_counter() - t2}
     return FitResult(design, resolved, method, config, idata, timings, dict(result.info), data_name)
+
+
+def _engine_run(method: str, design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
+    """Run one engine, with its default target acceptance where the user left it unset."""
+    if method == "collapsed":
+        from .engines import collapsed as engine
+    else:
+        from .engines import joint as engine  # type: ignore[no-redef]
+    if config.target_accept is None:
+        config = replace(config, target_accept=DEFAULT_TARGET_ACCEPT[method])
+    return engine.run(design, plan, config)
 
 
 def data_name_of(data: Any) -> str:

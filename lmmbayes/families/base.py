@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -122,6 +124,12 @@ class Family:
     #: Whether the intercept is replaced by K − 1 ordered thresholds (brms's ordinal families): the
     #: linear predictor then has no intercept and the densities take the thresholds as ``dp[THRESHOLDS]``.
     ordinal: ClassVar[bool] = False
+    #: The collapsed engine's C code for the family's log-likelihood, by link (``_kernel.c``'s ``GLMM_*``):
+    #: families listed here have their random effects integrated out by adaptive quadrature.
+    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({})
+    #: Whether rows with the same linear predictor can be summed into one, exactly (binomial successes and
+    #: trials; Poisson counts and multiplicities), before the collapsed engine integrates.
+    sums_rows: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         link = self.link or self.links[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -144,6 +146,8 @@ class Bernoulli(Family):
     response_text: ClassVar[str] = "two-valued (0/1, booleans, or two levels)"
     default_check: ClassVar[str] = "bars"
     mean_name: ClassVar[str] = "prob"
+    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"logit": 1})
+    sums_rows: ClassVar[bool] = True
 
     def code_response(self, values: Any, name: str, extra: Extra) -> tuple[Array, ResponseCoding]:
         y = self._numeric(values, name)
@@ -195,6 +199,8 @@ class Binomial(Family):
     response_text: ClassVar[str] = "a count of successes (integers from 0 to the trials)"
     default_check: ClassVar[str] = "bars"
     mean_name: ClassVar[str] = "prob"
+    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"logit": 1})
+    sums_rows: ClassVar[bool] = True
 
     def missing_addition_message(self, name: str) -> str:
         return ("Family 'binomial' needs the number of trials: write 'y | trials(n) ~ ...' with a column or a "
@@ -245,6 +251,8 @@ class Poisson(Family):
     response_text: ClassVar[str] = "counts (non-negative integers)"
     default_check: ClassVar[str] = "rootogram"
     mean_name: ClassVar[str] = "rate"
+    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"log": 2})
+    sums_rows: ClassVar[bool] = True
 
     def check_values(self, y: Array, name: str, extra: Extra) -> None:
         _integers(y, name, self.name, "counts must be non-negative integers")
@@ -283,6 +291,8 @@ class NegBinomial(Family):
     response_text: ClassVar[str] = "counts (non-negative integers)"
     default_check: ClassVar[str] = "rootogram"
     mean_name: ClassVar[str] = "rate"
+    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"log": 3})
+    sums_rows: ClassVar[bool] = False
 
     def dpars(self, additions: tuple[str, ...] = (), se_sigma: bool = False) -> tuple[DistParam, ...]:
         return (DistParam("shape", 0.0, math.inf, start=1.0),)

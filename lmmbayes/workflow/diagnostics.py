@@ -125,7 +125,21 @@ def fit_warnings(fit: FitResult) -> tuple[str, ...]:
     report = sampler_report(fit.idata["sample_stats"].to_dataset())
     rhat = table["Rhat"].to_numpy(dtype=float)
     rhat_max = float(np.nanmax(rhat)) if np.isfinite(rhat).any() else float("nan")
-    return advice(report, rhat_max, fit.config.target_accept) + ess_advice(table, fit.n_chains)
+    return (advice(report, rhat_max, fit.config.target_accept) + ess_advice(table, fit.n_chains)
+            + integration_advice(fit))
+
+
+def integration_advice(fit: FitResult) -> tuple[str, ...]:
+    """Warnings from the collapsed engine's own accuracy check of its quadrature (see
+    `lmmbayes.engines.collapsed.glmm`): a forced fit that failed it, or an ``auto`` fit refitted on the joint
+    engine because of it."""
+    if "fallback" in fit.info:
+        return (f"method='auto' {fit.info['fallback']}.",)
+    if fit.info.get("quadrature_ok") is False:
+        return (f"The collapsed engine's integration of the random effects is not accurate enough here: "
+                f"{fit.info.get('integration')}. The posterior may be off; refit with method='joint' (or "
+                "method='auto', which does so when this check fails).",)
+    return ()
 
 
 def format_sampler_report(report: SamplerReport) -> str:
@@ -166,15 +180,22 @@ class Diagnostics:
         Divergences, max-tree-depth hits, E-BFMI and step size per chain.
     warnings : tuple of str
         Advice in words, empty when nothing looks wrong.
+    integration : str
+        For a non-Gaussian fit on the collapsed engine, how the random effects
+        were integrated out and how accurately (quadrature at K against 2K
+        nodes over posterior draws, with the rule it passed or failed); empty otherwise.
     """
 
     parameters: pd.DataFrame
     sampler: SamplerReport
     warnings: tuple[str, ...]
+    integration: str = ""
 
     def __str__(self) -> str:
         lines = ["Parameters:", format_table(self.parameters).to_string(), "", "Sampler:",
                  format_sampler_report(self.sampler)]
+        if self.integration:
+            lines += ["", f"Integration: {self.integration}"]
         lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -202,5 +223,5 @@ def diagnostics_table(fit: FitResult, *, include_random: bool = True) -> Diagnos
     rhat = table["Rhat"].to_numpy(dtype=float)
     rhat_max = float(np.nanmax(rhat)) if np.isfinite(rhat).any() else float("nan")
     warns = () if fit.prior_only else advice(report, rhat_max, fit.config.target_accept) + \
-        ess_advice(table, draws.shape[0])
-    return Diagnostics(table[DIAGNOSTIC_COLUMNS], report, warns)
+        ess_advice(table, draws.shape[0]) + integration_advice(fit)
+    return Diagnostics(table[DIAGNOSTIC_COLUMNS], report, warns, str(fit.info.get("integration", "")))

@@ -127,6 +127,13 @@ def engine_label(fit: FitResult) -> str:
     integrated, sampled = fit.info.get("integrated"), fit.info.get("sampled")
     if fit.engine == "collapsed" and isinstance(integrated, str) and isinstance(sampled, str):
         return f"collapsed ({integrated} integrated out, then drawn exactly; {sampled} sampled by NUTS)"
+    nodes = fit.info.get("quadrature_nodes")
+    if fit.engine == "collapsed" and isinstance(nodes, int):
+        q = fit.design.factors[0].q
+        return (f"collapsed (random effects integrated out by adaptive Gauss-Hermite quadrature, {nodes}"
+                f"{'^2' if q == 2 else ''} nodes per group, then drawn from their exact conditional)")
+    if "fallback" in fit.info:
+        return f"{ENGINE_LABELS.get(fit.engine, fit.engine)}; {fit.info['fallback']}"
     return ENGINE_LABELS.get(fit.engine, fit.engine)
 
 
@@ -141,6 +148,9 @@ def header(fit: FitResult) -> tuple[tuple[str, str], ...]:
              ("Draws", f"{c.chains} chains, each with iter = {c.tune + c.draws}; warmup = {c.tune}; thin = 1;\n"
                        f"         total post-warmup draws = {c.chains * c.draws}"),
              ("Engine", engine_label(fit))]
+    if "integration" in fit.info and fit.engine == "collapsed":
+        check = fit.info["integration"]
+        lines.append(("Accuracy", str(check).split("; ", 1)[-1]))
     levels = design.encoder.coding.levels
     if levels and family.ordinal and levels != tuple(str(k) for k in range(1, len(levels) + 1)):
         lines.insert(3, ("Categories", ", ".join(f"{k} = '{lab}'" for k, lab in enumerate(levels, start=1))))

@@ -29,7 +29,7 @@ from ...errors import FitError
 from ..base import EngineResult, finish, flat, unflat
 from ..plan import Plan
 from ..sampling import RawTrace, SamplerConfig, sample, sample_compiled
-from . import kernel
+from . import glmm, kernel
 from .algebra import (
     Collapsed,
     FactorCrossProducts,
@@ -46,6 +46,9 @@ LABEL = "collapsed (random effects integrated out, then drawn exactly)"
 def layout(design: Design) -> tuple[Layout | None, str]:
     """The structure of the random effects, or None and why the collapsed engine does not apply."""
     if NAME not in design.family.engines:
+        if design.family.quadrature_codes:  # integrated group by group by adaptive quadrature (.glmm)
+            ok, why = glmm.applies(design)
+            return (Layout("quadrature", tuple(f.n_levels for f in design.factors)) if ok else None), why
         return None, f"family {design.family.name!r} has no exact marginal likelihood"
     add = design.spec.additions
     others = [a for a in add.present if a not in ("weights", "se")]
@@ -88,18 +91,24 @@ DENSE_AUTO_MAX = 100
 PARTIAL_AUTO_MIN_ROWS = 20_000
 
 
-def preferred(design: Design) -> bool:
+def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie") -> bool:
     """Whether ``method="auto"`` should pick the collapsed engine.
 
     True for one grouping factor and for two nested ones, where an evaluation
     costs O(levels × q³) whatever N is; for crossed factors with at most
     `DENSE_AUTO_MAX` random effects in all (a dense Cholesky per gradient);
     and for crossed factors with more from `PARTIAL_AUTO_MIN_ROWS` rows
-    (the largest factor integrated out, the others sampled).
+    (the largest factor integrated out, the others sampled). For
+    non-Gaussian families with one grouping factor (adaptive quadrature,
+    `.glmm`) where nutpie runs and the C code evaluates every prior (``plan``,
+    where known); the pipeline refits on the joint engine if its accuracy
+    check fails.
     """
     lay = layout(design)[0]
     if lay is None:
         return False
+    if lay.kind == "quadrature":
+        return sampler == "nutpie" and (plan is None or kernel.param_arrays(plan, design.factors[0].q) is not None)
     if lay.kind == "dense":
         return n_effects(design) <= DENSE_AUTO_MAX
     if lay.kind == "partial":
@@ -229,6 +238,9 @@ def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
     """
     from ..pymc_model import u_from_std
 
+    lay = layout(design)[0]
+    if lay is not None and lay.kind == "quadrature":
+        return glmm.run(design, plan, config)
     t0 = time.perf_counter()
     collapsed = collapse(design, plan)
     fast = kernel.build(design, plan, collapsed) if config.sampler == "nutpie" else None

@@ -15,6 +15,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define HEADER 8 /* total length, n_dim, n_beta, q, levels, pairs, N, y'y */
 static const double LOG_2PI = 1.8378770664093453;
@@ -183,25 +184,90 @@ static double marginal_loglik(int p, int G, int q, const double *beta, double si
     return -0.5 * (n * (LOG_2PI + log(s2)) + logdet + (rr - quad / s2) / s2);
 }
 
-/* Log density (priors, Jacobians, marginal likelihood) at x; its gradient into grad.
- * Parameter k is u_k on [lo_k, hi_k]; its prior is evaluated at a_k + b_k u_k (the user's scale) and the
- * likelihood at alpha_k + beta_k u_k (standardised units), both exact linear maps. */
+/* The parameters' priors, read from a packed buffer: k = n_beta + n_dpar + q parameters, then the pairs. */
+typedef struct {
+    int n_beta, n_dpar, q, n_pairs, k;
+    const double *fam, *args, *lo, *hi, *pa, *pb, *alpha, *beta_, *pair_a, *pair_b, *eta;
+} Priors;
+
+/* Point P at the per-parameter arrays starting at o; returns what follows them. */
+static const double *read_priors(Priors *P, const double *o, int n_beta, int n_dpar, int q, int n_pairs) {
+    int k = n_beta + n_dpar + q;
+    P->n_beta = n_beta; P->n_dpar = n_dpar; P->q = q; P->n_pairs = n_pairs; P->k = k;
+    P->fam = o; o += k;
+    P->args = o; o += 3 * k;
+    P->lo = o; o += k;
+    P->hi = o; o += k;
+    P->pa = o; o += k;
+    P->pb = o; o += k;
+    P->alpha = o; o += k;
+    P->beta_ = o; o += k;
+    P->pair_a = o; o += n_pairs;
+    P->pair_b = o; o += n_pairs;
+    P->eta = o; o += n_pairs;
+    return o;
+}
+
+/* Priors and Jacobians at x (their gradient into grad); vals: the parameters in standardised units,
+ * dxdz: d vals / d x; Lam = diag(sd) Lcorr, with rho the correlations.
+ * Parameter j is u_j on [lo_j, hi_j]; its prior is evaluated at a_j + b_j u_j (the user's scale) and the
+ * likelihood at alpha_j + beta_j u_j (standardised units), both exact linear maps. */
+static double prior_part(const Priors *P, const double *x, double *grad, double *vals, double *dxdz,
+                         double *Lcorr, double *rho, double *Lam) {
+    const int q = P->q, sd0 = P->n_beta + P->n_dpar;
+    double lp = 0.0;
+    for (int j = 0; j < P->k; j++) {
+        double uj, dj, lj, dlj, f_lp, f_d;
+        constrain(P->lo[j], P->hi[j], x[j], &uj, &dj, &lj, &dlj);
+        family_lp((int)P->fam[j], P->args + 3 * j, P->pa[j] + P->pb[j] * uj, &f_lp, &f_d);
+        lp += f_lp + lj;
+        grad[j] = dlj + f_d * P->pb[j] * dj; /* the likelihood's part is added by chain_back */
+        vals[j] = P->alpha[j] + P->beta_[j] * uj;
+        dxdz[j] = P->beta_[j] * dj;
+    }
+    for (int i = 0; i < q * q; i++) Lcorr[i] = (i % (q + 1) == 0) ? 1.0 : 0.0;
+    for (int j = 0; j < P->n_pairs; j++) { /* rho = tanh(z/2): LKJ(eta) is (1 - rho^2)^(eta - 1) */
+        int a = (int)P->pair_a[j], b = (int)P->pair_b[j];
+        double z = x[P->k + j], ls = log_sigmoid(z), lsm = log_sigmoid(-z);
+        lp += P->eta[j] * (ls + lsm);
+        grad[P->k + j] = P->eta[j] * (1.0 - 2.0 * sigmoid(z));
+        rho[j] = tanh(0.5 * z);
+        Lcorr[b * q + a] = rho[j];
+        Lcorr[b * q + b] = 2.0 * exp(0.5 * (ls + lsm)); /* sqrt(1 - rho^2) = 2 sqrt(u (1 - u)) */
+    }
+    for (int i = 0; i < q; i++)
+        for (int j = 0; j < q; j++) Lam[i * q + j] = vals[sd0 + i] * Lcorr[i * q + j];
+    return lp;
+}
+
+/* Add the likelihood's gradient (by beta, the dpars and Lam) to grad through the maps of prior_part. */
+static void chain_back(const Priors *P, const double *vals, const double *dxdz, const double *Lcorr,
+                       const double *rho, const double *g_beta, const double *g_dpar, const double *g_lam,
+                       double *grad) {
+    const int q = P->q, nb = P->n_beta, sd0 = P->n_beta + P->n_dpar;
+    for (int j = 0; j < nb; j++) grad[j] += g_beta[j] * dxdz[j];
+    for (int j = 0; j < P->n_dpar; j++) grad[nb + j] += g_dpar[j] * dxdz[nb + j];
+    for (int i = 0; i < q; i++) {
+        double t = 0.0;
+        for (int j = 0; j < q; j++) t += g_lam[i * q + j] * Lcorr[i * q + j];
+        grad[sd0 + i] += t * dxdz[sd0 + i];
+    }
+    for (int j = 0; j < P->n_pairs; j++) {
+        int a = (int)P->pair_a[j], b = (int)P->pair_b[j];
+        double root = Lcorr[b * q + b];
+        if (root > 0.0) {
+            double d_rho = vals[sd0 + b] * (g_lam[b * q + a] - g_lam[b * q + b] * rho[j] / root);
+            grad[P->k + j] += d_rho * 0.5 * root * root; /* drho/dz = (1 - rho^2)/2 */
+        }
+    }
+}
+
+/* Log density (priors, Jacobians, marginal likelihood) at x; its gradient into grad. */
 double lmm_log_density(const double *x, double *grad, const double *buf) {
     const int n_beta = (int)buf[2], q = (int)buf[3], G = (int)buf[4], n_pairs = (int)buf[5];
     const double n = buf[6], yty = buf[7];
-    const int k_prior = n_beta + 1 + q;
-    const double *o = buf + HEADER;
-    const double *fam = o; o += k_prior;
-    const double *args = o; o += 3 * k_prior;
-    const double *lo = o; o += k_prior;
-    const double *hi = o; o += k_prior;
-    const double *pa = o; o += k_prior;
-    const double *pb = o; o += k_prior;
-    const double *alpha = o; o += k_prior;
-    const double *beta_ = o; o += k_prior;
-    const double *pair_a = o; o += n_pairs;
-    const double *pair_b = o; o += n_pairs;
-    const double *eta = o; o += n_pairs;
+    Priors P;
+    const double *o = read_priors(&P, buf + HEADER, n_beta, 1, q, n_pairs);
     const double *shift = o; o += n_beta;
     const double *WtW = o; o += (size_t)n_beta * n_beta;
     const double *Wty = o; o += n_beta;
@@ -210,50 +276,367 @@ double lmm_log_density(const double *x, double *grad, const double *buf) {
     const double *Zty = o;
 
     const int nb = n_beta > 0 ? n_beta : 1, np_ = n_pairs > 0 ? n_pairs : 1; /* no zero-length arrays */
-    double vals[k_prior], dxdz[k_prior], beta[nb], g_beta[nb], rho[np_];
+    double vals[P.k], dxdz[P.k], beta[nb], g_beta[nb], rho[np_];
     double Lcorr[q * q], Lam[q * q], g_lam[q * q];
-    double lp = 0.0, g_sigma;
-    for (int k = 0; k < k_prior; k++) {
-        double uk, dk, lj, dlj, f_lp, f_d;
-        constrain(lo[k], hi[k], x[k], &uk, &dk, &lj, &dlj);
-        family_lp((int)fam[k], args + 3 * k, pa[k] + pb[k] * uk, &f_lp, &f_d);
-        lp += f_lp + lj;
-        grad[k] = dlj + f_d * pb[k] * dk; /* the likelihood's part is added below */
-        vals[k] = alpha[k] + beta_[k] * uk;
-        dxdz[k] = beta_[k] * dk;
-    }
+    double g_sigma;
+    double lp = prior_part(&P, x, grad, vals, dxdz, Lcorr, rho, Lam);
     for (int k = 0; k < n_beta; k++) beta[k] = vals[k] - shift[k];
-    const double sigma = vals[n_beta];
-    for (int i = 0; i < q * q; i++) Lcorr[i] = (i % (q + 1) == 0) ? 1.0 : 0.0;
-    for (int j = 0; j < n_pairs; j++) { /* rho = tanh(z/2): LKJ(eta) is (1 - rho^2)^(eta - 1) */
-        int a = (int)pair_a[j], b = (int)pair_b[j];
-        double z = x[k_prior + j], ls = log_sigmoid(z), lsm = log_sigmoid(-z);
-        lp += eta[j] * (ls + lsm);
-        grad[k_prior + j] = eta[j] * (1.0 - 2.0 * sigmoid(z));
-        rho[j] = tanh(0.5 * z);
-        Lcorr[b * q + a] = rho[j];
-        Lcorr[b * q + b] = 2.0 * exp(0.5 * (ls + lsm)); /* sqrt(1 - rho^2) = 2 sqrt(u (1 - u)) */
-    }
-    for (int i = 0; i < q; i++)
-        for (int j = 0; j < q; j++) Lam[i * q + j] = vals[n_beta + 1 + i] * Lcorr[i * q + j];
-    double ll = marginal_loglik(n_beta, G, q, beta, sigma, Lam, n, WtW, Wty, yty, ZtZ, ZtW, Zty, g_beta,
+    double ll = marginal_loglik(n_beta, G, q, beta, vals[n_beta], Lam, n, WtW, Wty, yty, ZtZ, ZtW, Zty, g_beta,
                                 g_lam, &g_sigma);
-    for (int k = 0; k < n_beta; k++) grad[k] += g_beta[k] * dxdz[k];
-    grad[n_beta] += g_sigma * dxdz[n_beta];
-    for (int i = 0; i < q; i++) {
-        double t = 0.0;
-        for (int j = 0; j < q; j++) t += g_lam[i * q + j] * Lcorr[i * q + j];
-        grad[n_beta + 1 + i] += t * dxdz[n_beta + 1 + i];
+    chain_back(&P, vals, dxdz, Lcorr, rho, g_beta, &g_sigma, g_lam, grad);
+    return lp + ll;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * GLMMs (kernel.py's GlmmKernel documents the buffer): one grouping factor, the random effects
+ * b_g = Lam v_g with v_g ~ N(0, I), integrated out group by group by adaptive Gauss-Hermite
+ * quadrature around the mode of h_g(v) = sum_i w_i l_i(eta0_i + z_i' Lam v) - |v|^2/2:
+ *   log p(y_g) = -log|L| + log sum_k omega_k exp(h_g(v_k) + |z_k|^2/2),   v_k = vhat + L'^-1 z_k,
+ * with H = L L' the negative Hessian of h_g at its mode vhat (constants dropped). The gradient is the
+ * quadrature of Fisher's identity, E[d/dtheta log p(y, v | theta) | y] with the nodes held fixed: it
+ * differs from the derivative of the quadrature by the quadrature error of an integral that is zero.
+ * NUTS stays exact for the value it is given (leapfrog with any position-dependent force preserves
+ * volume and is reversible), so this costs at most efficiency, never correctness.
+ * The mode is found by Newton's method with step halving (h_g is strictly concave for these
+ * log-concave families), converged to 1e-10 so that the value is a function of theta alone; each
+ * thread keeps the last modes as starting points.
+ * --------------------------------------------------------------------------------------------- */
+#define GHEADER 12 /* total, n_dim, n_beta, q, G, n_pairs, N, n_dpar, family, n_nodes, max rows per group, 0 */
+
+enum { GLMM_BINOMIAL_LOGIT = 1, GLMM_POISSON_LOG = 2, GLMM_NEGBINOMIAL_LOG = 3 };
+
+static double digamma(double x) { /* x > 0: recurrence up to 6, then the asymptotic series */
+    double r = 0.0;
+    while (x < 6.0) { r -= 1.0 / x; x += 1.0; }
+    double f = 1.0 / (x * x);
+    return r + log(x) - 0.5 / x - f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))));
+}
+
+/* One row's log-likelihood up to constants in theta, its first and second derivatives by eta and its
+ * derivative by the shape phi (negative binomial). */
+static double row_ll(int fam, double y, double n, double eta, double phi, double *d1, double *d2, double *dphi) {
+    switch (fam) {
+    case GLMM_BINOMIAL_LOGIT: { /* one exp: e = exp(-|eta|) gives p and log(1 + exp(eta)) */
+        double e = exp(-fabs(eta)), p = eta >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+        *d1 = y - n * p; *d2 = -n * p * (1.0 - p);
+        return y * eta - n * (fmax(eta, 0.0) + log1p(e));
     }
-    for (int j = 0; j < n_pairs; j++) {
-        int a = (int)pair_a[j], b = (int)pair_b[j];
-        double root = Lcorr[b * q + b];
-        if (root > 0.0) {
-            double d_rho = vals[n_beta + 1 + b] * (g_lam[b * q + a] - g_lam[b * q + b] * rho[j] / root);
-            grad[k_prior + j] += d_rho * 0.5 * root * root; /* drho/dz = (1 - rho^2)/2 */
+    case GLMM_POISSON_LOG: {
+        double mu = n * exp(eta); /* n: how many rows were summed into this one */
+        *d1 = y - mu; *d2 = -mu;
+        return y * eta - mu;
+    }
+    default: { /* GLMM_NEGBINOMIAL_LOG; the terms in phi alone are in row_ll_phi */
+        double lphi = log(phi);
+        double lt = eta > lphi ? eta + log1p(exp(lphi - eta)) : lphi + log1p(exp(eta - lphi)); /* log(phi + mu) */
+        double r = exp(eta - lt), s = exp(lphi - lt);                                         /* mu, phi over phi + mu */
+        *d1 = y - (y + phi) * r; *d2 = -(y + phi) * r * s;
+        *dphi = lphi + 1.0 - lt - (y + phi) * exp(-lt);
+        return phi * (lphi - lt) + y * (eta - lt);
+    }
+    }
+}
+
+/* The part of a row's log-likelihood that depends on the family's parameter but not on eta (so not on
+ * the random effects either: it leaves the quadrature), and its derivative by phi. */
+static double row_ll_phi(int fam, double y, double phi, double *dphi) {
+    if (fam != GLMM_NEGBINOMIAL_LOG) { *dphi = 0.0; return 0.0; }
+    *dphi = digamma(y + phi) - digamma(phi);
+    return lgamma(y + phi) - lgamma(phi);
+}
+
+typedef struct {
+    Priors P;
+    int p, q, G, N, fam, n_nodes, max_ng;
+    const double *nodes, *logw, *starts, *W, *Z, *y, *ntr, *off, *w;
+} Glmm;
+
+static void read_glmm(Glmm *m, const double *buf) {
+    m->p = (int)buf[2]; m->q = (int)buf[3]; m->G = (int)buf[4]; m->N = (int)buf[6];
+    m->fam = (int)buf[8]; m->n_nodes = (int)buf[9]; m->max_ng = (int)buf[10];
+    const double *o = read_priors(&m->P, buf + GHEADER, m->p, (int)buf[7], m->q, (int)buf[5]);
+    m->nodes = o; o += (size_t)m->n_nodes * m->q;
+    m->logw = o; o += m->n_nodes;
+    m->starts = o; o += m->G + 1;
+    m->W = o; o += (size_t)m->N * m->p;
+    m->Z = o; o += (size_t)m->N * m->q;
+    m->y = o; o += m->N;
+    m->ntr = o; o += m->N;
+    m->off = o; o += m->N;
+    m->w = o;
+}
+
+/* Per-thread memory: the last modes (warm starts) of the buffer they belong to, and scratch space. */
+typedef struct {
+    const double *owner;
+    size_t n_modes, cap;
+    double *modes, *scratch;
+} Tls;
+static _Thread_local Tls tls;
+
+static int tls_ready(const Glmm *m, const double *buf) {
+    size_t n_modes = (size_t)m->G * m->q;
+    size_t need = (size_t)m->max_ng * (1 + m->q + (size_t)m->n_nodes * (1 + m->P.n_dpar)) + (size_t)m->n_nodes * (1 + m->q);
+    if (tls.owner != buf || tls.n_modes != n_modes) {
+        free(tls.modes);
+        tls.modes = calloc(n_modes > 0 ? n_modes : 1, sizeof(double));
+        tls.owner = buf; tls.n_modes = n_modes;
+    }
+    if (tls.cap < need) {
+        free(tls.scratch);
+        tls.scratch = malloc(need * sizeof(double));
+        tls.cap = tls.scratch ? need : 0;
+    }
+    return tls.modes != NULL && tls.scratch != NULL;
+}
+
+/* h_g(v) and, if G_ and H are given, its gradient and negative Hessian, over the group's n rows. */
+static double group_h(const Glmm *m, int n, const double *y, const double *ntr, const double *w, const double *eta0,
+                      const double *t, double phi, const double *v, double *G_, double *H) {
+    const int q = m->q;
+    double h = 0.0, d1, d2, dphi;
+    for (int a = 0; a < q; a++) h -= 0.5 * v[a] * v[a];
+    if (G_) {
+        for (int a = 0; a < q; a++) {
+            G_[a] = -v[a];
+            for (int b = 0; b < q; b++) H[a * q + b] = a == b ? 1.0 : 0.0;
         }
     }
+    for (int i = 0; i < n; i++) {
+        double eta = eta0[i];
+        for (int a = 0; a < q; a++) eta += t[i * q + a] * v[a];
+        h += w[i] * row_ll(m->fam, y[i], ntr[i], eta, phi, &d1, &d2, &dphi);
+        if (G_) {
+            for (int a = 0; a < q; a++) {
+                G_[a] += w[i] * d1 * t[i * q + a];
+                for (int b = 0; b <= a; b++) H[a * q + b] -= w[i] * d2 * t[i * q + a] * t[i * q + b];
+            }
+        }
+    }
+    if (G_)
+        for (int a = 0; a < q; a++)
+            for (int b = a + 1; b < q; b++) H[a * q + b] = H[b * q + a];
+    return h;
+}
+
+/* Solve (L L') x = r for x, L lower (row-major, q x q). */
+static void chol_solve(const double *L, int q, const double *r, double *x) {
+    double tmp[q];
+    for (int i = 0; i < q; i++) {
+        double s = r[i];
+        for (int k = 0; k < i; k++) s -= L[i * q + k] * tmp[k];
+        tmp[i] = s / L[i * q + i];
+    }
+    for (int i = q - 1; i >= 0; i--) {
+        double s = tmp[i];
+        for (int k = i + 1; k < q; k++) s -= L[k * q + i] * x[k];
+        x[i] = s / L[i * q + i];
+    }
+}
+
+/* Solve L' x = z (the node's offset from the mode). */
+static void chol_back(const double *L, int q, const double *z, double *x) {
+    for (int i = q - 1; i >= 0; i--) {
+        double s = z[i];
+        for (int k = i + 1; k < q; k++) s -= L[k * q + i] * x[k];
+        x[i] = s / L[i * q + i];
+    }
+}
+
+/* The mode of h_g from v (updated in place) and the Cholesky factor L of the negative Hessian there.
+ * Returns h_g at the mode, or NAN if Newton's method failed (non-finite values). */
+static double group_mode(const Glmm *m, int n, const double *y, const double *ntr, const double *w,
+                         const double *eta0, const double *t, double phi, double *v, double *L) {
+    const int q = m->q;
+    double G_[q], H[q * q], step[q], trial[q], Gt[q], Ht[q * q];
+    double h = group_h(m, n, y, ntr, w, eta0, t, phi, v, G_, H);
+    if (!isfinite(h)) { for (int a = 0; a < q; a++) v[a] = 0.0; h = group_h(m, n, y, ntr, w, eta0, t, phi, v, G_, H); }
+    for (int it = 0; it < 200 && isfinite(h); it++) {
+        for (int i = 0; i < q * q; i++) L[i] = H[i];
+        if (!cholesky_inplace(L, q)) return NAN;
+        chol_solve(L, q, G_, step);
+        double size = 0.0;
+        for (int a = 0; a < q; a++) size = fmax(size, fabs(step[a]));
+        if (size < 1e-10) return h;
+        double scale = 1.0, ht = -INFINITY;
+        for (int half = 0; half < 60; half++, scale *= 0.5) {
+            for (int a = 0; a < q; a++) trial[a] = v[a] + scale * step[a];
+            ht = group_h(m, n, y, ntr, w, eta0, t, phi, trial, Gt, Ht);
+            if (isfinite(ht) && ht >= h - 1e-12 * fabs(h)) break;
+        }
+        if (!isfinite(ht)) return NAN;
+        for (int a = 0; a < q; a++) v[a] = trial[a];
+        for (int i = 0; i < q * q; i++) H[i] = Ht[i];
+        for (int a = 0; a < q; a++) G_[a] = Gt[a];
+        h = ht;
+    }
+    for (int i = 0; i < q * q; i++) L[i] = H[i];
+    return cholesky_inplace(L, q) && isfinite(h) ? h : NAN;
+}
+
+/* The group's linear predictor without its random effects, and t_i = Lam' z_i. */
+static void group_rows(const Glmm *m, int s, int n, const double *beta, const double *Lam, double *eta0, double *t) {
+    const int p = m->p, q = m->q;
+    for (int i = 0; i < n; i++) {
+        const double *Wi = m->W + (size_t)(s + i) * p, *Zi = m->Z + (size_t)(s + i) * q;
+        double e = m->off[s + i];
+        for (int j = 0; j < p; j++) e += Wi[j] * beta[j];
+        eta0[i] = e;
+        for (int b = 0; b < q; b++) {
+            double u = 0.0;
+            for (int a = 0; a < q; a++) u += Zi[a] * Lam[a * q + b];
+            t[i * q + b] = u;
+        }
+    }
+}
+
+/* log p(y | beta, phi, Lam) by adaptive quadrature, with the gradient (see above). NAN on failure. */
+static double glmm_marginal(const Glmm *m, const double *beta, double phi, const double *Lam, double *g_beta,
+                            double *g_phi, double *g_lam) {
+    const int p = m->p, q = m->q, K = m->n_nodes, nd = m->P.n_dpar;
+    double total = 0.0;
+    double L[q * q], d2, dphi = 0.0;
+    for (int j = 0; j < p; j++) g_beta[j] = 0.0;
+    for (int i = 0; i < q * q; i++) g_lam[i] = 0.0;
+    *g_phi = 0.0;
+    for (int g = 0; g < m->G; g++) {
+        const int s = (int)m->starts[g], n = (int)m->starts[g + 1] - s;
+        double *eta0 = tls.scratch, *t = eta0 + m->max_ng, *d1 = t + (size_t)m->max_ng * q;
+        double *dp = d1 + (size_t)m->max_ng * K, *lk = dp + (size_t)m->max_ng * K * nd, *vk = lk + K;
+        double *v = tls.modes + (size_t)g * q;
+        const double *y = m->y + s, *ntr = m->ntr + s, *w = m->w + s;
+        group_rows(m, s, n, beta, Lam, eta0, t);
+        if (!isfinite(group_mode(m, n, y, ntr, w, eta0, t, phi, v, L))) return NAN;
+        double logdet = 0.0, top = -INFINITY;
+        for (int a = 0; a < q; a++) logdet += log(L[a * q + a]);
+        for (int k = 0; k < K; k++) {
+            double *vv = vk + (size_t)k * q, h = 0.0;
+            chol_back(L, q, m->nodes + (size_t)k * q, vv);
+            for (int a = 0; a < q; a++) { vv[a] += v[a]; h -= 0.5 * vv[a] * vv[a]; }
+            for (int i = 0; i < n; i++) {
+                double eta = eta0[i];
+                for (int a = 0; a < q; a++) eta += t[i * q + a] * vv[a];
+                h += w[i] * row_ll(m->fam, y[i], ntr[i], eta, phi, d1 + (size_t)i * K + k, &d2, &dphi);
+                if (nd) dp[(size_t)i * K + k] = dphi;
+            }
+            lk[k] = m->logw[k] + h;
+            if (lk[k] > top) top = lk[k];
+        }
+        if (!isfinite(top)) return NAN;
+        double sum = 0.0;
+        for (int k = 0; k < K; k++) { lk[k] = exp(lk[k] - top); sum += lk[k]; }
+        for (int k = 0; k < K; k++) lk[k] /= sum; /* the nodes' posterior weights */
+        total += top + log(sum) - logdet;
+        if (nd)
+            for (int i = 0; i < n; i++) {
+                double dphi_i;
+                total += w[i] * row_ll_phi(m->fam, y[i], phi, &dphi_i);
+                *g_phi += w[i] * dphi_i;
+            }
+        for (int i = 0; i < n; i++) {
+            const double *Wi = m->W + (size_t)(s + i) * p, *Zi = m->Z + (size_t)(s + i) * q;
+            double e = 0.0, ev[q];
+            for (int b = 0; b < q; b++) ev[b] = 0.0;
+            for (int k = 0; k < K; k++) {
+                double c = lk[k] * d1[(size_t)i * K + k];
+                e += c;
+                for (int b = 0; b < q; b++) ev[b] += c * vk[(size_t)k * q + b];
+                if (nd) *g_phi += w[i] * lk[k] * dp[(size_t)i * K + k];
+            }
+            for (int j = 0; j < p; j++) g_beta[j] += w[i] * e * Wi[j];
+            for (int a = 0; a < q; a++)
+                for (int b = 0; b < q; b++) g_lam[a * q + b] += w[i] * Zi[a] * ev[b];
+        }
+    }
+    return total;
+}
+
+/* The GLMM's log density at x; its gradient into grad. */
+double glmm_log_density(const double *x, double *grad, const double *buf) {
+    Glmm m;
+    read_glmm(&m, buf);
+    const Priors *P = &m.P;
+    const int q = m.q, nb = m.p > 0 ? m.p : 1, np_ = P->n_pairs > 0 ? P->n_pairs : 1;
+    double vals[P->k], dxdz[P->k], g_beta[nb], rho[np_], Lcorr[q * q], Lam[q * q], g_lam[q * q], g_phi;
+    if (!tls_ready(&m, buf)) return NAN;
+    double lp = prior_part(P, x, grad, vals, dxdz, Lcorr, rho, Lam);
+    double phi = P->n_dpar ? vals[m.p] : 0.0;
+    double ll = glmm_marginal(&m, vals, phi, Lam, g_beta, &g_phi, g_lam);
+    if (!isfinite(ll)) return -INFINITY;
+    chain_back(P, vals, dxdz, Lcorr, rho, g_beta, &g_phi, g_lam, grad);
     return lp + ll;
+}
+
+int64_t glmm_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+    if (dim != (uint64_t)buf[1]) return -1;
+    double value = glmm_log_density(x, out, buf);
+    *logp = value;
+    if (!isfinite(value)) return 4;
+    for (uint64_t i = 0; i < dim; i++)
+        if (!isfinite(out[i])) return 3;
+    return 0;
+}
+
+/* -- the random effects' exact conditional ------------------------------------------------------ */
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+static double uniform(uint64_t *s) { return ((splitmix(s) >> 11) + 0.5) * 0x1.0p-53; } /* in (0, 1) */
+static double std_normal(uint64_t *s) { return sqrt(-2.0 * log(uniform(s))) * cos(6.283185307179586 * uniform(s)); }
+
+/* For each draw x[d] (rows of the unconstrained parameters), the random effects b_g = Lam v_g in
+ * standardised units, into out[d][g][:]: v_g from an independence Metropolis chain of `steps` steps
+ * started at its own proposal, the proposal a multivariate t with 4 degrees of freedom at the mode,
+ * scaled by the inverse negative Hessian. The chain leaves the exact conditional p(v | y_g, theta)
+ * invariant, and the ratio target / proposal is bounded (h_g <= h_g(vhat) - |v - vhat|^2 / 2, since the
+ * prior makes h_g 1-strongly concave, while the t's tails are polynomial), so it is uniformly ergodic.
+ * accepted[d] counts accepted moves after the first. Returns 0, or 1 where a mode could not be found. */
+int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t steps, uint64_t seed, double *out,
+                  double *accepted) {
+    Glmm m;
+    read_glmm(&m, buf);
+    const Priors *P = &m.P;
+    const int q = m.q, n_dim = (int)buf[1], np_ = P->n_pairs > 0 ? P->n_pairs : 1;
+    const double nu = 4.0;
+    double vals[P->k], dxdz[P->k], rho[np_], Lcorr[q * q], Lam[q * q], L[q * q], grad[n_dim];
+    double z[q], v[q], cur[q];
+    if (!tls_ready(&m, buf)) return 1;
+    for (int64_t d = 0; d < n_draws; d++) {
+        uint64_t state = seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(d + 1));
+        prior_part(P, xs + d * n_dim, grad, vals, dxdz, Lcorr, rho, Lam);
+        double phi = P->n_dpar ? vals[m.p] : 0.0;
+        accepted[d] = 0.0;
+        for (int g = 0; g < m.G; g++) {
+            const int s = (int)m.starts[g], n = (int)m.starts[g + 1] - s;
+            double *eta0 = tls.scratch, *t = eta0 + m.max_ng, *mode = tls.modes + (size_t)g * q;
+            const double *y = m.y + s, *ntr = m.ntr + s, *w = m.w + s;
+            group_rows(&m, s, n, vals, Lam, eta0, t);
+            if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, mode, L))) return 1;
+            double cur_lr = 0.0;
+            for (int64_t step = 0; step < steps; step++) {
+                double chi = -2.0 * log(uniform(&state) * uniform(&state)), r2 = 0.0; /* chi-square(4) */
+                for (int a = 0; a < q; a++) { z[a] = std_normal(&state) * sqrt(nu / chi); r2 += z[a] * z[a]; }
+                chol_back(L, q, z, v);
+                for (int a = 0; a < q; a++) v[a] += mode[a];
+                double lr = group_h(&m, n, y, ntr, w, eta0, t, phi, v, NULL, NULL) + 0.5 * (nu + q) * log1p(r2 / nu);
+                if (step == 0 || (isfinite(lr) && log(uniform(&state)) < lr - cur_lr)) {
+                    for (int a = 0; a < q; a++) cur[a] = v[a];
+                    if (step > 0) accepted[d] += 1.0;
+                    cur_lr = lr;
+                }
+            }
+            for (int b = 0; b < q; b++) {
+                double r = 0.0;
+                for (int a = 0; a < q; a++) r += Lam[b * q + a] * cur[a];
+                out[((size_t)d * m.G + g) * q + b] = r;
+            }
+        }
+    }
+    return 0;
 }
 
 /* nutpie's log-density callback: 0 on success, nonzero codes as nutpie's numba callbacks use them. */

@@ -38,7 +38,7 @@ import ctypes
 import functools
 import importlib.util
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -65,6 +65,10 @@ def _library() -> ctypes.CDLL | None:
     f64p = ctypes.POINTER(ctypes.c_double)
     lib.lmm_log_density.restype = ctypes.c_double
     lib.lmm_log_density.argtypes = [f64p, f64p, f64p]
+    lib.glmm_log_density.restype = ctypes.c_double
+    lib.glmm_log_density.argtypes = [f64p, f64p, f64p]
+    lib.glmm_draw.restype = ctypes.c_int64
+    lib.glmm_draw.argtypes = [f64p, f64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64, f64p, f64p]
     return lib
 
 
@@ -73,24 +77,26 @@ def available() -> bool:
     return _library() is not None
 
 
-def log_density(x: np.ndarray, grad: np.ndarray, buf: np.ndarray) -> float:
+def log_density(x: np.ndarray, grad: np.ndarray, buf: np.ndarray, function: str = "lmm_log_density") -> float:
     """Log density (priors, Jacobians and marginal likelihood) at ``x``; its gradient into ``grad``.
 
-    ``buf`` holds the model's numbers packed as `Kernel.buffer` writes
-    them, so that one compiled function serves every model. All three must be
+    ``buf`` holds the model's numbers packed as `Kernel.buffer` (or
+    ``GlmmKernel.buffer``, with ``function="glmm_log_density"``) writes them,
+    so that one compiled function serves every model. All three must be
     C-contiguous float64 arrays; ``grad`` has the length of ``x``.
     """
     lib = _library()
     assert lib is not None, "the C kernel is not installed"
     f64p = ctypes.POINTER(ctypes.c_double)
-    return lib.lmm_log_density(x.ctypes.data_as(f64p), grad.ctypes.data_as(f64p), buf.ctypes.data_as(f64p))
+    return getattr(lib, function)(x.ctypes.data_as(f64p), grad.ctypes.data_as(f64p), buf.ctypes.data_as(f64p))
 
 
-def c_callbacks() -> tuple[_Callback, _Callback]:
-    """nutpie's log-density and expand callbacks: addresses of ``lmm_logp`` and ``lmm_expand``."""
+def c_callbacks(logp: str = "lmm_logp") -> tuple[_Callback, _Callback]:
+    """nutpie's log-density and expand callbacks: addresses of ``logp`` (``lmm_logp`` or ``glmm_logp``) and
+    ``lmm_expand``."""
     lib = _library()
     assert lib is not None, "the C kernel is not installed"
-    return _Callback(_address(lib.lmm_logp)), _Callback(_address(lib.lmm_expand))
+    return _Callback(_address(getattr(lib, logp))), _Callback(_address(lib.lmm_expand))
 
 
 def _address(function: Any) -> int:
@@ -100,7 +106,7 @@ def _address(function: Any) -> int:
 #: Header of the packed buffer: total length, n_dim, n_beta, q, levels, pairs, N, y'y
 #: (``HEADER`` in ``_kernel.c``, which reads the buffer).
 _HEADER = 8
-#: Per-parameter arrays of the buffer, in order (``_kernel.c`` reads them in this order).
+#: Per-parameter arrays of the buffer, in order (``read_priors`` in ``_kernel.c`` reads them in this order).
 _PER_PARAM = ("fam", "args", "lo", "hi", "a", "b", "alpha", "beta")
 
 
@@ -108,17 +114,16 @@ _PER_PARAM = ("fam", "args", "lo", "hi", "a", "b", "alpha", "beta")
 
 
 @dataclass(frozen=True, eq=False)
-class Kernel:
-    """The numbers `log_density` needs for one model, and the maps to and from ``x``.
+class ParamArrays:
+    """The plan's parameters as the C code reads them, and the maps to and from the sampler's ``x``.
 
-    Build it with `build`; ``logp(x)`` returns ``(value, gradient)``.
-    Parameters are the plan's (`lmmbayes.engines.plan`): the centred
-    intercept (if any), the coefficients, σ, the factor's sds, then one ``z``
-    per correlated pair. A parameter's ``u`` lives on ``[lo, hi]``; its prior
-    is evaluated at ``a + b u`` and the likelihood at ``alpha + beta u``.
+    Parameters are the plan's (`lmmbayes.engines.plan`), in its order: the
+    population-level effects (the centred intercept first), the
+    distributional parameters, the factor's sds, then one ``z`` per correlated
+    pair. A parameter's ``u`` lives on ``[lo, hi]``; its prior is evaluated at
+    ``a + b u`` and the likelihood at ``alpha + beta u``.
     """
 
-    n_beta: int
     q: int
     fam: np.ndarray
     args: np.ndarray
@@ -132,25 +137,14 @@ class Kernel:
     pair_a: np.ndarray
     pair_b: np.ndarray
     eta: np.ndarray
-    data: tuple[Any, ...]  # shift, n, WtW, Wty, yty, ZtZ, ZtW, Zty
 
     @property
     def n_dim(self) -> int:
-        return self.n_beta + 1 + self.q + self.pair_a.shape[0]
+        return self.fam.shape[0] + self.pair_a.shape[0]
 
-    @functools.cached_property
-    def buffer(self) -> np.ndarray:
-        """Everything `log_density` reads, packed into one float64 array (not to be modified)."""
-        shift, n, WtW, Wty, yty, ZtZ, ZtW, Zty = self.data
-        parts = [getattr(self, name) for name in _PER_PARAM] + [self.pair_a, self.pair_b, self.eta, shift, WtW,
-                                                                  Wty, ZtZ, ZtW, Zty]
-        body = np.concatenate([np.asarray(p, dtype=float).ravel() for p in parts])
-        header = [_HEADER + body.size, self.n_dim, self.n_beta, self.q, ZtZ.shape[0], self.pair_a.shape[0], n, yty]
-        return np.ascontiguousarray(np.concatenate([np.asarray(header, dtype=float), body]))
-
-    def logp(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        grad = np.empty(self.n_dim)
-        return log_density(np.ascontiguousarray(x, dtype=float), grad, self.buffer), grad
+    def packed(self) -> list[np.ndarray]:
+        """The per-parameter arrays and the pairs, in the buffer's order."""
+        return [getattr(self, name) for name in _PER_PARAM] + [self.pair_a, self.pair_b, self.eta]
 
     def unconstrain_start(self) -> np.ndarray:
         """``x`` at the starting values (before jitter)."""
@@ -158,7 +152,7 @@ class Kernel:
 
     def constrained(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Draws ``x`` (..., n_dim) as the plan's ``u`` (..., K) and the (..., q, q) Cholesky factor of the correlations."""
-        k = self.n_beta + 1 + self.q
+        k = self.fam.shape[0]
         u = constrain(x[..., :k], self.lo, self.hi)
         L = np.broadcast_to(np.eye(self.q), x.shape[:-1] + (self.q, self.q)).copy()
         for j, (a, b) in enumerate(zip(self.pair_a, self.pair_b)):
@@ -166,6 +160,63 @@ class Kernel:
             L[..., b, a] = rho
             L[..., b, b] = np.sqrt((1.0 - rho) * (1.0 + rho))
         return u, L
+
+
+def param_arrays(plan: Plan, q: int) -> ParamArrays | None:
+    """The plan's parameters for the C code, or None where a prior is one the C code does not evaluate."""
+    priors = [p.prior for p in plan.params]
+    if any(not p.family.builtin or p.family.kernel < 0 for p in priors):
+        return None
+    args = np.zeros((len(priors), 3))
+    for k, p in enumerate(priors):
+        args[k, :len(p.args)] = p.args
+    arr = lambda name: np.array([getattr(p, name) for p in plan.params], dtype=float)  # noqa: E731
+    pairs = [b.terms for b in plan.cor]
+    return ParamArrays(q=q, fam=np.array([p.family.kernel for p in priors], dtype=np.int64), args=args,
+                       lo=arr("lo"), hi=arr("hi"), a=arr("a"), b=arr("b"), alpha=arr("alpha"), beta=arr("beta"),
+                       start_values=arr("start"), pair_a=np.array([a for a, _ in pairs], dtype=np.int64),
+                       pair_b=np.array([b for _, b in pairs], dtype=np.int64),
+                       eta=np.array([b.eta for b in plan.cor], dtype=float))
+
+
+@dataclass(frozen=True, eq=False)
+class Kernel:
+    """The numbers `log_density` needs for one Gaussian model, and the maps to and from ``x``.
+
+    Build it with `build`; ``logp(x)`` returns ``(value, gradient)``.
+    """
+
+    n_beta: int
+    q: int
+    params: ParamArrays
+    data: tuple[Any, ...]  # shift, n, WtW, Wty, yty, ZtZ, ZtW, Zty
+
+    #: nutpie's log-density callback in ``_kernel.c``.
+    callback: ClassVar[str] = "lmm_logp"
+
+    @property
+    def n_dim(self) -> int:
+        return self.params.n_dim
+
+    @functools.cached_property
+    def buffer(self) -> np.ndarray:
+        """Everything `log_density` reads, packed into one float64 array (not to be modified)."""
+        shift, n, WtW, Wty, yty, ZtZ, ZtW, Zty = self.data
+        parts = self.params.packed() + [shift, WtW, Wty, ZtZ, ZtW, Zty]
+        body = np.concatenate([np.asarray(p, dtype=float).ravel() for p in parts])
+        header = [_HEADER + body.size, self.n_dim, self.n_beta, self.q, ZtZ.shape[0], self.params.pair_a.shape[0],
+                  n, yty]
+        return np.ascontiguousarray(np.concatenate([np.asarray(header, dtype=float), body]))
+
+    def logp(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        grad = np.empty(self.n_dim)
+        return log_density(np.ascontiguousarray(x, dtype=float), grad, self.buffer), grad
+
+    def unconstrain_start(self) -> np.ndarray:
+        return self.params.unconstrain_start()
+
+    def constrained(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.params.constrained(x)
 
 
 def constrain(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -203,30 +254,18 @@ def build(design: Design, plan: Plan, collapsed: Any) -> Kernel | None:
     if plan.dpars != ("sigma",) or any(len(b.terms) > 2 for b in plan.cor):
         return None
     f = design.factors[0]
-    priors = [p.prior for p in plan.params]
-    if any(not p.family.builtin or p.family.kernel < 0 for p in priors):
+    params = param_arrays(plan, f.q)
+    if params is None:
         return None
-    args = np.zeros((len(priors), 3))
-    for k, p in enumerate(priors):
-        args[k, :len(p.args)] = p.args
-    arr = lambda name: np.array([getattr(p, name) for p in plan.params], dtype=float)
-    pairs = [b.terms for b in plan.cor]
-    n_beta = len(plan.params) - 1 - f.q
     fixed, fac = collapsed.fixed, collapsed.factor
     data = (np.ascontiguousarray(fixed.shift, dtype=float), float(fixed.n),
             np.ascontiguousarray(fixed.WtW, dtype=float), np.ascontiguousarray(fixed.Wty, dtype=float),
             float(fixed.yty), np.ascontiguousarray(fac.ZtZ, dtype=float),
             np.ascontiguousarray(fac.ZtW, dtype=float), np.ascontiguousarray(fac.Zty, dtype=float))
-    return Kernel(
-        n_beta=n_beta, q=f.q, fam=np.array([p.family.kernel for p in priors], dtype=np.int64), args=args,
-        lo=arr("lo"), hi=arr("hi"), a=arr("a"), b=arr("b"), alpha=arr("alpha"), beta=arr("beta"),
-        start_values=arr("start"), pair_a=np.array([a for a, _ in pairs], dtype=np.int64),
-        pair_b=np.array([b for _, b in pairs], dtype=np.int64), eta=np.array([b.eta for b in plan.cor], dtype=float),
-        data=data,
-    )
+    return Kernel(n_beta=len(plan.params) - 1 - f.q, q=f.q, params=params, data=data)
 
 
-def nutpie_model(kernel: Kernel) -> Any:
+def nutpie_model(kernel: Any) -> Any:
     """The kernel as a nutpie model with one expanded variable ``x`` (the unconstrained draws).
 
     nutpie calls the C callbacks directly, as it does for PyMC models it
@@ -247,7 +286,7 @@ def nutpie_model(kernel: Kernel) -> Any:
     try:
         from nutpie.compile_pymc import CompiledPyMCModel
 
-        logp, expand = c_callbacks()
+        logp, expand = c_callbacks(kernel.callback)
         return CompiledPyMCModel(
             compiled_logp_func=logp, compiled_expand_func=expand, initial_point_func=initial_point,
             shared_data={}, shared_var_keys={}, user_data=kernel.buffer, n_expanded=n_dim,
@@ -258,7 +297,7 @@ def nutpie_model(kernel: Kernel) -> Any:
         return _pyfunc_model(kernel, initial_point)
 
 
-def _pyfunc_model(kernel: Kernel, initial_point: Any) -> Any:
+def _pyfunc_model(kernel: Any, initial_point: Any) -> Any:
     from nutpie.compiled_pyfunc import from_pyfunc
 
     n_dim = kernel.n_dim

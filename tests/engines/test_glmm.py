@@ -1,0 +1,299 @@
+"""The collapsed engine for non-Gaussian families: adaptive quadrature in C, checked against witnesses.
+
+Witnesses: the marginal likelihood by scipy's adaptive quadrature (1-D) and
+a dense grid (2-D); finite differences of the value for the gradient; the
+exact conditional distribution of one group's effect by numerical
+integration for the random-effect draws; the joint engine (which samples every
+random effect and needs no approximation) for whole fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from arviz_stats.base import array_stats
+from scipy import integrate, special
+
+import lmmbayes as lb
+from lmmbayes import pipeline
+from lmmbayes.engines.collapsed import glmm, kernel
+from lmmbayes.engines.plan import plan as make_plan
+from lmmbayes.priors import as_prior_set, resolve_priors
+from lmmbayes.results.posterior import flat_draws
+
+from conftest import quiet_fit
+
+pytestmark = pytest.mark.skipif(not kernel.available(), reason="the C kernel is not built")
+
+
+def simulate(family: str, q: int = 1, groups: int = 30, per: int = 6, sd: float = 1.0, seed: int = 4) -> pd.DataFrame:
+    """Rows of ``y ~ x + (1 | g)`` (q = 1) or ``(1 + x | g)`` (q = 2) with known random effects."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), per)
+    x = rng.normal(size=g.size)
+    b = rng.normal(size=(groups, 2)) * [sd, 0.5 * sd]
+    eta = 0.2 + 0.5 * x + b[g, 0] + (b[g, 1] * x if q == 2 else 0.0)
+    data = {"x": x, "g": [f"g{k:02d}" for k in g]}
+    if family == "bernoulli":
+        data["y"] = (rng.random(g.size) < special.expit(eta)).astype(int)
+    elif family == "binomial":
+        data["n"] = rng.integers(1, 6, g.size)
+        data["y"] = rng.binomial(data["n"], special.expit(eta))
+    elif family == "poisson":
+        data["y"] = rng.poisson(np.exp(eta))
+    else:
+        mu = np.exp(eta)
+        data["y"] = rng.poisson(rng.gamma(2.0, mu / 2.0))
+    return pd.DataFrame(data)
+
+
+def formula(family: str, q: int = 1) -> str:
+    lhs = "y | trials(n)" if family == "binomial" else "y"
+    return f"{lhs} ~ x + " + ("(1 | g)" if q == 1 else "(1 + x | g)")
+
+
+def kernel_of(family: str, q: int = 1, **kw) -> tuple[glmm.GlmmKernel, object, object]:
+    data = simulate(family, q, **kw)
+    fam = pipeline.options(family=family).family
+    design = pipeline.design_of(formula(family, q), data, fam)
+    pl = make_plan(design, resolve_priors(design, as_prior_set(None)))
+    k = glmm.build(design, pl)
+    assert k is not None
+    return k, design, pl
+
+
+def flat_priors(k: glmm.GlmmKernel) -> glmm.GlmmKernel:
+    """The same kernel with every prior flat: its value is then the marginal likelihood plus the log Jacobians."""
+    return replace(k, params=replace(k.params, fam=np.zeros_like(k.params.fam)))
+
+
+def exact_loglik(family: str, data: pd.DataFrame, beta: np.ndarray, Lam: np.ndarray, phi: float | None = None) -> float:
+    """log p(y | beta, Lam) by scipy's adaptive quadrature (q = 1) or a fine dense grid (q = 2), constants kept
+    out as the kernel keeps them out (binomial coefficients, log y!)."""
+    x, y = data["x"].to_numpy(), data["y"].to_numpy(dtype=float)
+    n = data["n"].to_numpy(dtype=float) if "n" in data else np.ones_like(y)
+    q = Lam.shape[0]
+
+    def row_ll(eta, yy, nn):
+        if family in ("bernoulli", "binomial"):
+            return yy * eta - nn * np.logaddexp(0.0, eta)
+        if family == "poisson":
+            return yy * eta - np.exp(eta)
+        lt = np.logaddexp(np.log(phi), eta)
+        return special.gammaln(yy + phi) - special.gammaln(phi) + phi * (np.log(phi) - lt) + yy * (eta - lt)
+
+    total = 0.0
+    for _, rows in data.groupby("g", sort=True).indices.items():
+        xx, yy, nn = x[rows], y[rows], n[rows]
+        eta0 = beta[0] + beta[1] * xx
+        Z = np.column_stack([np.ones_like(xx), xx])[:, :q]
+        if q == 1:
+            f = lambda v: np.exp(row_ll(eta0 + Z[:, 0] * Lam[0, 0] * v, yy, nn).sum() - 0.5 * v * v) / np.sqrt(2 * np.pi)
+            total += np.log(integrate.quad(f, -12, 12, epsabs=0, epsrel=1e-11, limit=200)[0])
+        else:
+            grid = np.linspace(-9, 9, 721)
+            V1, V2 = np.meshgrid(grid, grid, indexing="ij")
+            V = np.stack([V1.ravel(), V2.ravel()], 1)
+            B = V @ Lam.T
+            eta = eta0[None, :] + B @ Z.T
+            log_f = row_ll(eta, yy[None], nn[None]).sum(1) - 0.5 * (V**2).sum(1) - np.log(2 * np.pi)
+            top = log_f.max()
+            total += top + np.log(np.exp(log_f - top).sum() * (grid[1] - grid[0]) ** 2)
+    return total
+
+
+CASES = [("bernoulli", 1), ("binomial", 1), ("poisson", 1), ("negbinomial", 1), ("bernoulli", 2), ("poisson", 2)]
+
+
+@pytest.mark.parametrize("family,q", CASES)
+def test_quadrature_is_the_marginal_likelihood(family, q):
+    """The kernel's value with flat priors, less the log Jacobians, is log p(y | theta) computed by scipy."""
+    k, design, pl = kernel_of(family, q, groups=6, per=5)
+    k = flat_priors(k)
+    data = simulate(family, q, groups=6, per=5)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = k.unconstrain_start() + rng.uniform(-0.5, 0.5, k.n_dim)
+        u, L = k.constrained(x)
+        std = pl.to_std(u)
+        bounded = np.isfinite(k.params.lo) & ~np.isfinite(k.params.hi)
+        jac = x[:bounded.size][bounded].sum()  # log-transform Jacobians of the sd (and shape)
+        z_cor = x[bounded.size:]  # LKJ(1) on the correlation's coordinate: its log density stays in the value
+        jac += (special.log_expit(z_cor) + special.log_expit(-z_cor)).sum()
+        beta_std = std[:k.n_beta]
+        sd_std = std[k.n_beta + k.n_dpar:]
+        # back to the data's units: W is standardised x with a ones column (centred intercept)
+        sx, cx = pl.std.x_scale[0], pl.std.x_centre[0]
+        beta = np.array([beta_std[0] - beta_std[1] * cx / sx, beta_std[1] / sx])
+        z = pl.std.z_scale[0]
+        Lam = np.diag(sd_std / z) @ L
+        phi = std[k.n_beta] if k.n_dpar else None
+        value = k.logp(x)[0] - jac
+        assert value == pytest.approx(exact_loglik(family, data, beta, Lam, phi), abs=2e-3 if q == 2 else 1e-4)
+
+
+@pytest.mark.parametrize("family,q", CASES)
+def test_gradient_is_the_derivative_of_the_value(family, q):
+    """The quadrature of Fisher's identity equals the value's derivative up to quadrature error: to 1e-5
+    with many nodes (which checks the algebra), to 1% at the default (what NUTS gets)."""
+    k0, _, _ = kernel_of(family, q)
+    x = k0.unconstrain_start() + np.random.default_rng(1).uniform(-0.4, 0.4, k0.n_dim)
+    for k, tol in ((k0.with_nodes(20 if q == 1 else 14), 1e-5), (k0, 1e-2)):
+        _, grad = k.logp(x)
+        h = 1e-5
+        fd = np.array([(k.logp(x + h * e)[0] - k.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
+        np.testing.assert_allclose(grad, fd, rtol=tol, atol=tol)
+
+
+def test_rows_are_summed_exactly():
+    """Bernoulli rows sharing a group and predictors are one binomial row of their sums: same log density."""
+    rng = np.random.default_rng(2)
+    g = rng.integers(0, 8, 400)
+    x = rng.integers(0, 3, 400).astype(float)
+    y = (rng.random(400) < special.expit(0.3 * x + 0.2 * g - 0.8)).astype(int)
+    data = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+    fam = pipeline.options(family="bernoulli").family
+    design = pipeline.design_of("y ~ x + (1 | g)", data, fam)
+    pl = make_plan(design, resolve_priors(design, as_prior_set(None)))
+    k = glmm.build(design, pl)
+    assert k.rows.y.shape[0] <= 8 * 3 < 400 and k.rows.n_original == 400
+    summed = data.groupby(["g", "x"], as_index=False).agg(y=("y", "sum"), n=("y", "size"))
+    fam_b = pipeline.options(family="binomial").family
+    design_b = pipeline.design_of("y | trials(n) ~ x + (1 | g)", summed, fam_b)
+    k_b = glmm.build(design_b, make_plan(design_b, resolve_priors(design_b, as_prior_set(None))))
+    # the same parameters in both standardisations: compare with flat priors at matching points
+    x0 = np.array([-0.3, 0.2, np.log(0.8)])
+    u = k.constrained(x0)[0]
+    std = pl.to_std(u)
+    pl_b = make_plan(design_b, resolve_priors(design_b, as_prior_set(None)))
+    # map the bernoulli design's standardised coefficients onto the binomial design's
+    beta = np.array([std[0] - std[1] * pl.std.x_centre[0] / pl.std.x_scale[0], std[1] / pl.std.x_scale[0]])
+    beta_b = np.array([beta[0] + beta[1] * pl_b.std.x_centre[0], beta[1] * pl_b.std.x_scale[0]])
+    sd_b = std[2] / pl.std.z_scale[0][0] * pl_b.std.z_scale[0][0]
+    u_b = (np.array([beta_b[0], beta_b[1], sd_b]) - np.array([p.alpha for p in pl_b.params])) / \
+        np.array([p.beta for p in pl_b.params])
+    x_b = np.array([u_b[0], u_b[1], np.log(u_b[2])])
+    a, b = flat_priors(k).logp(x0)[0] - x0[2], flat_priors(k_b).logp(x_b)[0] - x_b[2]
+    assert a == pytest.approx(b, abs=1e-8)
+
+
+def test_random_effect_draws_follow_their_exact_conditional():
+    """At one fixed theta, 4000 draws of a group's effect have the mean, SD and quantiles of its exact
+    conditional distribution (numerical integration), for a bernoulli group with 3 rows and SD 2."""
+    k, design, pl = kernel_of("bernoulli", 1, groups=5, per=3, sd=2.0)
+    x = k.unconstrain_start()
+    x[k.n_beta] = np.log(2.0 / pl.params[k.n_beta].beta)  # sd 2 in standardised units
+    xs = np.tile(x, (4000, 1))
+    r, accepted = k.effects(xs, seed=3)
+    assert accepted.mean() > 0.5
+    u, _ = k.constrained(x)
+    std = pl.to_std(u)
+    W, Z, y, s = k.rows.W, k.rows.Z[:, 0], k.rows.y, k.rows.starts.astype(int)
+    for g in range(k.n_groups):
+        rows = slice(s[g], s[g + 1])
+        eta0 = W[rows] @ std[:k.n_beta]
+        lam = std[k.n_beta]
+
+        def dens(b, eta0=eta0, rows=rows):
+            eta = eta0 + Z[rows] * b
+            return np.exp((y[rows] * eta - np.logaddexp(0, eta)).sum() - 0.5 * (b / lam) ** 2)
+
+        norm = integrate.quad(dens, -30, 30, limit=200)[0]
+        mean = integrate.quad(lambda b: b * dens(b), -30, 30, limit=200)[0] / norm
+        var = integrate.quad(lambda b: (b - mean) ** 2 * dens(b), -30, 30, limit=200)[0] / norm
+        draws = r[:, g, 0]
+        assert abs(draws.mean() - mean) < 4 * np.sqrt(var / 4000)
+        assert draws.std() == pytest.approx(np.sqrt(var), rel=0.06)
+        cdf_at_mean = integrate.quad(dens, -30, mean, limit=200)[0] / norm
+        assert (draws < mean).mean() == pytest.approx(cdf_at_mean, abs=0.03)
+
+
+def test_refusals_name_what_would_work():
+    data = simulate("poisson", 2)
+    data["h"] = data["g"].str[:2]
+    with pytest.raises(lb.FitError, match="exactly one grouping factor"):
+        lb.fit("y ~ x + (1 | g) + (1 | h)", data, family="poisson", method="collapsed", progress=False)
+    data["z"] = data["x"] ** 2
+    with pytest.raises(lb.FitError, match="at most 2 terms"):
+        lb.fit("y ~ x + (1 + x + z | g)", data, family="poisson", method="collapsed", progress=False)
+    with pytest.raises(lb.FitError, match="link 'identity' has no collapsed kernel.*'log'"):
+        lb.fit("y ~ x + (1 | g)", data, family=lb.family("poisson", link="identity"), method="collapsed",
+               progress=False)
+    with pytest.raises(lb.FitError, match='sampler="nutpie"'):
+        lb.fit("y ~ x + (1 | g)", data, family="poisson", method="collapsed", sampler="pymc", progress=False)
+
+
+# -- whole fits against the joint engine ---------------------------------------------------------------
+
+
+def assert_agree(a, b, n_effects_allowed: float = 0.01) -> None:
+    """Hyperparameters and population effects within 4 combined MCSE; at most 1% of random effects beyond 3.5."""
+    (names, c), (names_j, j) = flat_draws(a.posterior, a.design), flat_draws(b.posterior, b.design)
+    assert names == names_j
+    kw = {"chain_axis": 0, "draw_axis": 1}
+    mcse = np.hypot(array_stats.mcse(c, method="mean", **kw), array_stats.mcse(j, method="mean", **kw))
+    z = np.abs(c.mean(axis=(0, 1)) - j.mean(axis=(0, 1))) / mcse
+    effect = np.array([n.startswith("r_") for n in names])
+    bad = [f"{n}: {v:.1f}" for n, v, e in zip(names, z, effect) if not e and v > 4]
+    assert not bad, f"beyond 4 MCSE: {bad}"
+    assert (z[effect] > 3.5).mean() <= n_effects_allowed, np.sort(z[effect])[-5:]
+
+
+@pytest.fixture(scope="module", params=[("bernoulli", 1), ("poisson", 2), ("negbinomial", 1)])
+def engine_pair(request):
+    family, q = request.param
+    data = simulate(family, q, groups=60 if family == "bernoulli" else 30, per=3 if family == "bernoulli" else 8,
+                    sd=2.0 if family == "bernoulli" else 0.7)
+    kw = dict(family=family, chains=2, draws=1000, tune=1000, seed=5)
+    return tuple(quiet_fit(formula(family, q), data, method=m, **kw) for m in ("collapsed", "joint"))
+
+
+def test_collapsed_glmm_agrees_with_the_joint_engine(engine_pair):
+    collapsed, joint = engine_pair
+    assert collapsed.engine == "collapsed" and joint.engine == "joint"
+    assert collapsed.info["quadrature_ok"] and collapsed.info["effects_acceptance"] > 0.5
+    assert_agree(collapsed, joint)
+
+
+def test_fit_reports_its_integration_and_looks_like_a_joint_fit(engine_pair):
+    collapsed, joint = engine_pair
+    text = str(collapsed.summary())
+    assert "adaptive Gauss-Hermite quadrature" in text and "Accuracy:" in text and "passes the rule" in text
+    diag = collapsed.diagnostics()
+    assert "nodes per dimension" in diag.integration and "Integration:" in str(diag)
+    assert list(collapsed.draws().columns) == list(joint.draws().columns)
+    assert collapsed.loo().elpd == pytest.approx(joint.loo().elpd, abs=1.0)
+    assert "compile" not in collapsed.timings
+
+
+def test_auto_picks_the_collapsed_engine_and_falls_back_when_its_check_fails(monkeypatch):
+    data = simulate("bernoulli", 1, groups=60, per=3, sd=2.0)
+    kw = dict(family="bernoulli", chains=2, draws=300, tune=300, seed=2)
+    auto = quiet_fit("y ~ x + (1 | g)", data, **kw)
+    assert auto.engine == "collapsed" and auto.info["quadrature_ok"]
+    # two nodes per group are far too few here (measured SD of the K vs 2K difference: about 1)
+    monkeypatch.setitem(glmm.NODES, 1, 2)
+    fallback = quiet_fit("y ~ x + (1 | g)", data, **kw)
+    assert fallback.engine == "joint" and "refitted on the joint engine" in fallback.info["fallback"]
+    assert any("refitted on the joint engine" in w for w in fallback.warnings)
+    assert "refitted on the joint engine" in str(fallback.summary())
+    forced = quiet_fit("y ~ x + (1 | g)", data, method="collapsed", **kw)
+    assert forced.engine == "collapsed" and not forced.info["quadrature_ok"]
+    assert any("not accurate enough" in w for w in forced.warnings)
+
+
+def test_custom_priors_send_auto_to_the_joint_engine():
+    """The C code evaluates built-in priors only: a registered prior sends auto to the joint engine, and a
+    forced collapsed fit says why."""
+    import pymc as pm
+
+    lb.register_distribution("glmm_test_normal", lambda name, mu, s, **kw: pm.Normal(name, mu, s, **kw), n_args=2)
+    data = simulate("poisson", 1)
+    priors = [lb.prior("glmm_test_normal(0, 1)", class_="b")]
+    fit = quiet_fit("y ~ x + (1 | g)", data, priors, family="poisson", chains=1, draws=100, tune=100, seed=1)
+    assert fit.engine == "joint"
+    with pytest.raises(lb.FitError, match="built-in priors only"):
+        lb.fit("y ~ x + (1 | g)", data, priors, family="poisson", method="collapsed", progress=False)
