@@ -50,6 +50,7 @@ _LAZY = {
     "avg_predictions": "workflow.margins", "avg_comparisons": "workflow.margins", "avg_slopes": "workflow.margins",
     "emmeans": "workflow.margins",
     "kfold": "workflow.kfold",
+    "bridge_sampler": "workflow.bridge", "bayes_factor": "workflow.bridge",
 }
 
 

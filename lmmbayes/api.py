@@ -365,6 +365,33 @@ class Fit(FitResult):
 
         return kfold(self, K, folds=folds, group=group, data=data, seed=seed, chains=chains, draws=draws, tune=tune)
 
+    def bridge_sampler(self, *, seed: int | None = None, maxiter: int = 1000, tol: float = 1e-10,
+                       use_neff: bool = True) -> Any:
+        """brms's ``bridge_sampler``: the log marginal likelihood by bridge sampling.
+
+        See `lmmbayes.workflow.bridge.bridge_sampler`. Every parameter needs a
+        proper prior (brms's flat default on ``b`` is refused). On the
+        collapsed engine the random effects are integrated out exactly and the
+        bridge runs over the hyperparameters only, which makes it unusually accurate.
+        """
+        from .workflow.bridge import bridge_sampler
+
+        return bridge_sampler(self, seed=seed, maxiter=maxiter, tol=tol, use_neff=use_neff)
+
+    def bayes_factor(self, other: FitResult, *, log: bool = False, names: tuple[str, str] | None = None,
+                     seed: int | None = None, maxiter: int = 1000, tol: float = 1e-10,
+                     use_neff: bool = True) -> Any:
+        """brms's ``bayes_factor``: this fit over ``other`` by bridge sampling.
+
+        See `lmmbayes.workflow.bridge.bayes_factor`; prints as brms
+        (``Estimated Bayes factor in favor of fit1 over fit2: 12.34000``) and has
+        fields ``bf`` and ``log_bf``.
+        """
+        from .workflow.bridge import bayes_factor
+
+        return bayes_factor(self, other, log=log, names=names, seed=seed, maxiter=maxiter, tol=tol,
+                            use_neff=use_neff)
+
     def waic(self) -> Any:
         """WAIC from the pointwise log-likelihood; see `lmmbayes.workflow.compare.waic`."""
         from .workflow.compare import waic
