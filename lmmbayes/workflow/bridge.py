@@ -378,7 +378,9 @@ def posterior_density(fit: FitResult) -> PosteriorDensity:
     check_bridgeable(fit)
     design = fit.design
     plan = make_plan(design, fit.priors)
-    integrated = fit.engine == "collapsed"
+    # exact only for Gaussian models: a non-Gaussian collapsed fit integrated by quadrature, so it is bridged
+    # over all its parameters (its draws hold the random effects) with the joint engine's exact density
+    integrated = fit.engine == "collapsed" and "collapsed" in design.family.engines
     collapsed = None
     if integrated:
         from ..engines.collapsed import build_model as collapsed_model

@@ -269,3 +269,22 @@ def test_documented():
     root = Path(__file__).resolve().parents[2]
     assert "bayes_factor" in (root / "docs" / "api.md").read_text()
     assert "## Bayes factors" in (root / "docs" / "after-the-fit.md").read_text()
+
+
+def test_quadrature_fits_are_bridged_with_the_exact_joint_density():
+    """A poisson fit on the collapsed engine (random effects integrated by quadrature, an approximation) is
+    bridged over every parameter with the joint engine's exact density: the same log marginal likelihood as
+    the joint engine's fit of the same model, within the estimates' errors."""
+    rng = np.random.default_rng(8)
+    g = np.repeat(np.arange(8), 5)
+    x = rng.normal(size=g.size)
+    y = rng.poisson(np.exp(0.5 + 0.3 * x + rng.normal(0, 0.5, 8)[g]))
+    data = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+    priors = [lb.prior("normal(0, 2)", class_="Intercept"), lb.prior("normal(0, 1)", class_="b"),
+              lb.prior("normal(0, 1)", class_="sd")]
+    fits = [quiet_fit("y ~ x + (1 | g)", data, priors, family="poisson", method=m, chains=2, draws=1000, seed=3)
+            for m in ("collapsed", "joint")]
+    assert fits[0].engine == "collapsed"
+    a, b = (f.bridge_sampler(seed=1) for f in fits)
+    assert not a.integrated and a.dimension == b.dimension
+    assert a.logml == pytest.approx(b.logml, abs=0.1)
