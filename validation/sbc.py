@@ -43,6 +43,11 @@ SHAPES = {  # name: (formula, engine, family)
     **{f"{fam} random intercept": (("y | trials(n)" if fam == "binomial" else "y") + " ~ x + (1 | g)", "joint", fam)
        for fam in ("bernoulli", "binomial", "poisson", "negbinomial", "student", "lognormal", "gamma", "beta",
                    "cumulative")},
+    # the collapsed engine's quadrature for GLMMs (issue 13), through the whole lb.fit
+    **{f"{fam} {what}, collapsed engine": (("y | trials(n)" if fam == "binomial" else "y") + f" ~ x + {term}",
+                                            "collapsed", fam)
+       for fam in ("bernoulli", "binomial", "poisson", "negbinomial")
+       for what, term in (("random intercept", "(1 | g)"), ("correlated random slope", "(1 + x | g)"))},
 }
 #: Proper, moderate priors for the distributional parameters (brms's gamma(0.01, 0.01) would simulate
 #: data sets of shape 1e-30); the other classes take PRIORS.

@@ -127,11 +127,10 @@ def engine_label(fit: FitResult) -> str:
     integrated, sampled = fit.info.get("integrated"), fit.info.get("sampled")
     if fit.engine == "collapsed" and isinstance(integrated, str) and isinstance(sampled, str):
         return f"collapsed ({integrated} integrated out, then drawn exactly; {sampled} sampled by NUTS)"
-    nodes = fit.info.get("quadrature_nodes")
-    if fit.engine == "collapsed" and isinstance(nodes, int):
-        q = fit.design.factors[0].q
-        return (f"collapsed (random effects integrated out by adaptive Gauss-Hermite quadrature, {nodes}"
-                f"{'^2' if q == 2 else ''} nodes per group, then drawn from their exact conditional)")
+    rule = fit.info.get("quadrature_rule")
+    if fit.engine == "collapsed" and isinstance(rule, str):
+        return (f"collapsed (random effects integrated out by adaptive Gauss-Hermite quadrature, {rule}, then "
+                "drawn from their exact conditional)")
     if "fallback" in fit.info:
         return f"{ENGINE_LABELS.get(fit.engine, fit.engine)}; {fit.info['fallback']}"
     return ENGINE_LABELS.get(fit.engine, fit.engine)

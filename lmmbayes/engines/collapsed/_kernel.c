@@ -298,10 +298,11 @@ double lmm_log_density(const double *x, double *grad, const double *buf) {
  * NUTS stays exact for the value it is given (leapfrog with any position-dependent force preserves
  * volume and is reversible), so this costs at most efficiency, never correctness.
  * The mode is found by Newton's method with step halving (h_g is strictly concave for these
- * log-concave families), converged to 1e-10 so that the value is a function of theta alone; each
- * thread keeps the last modes as starting points.
+ * log-concave families); each thread keeps the last modes as starting points. Groups with many rows may use
+ * one node, the Laplace approximation, whose gradient is then exact (laplace_group).
  * --------------------------------------------------------------------------------------------- */
-#define GHEADER 12 /* total, n_dim, n_beta, q, G, n_pairs, N, n_dpar, family, n_nodes, max rows per group, 0 */
+#define GHEADER 12 /* total, n_dim, n_beta, q, G, n_pairs, N, n_dpar, family, nodes of rule 0, max rows per group,
+                      nodes of rule 1 */
 
 enum { GLMM_BINOMIAL_LOGIT = 1, GLMM_POISSON_LOG = 2, GLMM_NEGBINOMIAL_LOG = 3 };
 
@@ -337,6 +338,28 @@ static double row_ll(int fam, double y, double n, double eta, double phi, double
     }
 }
 
+/* A row's third derivative by eta and, for the negative binomial, the derivatives of d1 and d2 by phi
+ * (the Laplace approximation's gradient needs them; see laplace_group). */
+static double row_d3(int fam, double y, double n, double eta, double phi, double *d1_phi, double *d2_phi) {
+    *d1_phi = 0.0; *d2_phi = 0.0;
+    switch (fam) {
+    case GLMM_BINOMIAL_LOGIT: {
+        double p = sigmoid(eta);
+        return -n * p * (1.0 - p) * (1.0 - 2.0 * p);
+    }
+    case GLMM_POISSON_LOG:
+        return -n * exp(eta);
+    default: {
+        double lphi = log(phi);
+        double lt = eta > lphi ? eta + log1p(exp(lphi - eta)) : lphi + log1p(exp(eta - lphi));
+        double r = exp(eta - lt), s = exp(lphi - lt), mu = exp(eta), inv = exp(-lt);
+        *d1_phi = r * (y - mu) * inv;
+        *d2_phi = -r * s - (y + phi) * r * (r - s) * inv;
+        return -(y + phi) * r * s * (s - r);
+    }
+    }
+}
+
 /* The part of a row's log-likelihood that depends on the family's parameter but not on eta (so not on
  * the random effects either: it leaves the quadrature), and its derivative by phi. */
 static double row_ll_phi(int fam, double y, double phi, double *dphi) {
@@ -345,18 +368,24 @@ static double row_ll_phi(int fam, double y, double phi, double *dphi) {
     return lgamma(y + phi) - lgamma(phi);
 }
 
+/* Two quadrature rules: rule 0 for groups with few rows, rule 1 (fewer nodes) for groups with many, whose
+ * conditional distributions are close to normal; `rule` says which each group uses. */
 typedef struct {
     Priors P;
-    int p, q, G, N, fam, n_nodes, max_ng;
-    const double *nodes, *logw, *starts, *W, *Z, *y, *ntr, *off, *w;
+    int p, q, G, N, fam, n_nodes[2], max_nodes, max_ng;
+    const double *nodes[2], *logw[2], *rule, *starts, *W, *Z, *y, *ntr, *off, *w;
 } Glmm;
 
 static void read_glmm(Glmm *m, const double *buf) {
     m->p = (int)buf[2]; m->q = (int)buf[3]; m->G = (int)buf[4]; m->N = (int)buf[6];
-    m->fam = (int)buf[8]; m->n_nodes = (int)buf[9]; m->max_ng = (int)buf[10];
+    m->fam = (int)buf[8]; m->n_nodes[0] = (int)buf[9]; m->max_ng = (int)buf[10]; m->n_nodes[1] = (int)buf[11];
+    m->max_nodes = m->n_nodes[0] > m->n_nodes[1] ? m->n_nodes[0] : m->n_nodes[1];
     const double *o = read_priors(&m->P, buf + GHEADER, m->p, (int)buf[7], m->q, (int)buf[5]);
-    m->nodes = o; o += (size_t)m->n_nodes * m->q;
-    m->logw = o; o += m->n_nodes;
+    for (int r = 0; r < 2; r++) {
+        m->nodes[r] = o; o += (size_t)m->n_nodes[r] * m->q;
+        m->logw[r] = o; o += m->n_nodes[r];
+    }
+    m->rule = o; o += m->G;
     m->starts = o; o += m->G + 1;
     m->W = o; o += (size_t)m->N * m->p;
     m->Z = o; o += (size_t)m->N * m->q;
@@ -376,7 +405,10 @@ static _Thread_local Tls tls;
 
 static int tls_ready(const Glmm *m, const double *buf) {
     size_t n_modes = (size_t)m->G * m->q;
-    size_t need = (size_t)m->max_ng * (1 + m->q + (size_t)m->n_nodes * (1 + m->P.n_dpar)) + (size_t)m->n_nodes * (1 + m->q);
+    /* eta0, t, then either the nodes' d1 (and dphi) or laplace_group's per-row store, then the nodes */
+    size_t per_row = (size_t)m->max_nodes * (1 + m->P.n_dpar);
+    if (per_row < (size_t)(4 + m->q)) per_row = 4 + m->q;
+    size_t need = (size_t)m->max_ng * (1 + m->q + per_row) + (size_t)m->max_nodes * (2 + m->q);
     if (tls.owner != buf || tls.n_modes != n_modes) {
         free(tls.modes);
         tls.modes = calloc(n_modes > 0 ? n_modes : 1, sizeof(double));
@@ -443,10 +475,12 @@ static void chol_back(const double *L, int q, const double *z, double *x) {
     }
 }
 
-/* The mode of h_g from v (updated in place) and the Cholesky factor L of the negative Hessian there.
- * Returns h_g at the mode, or NAN if Newton's method failed (non-finite values). */
+/* The mode of h_g from v (updated in place), to a last Newton step below tol, and the Cholesky factor L of the
+ * negative Hessian there. Returns h_g at the mode, or NAN if Newton's method failed (non-finite values).
+ * AGQ is exact for any centring up to its quadrature error, so there a mode off by 1e-7 moves the value by
+ * about 1e-7 times that error (a pass saved); the Laplace gradient (envelope theorem) needs the mode itself. */
 static double group_mode(const Glmm *m, int n, const double *y, const double *ntr, const double *w,
-                         const double *eta0, const double *t, double phi, double *v, double *L) {
+                         const double *eta0, const double *t, double phi, double *v, double *L, double tol) {
     const int q = m->q;
     double G_[q], H[q * q], step[q], trial[q], Gt[q], Ht[q * q];
     double h = group_h(m, n, y, ntr, w, eta0, t, phi, v, G_, H);
@@ -457,7 +491,7 @@ static double group_mode(const Glmm *m, int n, const double *y, const double *nt
         chol_solve(L, q, G_, step);
         double size = 0.0;
         for (int a = 0; a < q; a++) size = fmax(size, fabs(step[a]));
-        if (size < 1e-10) return h;
+        if (size < tol) return h;
         double scale = 1.0, ht = -INFINITY;
         for (int half = 0; half < 60; half++, scale *= 0.5) {
             for (int a = 0; a < q; a++) trial[a] = v[a] + scale * step[a];
@@ -490,36 +524,133 @@ static void group_rows(const Glmm *m, int s, int n, const double *beta, const do
     }
 }
 
+/* h_g at every node v_k (into lk, node weights not included) and each row's dl/deta there (d1[i K + k]; dl/dphi
+ * into dp). Rows outer, nodes inner. For the logit link with unit weight and trials, log(1 + e^-|eta|) is
+ * accumulated as a product of 1 + e^-|eta| over blocks of rows, one log per block (exact to rounding: each
+ * factor lies in [1, 2], so a block of 64 cannot overflow), which removes most of the pass's log1p calls. */
+static void node_pass(const Glmm *m, int n, const double *y, const double *ntr, const double *w, const double *eta0,
+                      const double *t, double phi, int K, const double *vk, double *lk, double *prod, double *d1,
+                      double *dp) {
+    const int q = m->q;
+    double d2, dphi = 0.0;
+    for (int k = 0; k < K; k++) {
+        lk[k] = 0.0;
+        for (int a = 0; a < q; a++) lk[k] -= 0.5 * vk[(size_t)k * q + a] * vk[(size_t)k * q + a];
+        prod[k] = 1.0;
+    }
+    for (int i = 0; i < n; i++) {
+        const double *ti = t + (size_t)i * q;
+        double *d1i = d1 + (size_t)i * K;
+        if (m->fam == GLMM_BINOMIAL_LOGIT) {
+            const double yi = y[i], c = w[i] * ntr[i], wy = w[i] * yi;
+            for (int k = 0; k < K; k++) {
+                double eta = eta0[i];
+                for (int a = 0; a < q; a++) eta += ti[a] * vk[(size_t)k * q + a];
+                double e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e), pk = eta >= 0.0 ? inv : e * inv;
+                d1i[k] = yi - ntr[i] * pk;
+                lk[k] += wy * eta - c * fmax(eta, 0.0);
+                if (c == 1.0) prod[k] *= 1.0 + e;
+                else lk[k] -= c * log1p(e);
+            }
+            if ((i & 63) == 63)
+                for (int k = 0; k < K; k++) { lk[k] -= log(prod[k]); prod[k] = 1.0; }
+        } else {
+            for (int k = 0; k < K; k++) {
+                double eta = eta0[i];
+                for (int a = 0; a < q; a++) eta += ti[a] * vk[(size_t)k * q + a];
+                lk[k] += w[i] * row_ll(m->fam, y[i], ntr[i], eta, phi, d1i + k, &d2, &dphi);
+                if (dp) dp[(size_t)i * K + k] = dphi;
+            }
+        }
+    }
+    for (int k = 0; k < K; k++) lk[k] -= log(prod[k]);
+}
+
+/* One group's Laplace approximation h(vhat) - log|L| and its exact gradient, added to g_beta, g_lam and g_phi
+ * (one node is too few for Fisher's identity: the derivative of log|H| matters). Write l1, l2, l3 for a row's
+ * derivatives by eta. With H = I + sum w_i (-l2_i) t_i t_i', a_i = t_i' H^-1 t_i, e_i = w_i l3_i a_i / 2,
+ * u = sum e_i t_i and lambda = H^-1 u (the adjoint of the mode's dependence on theta, by the implicit-function
+ * theorem), a row contributes through its linear predictor A_i = w_i l1_i + e_i + w_i l2_i lambda't_i and through
+ * t_i = Lam' z_i the vector B_i = w_i (l1_i lambda + l2_i H^-1 t_i):
+ * dl/dbeta += A_i x_i, dl/dLam[a][b] += z_ia (A_i vhat_b + B_i[b]). */
+static double laplace_group(const Glmm *m, int s, int n, const double *y, const double *ntr, const double *w,
+                            const double *eta0, const double *t, double phi, const double *v, const double *L,
+                            double h, double *store, double *g_beta, double *g_phi, double *g_lam) {
+    const int p = m->p, q = m->q, width = 4 + q; /* per row: l1, w l1 + e, l2, l1_phi, H^-1 t_i */
+    double u[q], lam[q], dphi, d1_phi, d2_phi;
+    double logdet = 0.0;
+    for (int a = 0; a < q; a++) { logdet += log(L[a * q + a]); u[a] = 0.0; }
+    for (int i = 0; i < n; i++) { /* the only pass with exp: derivatives at the mode, and u */
+        const double *ti = t + (size_t)i * q;
+        double *st = store + (size_t)i * width, *Ht = st + 4;
+        double eta = eta0[i];
+        for (int a = 0; a < q; a++) eta += ti[a] * v[a];
+        row_ll(m->fam, y[i], ntr[i], eta, phi, st, st + 2, &dphi);
+        double d3 = row_d3(m->fam, y[i], ntr[i], eta, phi, &d1_phi, &d2_phi);
+        chol_solve(L, q, ti, Ht);
+        double ai = 0.0;
+        for (int a = 0; a < q; a++) ai += ti[a] * Ht[a];
+        double e = 0.5 * w[i] * d3 * ai;
+        st[1] = w[i] * st[0] + e;
+        st[3] = d1_phi;
+        for (int a = 0; a < q; a++) u[a] += e * ti[a];
+        if (m->P.n_dpar) *g_phi += w[i] * (dphi + 0.5 * d2_phi * ai);
+    }
+    chol_solve(L, q, u, lam);
+    for (int i = 0; i < n; i++) {
+        const double *ti = t + (size_t)i * q, *Wi = m->W + (size_t)(s + i) * p, *Zi = m->Z + (size_t)(s + i) * q;
+        const double *st = store + (size_t)i * width, *Ht = st + 4;
+        double lt = 0.0;
+        for (int a = 0; a < q; a++) lt += lam[a] * ti[a];
+        double A = st[1] + w[i] * st[2] * lt;
+        for (int j = 0; j < p; j++) g_beta[j] += A * Wi[j];
+        for (int a = 0; a < q; a++)
+            for (int b = 0; b < q; b++)
+                g_lam[a * q + b] += Zi[a] * (A * v[b] + w[i] * (st[0] * lam[b] + st[2] * Ht[b]));
+        if (m->P.n_dpar) *g_phi += w[i] * st[3] * lt;
+    }
+    return h - logdet;
+}
+
 /* log p(y | beta, phi, Lam) by adaptive quadrature, with the gradient (see above). NAN on failure. */
 static double glmm_marginal(const Glmm *m, const double *beta, double phi, const double *Lam, double *g_beta,
                             double *g_phi, double *g_lam) {
-    const int p = m->p, q = m->q, K = m->n_nodes, nd = m->P.n_dpar;
+    const int p = m->p, q = m->q, nd = m->P.n_dpar, KM = m->max_nodes;
     double total = 0.0;
-    double L[q * q], d2, dphi = 0.0;
+    double L[q * q];
     for (int j = 0; j < p; j++) g_beta[j] = 0.0;
     for (int i = 0; i < q * q; i++) g_lam[i] = 0.0;
     *g_phi = 0.0;
     for (int g = 0; g < m->G; g++) {
-        const int s = (int)m->starts[g], n = (int)m->starts[g + 1] - s;
+        const int s = (int)m->starts[g], n = (int)m->starts[g + 1] - s, r = (int)m->rule[g], K = m->n_nodes[r];
         double *eta0 = tls.scratch, *t = eta0 + m->max_ng, *d1 = t + (size_t)m->max_ng * q;
-        double *dp = d1 + (size_t)m->max_ng * K, *lk = dp + (size_t)m->max_ng * K * nd, *vk = lk + K;
+        double *dp = d1 + (size_t)m->max_ng * KM, *lk = dp + (size_t)m->max_ng * KM * nd, *prod = lk + KM;
+        double *vk = prod + KM;
         double *v = tls.modes + (size_t)g * q;
         const double *y = m->y + s, *ntr = m->ntr + s, *w = m->w + s;
         group_rows(m, s, n, beta, Lam, eta0, t);
-        if (!isfinite(group_mode(m, n, y, ntr, w, eta0, t, phi, v, L))) return NAN;
+        double h = group_mode(m, n, y, ntr, w, eta0, t, phi, v, L, K == 1 ? 1e-11 : 1e-7);
+        if (!isfinite(h)) return NAN;
+        if (K == 1) { /* Laplace, with its exact gradient */
+            total += laplace_group(m, s, n, y, ntr, w, eta0, t, phi, v, L, h, d1, g_beta, g_phi, g_lam);
+            if (nd)
+                for (int i = 0; i < n; i++) {
+                    double dphi_i;
+                    total += w[i] * row_ll_phi(m->fam, y[i], phi, &dphi_i);
+                    *g_phi += w[i] * dphi_i;
+                }
+            continue;
+        }
         double logdet = 0.0, top = -INFINITY;
         for (int a = 0; a < q; a++) logdet += log(L[a * q + a]);
         for (int k = 0; k < K; k++) {
-            double *vv = vk + (size_t)k * q, h = 0.0;
-            chol_back(L, q, m->nodes + (size_t)k * q, vv);
-            for (int a = 0; a < q; a++) { vv[a] += v[a]; h -= 0.5 * vv[a] * vv[a]; }
-            for (int i = 0; i < n; i++) {
-                double eta = eta0[i];
-                for (int a = 0; a < q; a++) eta += t[i * q + a] * vv[a];
-                h += w[i] * row_ll(m->fam, y[i], ntr[i], eta, phi, d1 + (size_t)i * K + k, &d2, &dphi);
-                if (nd) dp[(size_t)i * K + k] = dphi;
-            }
-            lk[k] = m->logw[k] + h;
+            double *vv = vk + (size_t)k * q;
+            chol_back(L, q, m->nodes[r] + (size_t)k * q, vv);
+            for (int a = 0; a < q; a++) vv[a] += v[a];
+        }
+        node_pass(m, n, y, ntr, w, eta0, t, phi, K, vk, lk, prod, d1, nd ? dp : NULL);
+        for (int k = 0; k < K; k++) {
+            lk[k] += m->logw[r][k];
             if (lk[k] > top) top = lk[k];
         }
         if (!isfinite(top)) return NAN;
@@ -594,9 +725,11 @@ static double std_normal(uint64_t *s) { return sqrt(-2.0 * log(uniform(s))) * co
  * scaled by the inverse negative Hessian. The chain leaves the exact conditional p(v | y_g, theta)
  * invariant, and the ratio target / proposal is bounded (h_g <= h_g(vhat) - |v - vhat|^2 / 2, since the
  * prior makes h_g 1-strongly concave, while the t's tails are polynomial), so it is uniformly ergodic.
- * accepted[d] counts accepted moves after the first. Returns 0, or 1 where a mode could not be found. */
-int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t steps, uint64_t seed, double *out,
-                  double *accepted) {
+ * Groups of the large-group rule (close to normal, where the proposal is close to the target) take
+ * steps_large steps, the others steps_small. accepted[d] counts accepted moves after the first. Returns 0, or
+ * 1 where a mode could not be found. */
+int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t steps_small, int64_t steps_large,
+                  uint64_t seed, double *out, double *accepted) {
     Glmm m;
     read_glmm(&m, buf);
     const Priors *P = &m.P;
@@ -615,8 +748,9 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
             double *eta0 = tls.scratch, *t = eta0 + m.max_ng, *mode = tls.modes + (size_t)g * q;
             const double *y = m.y + s, *ntr = m.ntr + s, *w = m.w + s;
             group_rows(&m, s, n, vals, Lam, eta0, t);
-            if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, mode, L))) return 1;
+            if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, mode, L, 1e-7))) return 1;
             double cur_lr = 0.0;
+            const int64_t steps = m.rule[g] > 0.5 ? steps_large : steps_small;
             for (int64_t step = 0; step < steps; step++) {
                 double chi = -2.0 * log(uniform(&state) * uniform(&state)), r2 = 0.0; /* chi-square(4) */
                 for (int a = 0; a < q; a++) { z[a] = std_normal(&state) * sqrt(nu / chi); r2 += z[a] * z[a]; }

@@ -68,7 +68,8 @@ def _library() -> ctypes.CDLL | None:
     lib.glmm_log_density.restype = ctypes.c_double
     lib.glmm_log_density.argtypes = [f64p, f64p, f64p]
     lib.glmm_draw.restype = ctypes.c_int64
-    lib.glmm_draw.argtypes = [f64p, f64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64, f64p, f64p]
+    lib.glmm_draw.argtypes = [f64p, f64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64, f64p,
+                              f64p]
     return lib
 
 
