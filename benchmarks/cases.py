@@ -134,11 +134,14 @@ def shared(name: str) -> pd.DataFrame:
 
 
 def epilepsy() -> pd.DataFrame:
-    return shared("epilepsy.csv").astype({"Trt": str, "patient": str})
+    # labels that no CSV reader takes for numbers, so that R fits the same factors
+    df = shared("epilepsy.csv")
+    return df.assign(Trt="t" + df["Trt"].astype(str), patient="p" + df["patient"].astype(str))
 
 
 def cbpp() -> pd.DataFrame:
-    return shared("cbpp.csv").astype({"herd": str, "period": str})
+    df = shared("cbpp.csv")
+    return df.assign(herd="h" + df["herd"].astype(str), period="p" + df["period"].astype(str))
 
 
 def bernoulli_sim(n: int, groups: int, seed: int = 22) -> pd.DataFrame:
@@ -154,18 +157,19 @@ def bernoulli_sim(n: int, groups: int, seed: int = 22) -> pd.DataFrame:
 
 
 _GLMM_PRIORS = [("normal(0, 5)", "Intercept", "", ""), ("normal(0, 5)", "b", "", ""), ("normal(0, 2)", "sd", "", "")]
-#: case -> (lmmbayes family, bambi family, bambi formula or None for the same formula)
-FAMILIES: dict[str, tuple[str, str, str | None]] = {}
+#: case -> (lmmbayes and brms family, bambi family, bambi formula or None for the same, lme4 formula or None)
+FAMILIES: dict[str, tuple[str, str, str | None, str | None]] = {}
 CASES["epilepsy"] = ("count ~ zAge + zBase * Trt + (1 | patient)", epilepsy, _GLMM_PRIORS,
                      {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "zAge": ("Normal", {"mu": 0, "sigma": 5}),
                       "zBase": ("Normal", {"mu": 0, "sigma": 5}), "Trt": ("Normal", {"mu": 0, "sigma": 5}),
                       "zBase:Trt": ("Normal", {"mu": 0, "sigma": 5}), "sd": 2})
-FAMILIES["epilepsy"] = ("poisson", "poisson", None)
+FAMILIES["epilepsy"] = ("poisson", "poisson", None, None)
 CASES["cbpp"] = ("incidence | trials(size) ~ period + (1 | herd)", cbpp, _GLMM_PRIORS,
                  {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "period": ("Normal", {"mu": 0, "sigma": 5}), "sd": 2})
-FAMILIES["cbpp"] = ("binomial", "binomial", "p(incidence, size) ~ period + (1 | herd)")
+FAMILIES["cbpp"] = ("binomial", "binomial", "p(incidence, size) ~ period + (1 | herd)",
+                    "cbind(incidence, size - incidence) ~ period + (1 | herd)")
 for n in (10_000, 100_000, 1_000_000):
     CASES[f"bern_N{n}_G1000"] = ("y ~ x + (1 + x | g)", (lambda n=n: bernoulli_sim(n, 1000)), _GLMM_PRIORS,
                                  {"Intercept": ("Normal", {"mu": 0, "sigma": 5}),
                                   "x": ("Normal", {"mu": 0, "sigma": 5}), "sd": 2})
-    FAMILIES[f"bern_N{n}_G1000"] = ("bernoulli", "bernoulli", None)
+    FAMILIES[f"bern_N{n}_G1000"] = ("bernoulli", "bernoulli", None, None)

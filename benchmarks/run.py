@@ -46,15 +46,18 @@ TOOLS = {
 def r_command(case: str, option: str, chains: int, draws: int, cache: str) -> list[str]:
     """Rscript's command line, with the case's data and brms priors written under ``cache``."""
     sys.path.insert(0, str(HERE))
-    from cases import CASES
+    from cases import CASES, FAMILIES
 
     formula, make, priors, _ = CASES[case]
+    family, _, _, lme4_formula = FAMILIES.get(case, ("gaussian", "gaussian", None, None))
+    if option == "lme4" and lme4_formula:
+        formula = lme4_formula
     data_path, prior_path = Path(cache) / f"{case}.csv", Path(cache) / f"{case}-priors.tsv"
     if not data_path.exists():
         make().to_csv(data_path, index=False)
         prior_path.write_text("".join(f"{d}\t{c}\t{k}\t{g}\n" for d, c, k, g in priors))
     return ["Rscript", str(HERE / "worker_r.R"), str(data_path), formula, option, str(chains), str(draws),
-            str(prior_path)]
+            str(prior_path), family]
 
 
 def run_one(tool: str, case: str, chains: int, draws: int, cache: str, timeout: int) -> dict:

@@ -33,7 +33,7 @@ def main() -> None:
     lhs, factor = [s.strip() for s in group_terms[0].split("|")]
     for term in [t.strip() for t in lhs.split("+")] or ["1"]:
         priors[f"{term}|{factor}"] = bmb.Prior("Normal", mu=0, sigma=bmb.Prior("HalfNormal", sigma=spec["sd"]))
-    _, family, bambi_formula = FAMILIES.get(case, ("gaussian", "gaussian", None))
+    _, family, bambi_formula, _ = FAMILIES.get(case, ("gaussian", "gaussian", None, None))
     t0 = time.perf_counter()
     model = bmb.Model(bambi_formula or formula, data, priors=priors, family=family)
     idata = model.fit(draws=draws, tune=draws, chains=chains, random_seed=1, inference_method=sampler,

@@ -1,7 +1,8 @@
 # One lme4 or brms fit in a fresh R process; prints one JSON line of measurements.
 #
-# usage: Rscript worker_r.R DATA.csv FORMULA TOOL CHAINS DRAWS PRIORS.tsv
-#   TOOL: lme4 (lmer, REML: a point estimate, no posterior) or brms (rstan's NUTS).
+# usage: Rscript worker_r.R DATA.csv FORMULA TOOL CHAINS DRAWS PRIORS.tsv [FAMILY]
+#   TOOL: lme4 (lmer, REML, or glmer, Laplace, for other families: a point estimate, no posterior) or brms
+#   (rstan's NUTS). FAMILY: gaussian (default), bernoulli, binomial, poisson or negbinomial (brms's names).
 #   PRIORS.tsv: brms priors, one per line as prior<TAB>class<TAB>coef<TAB>group (brms only).
 # run.py writes the data and priors from benchmarks/cases.py, so every tool fits the same
 # numbers. R is never a dependency of lmmbayes: this is only for side-by-side timings.
@@ -10,6 +11,7 @@ t_start <- proc.time()[["elapsed"]]
 args <- commandArgs(trailingOnly = TRUE)
 data_path <- args[1]; formula <- args[2]; tool <- args[3]
 chains <- as.integer(args[4]); draws <- as.integer(args[5]); prior_path <- args[6]
+family <- if (length(args) >= 7) args[7] else "gaussian"
 suppressPackageStartupMessages({
   if (tool == "lme4") library(lme4) else library(brms)
 })
@@ -30,7 +32,11 @@ json <- function(x) {
 
 if (tool == "lme4") {
   t0 <- proc.time()[["elapsed"]]
-  fit <- lmer(as.formula(formula), data = data, REML = TRUE)
+  fit <- switch(family,
+    gaussian = lmer(as.formula(formula), data = data, REML = TRUE),
+    bernoulli = , binomial = glmer(as.formula(formula), data = data, family = binomial),
+    poisson = glmer(as.formula(formula), data = data, family = poisson),
+    negbinomial = glmer.nb(as.formula(formula), data = data))
   text <- capture.output(print(summary(fit)))
   wall <- proc.time()[["elapsed"]] - t0
   json(list(tool = "lme4", rows = nrow(data), import_s = import_s, wall_s = wall, peak_mb = peak_mb(),
@@ -40,7 +46,10 @@ if (tool == "lme4") {
   priors <- do.call(c, lapply(seq_len(nrow(spec)), function(i)
     prior_string(spec[i, 1], class = spec[i, 2], coef = spec[i, 3], group = spec[i, 4])))
   t0 <- proc.time()[["elapsed"]]
-  fit <- brm(as.formula(formula), data = data, prior = priors, chains = chains, iter = 2 * draws,
+  brms_family <- switch(family, gaussian = gaussian(), bernoulli = bernoulli(), binomial = binomial(),
+                        poisson = poisson(), negbinomial = negbinomial())
+  fit <- brm(as.formula(formula), data = data, prior = priors, family = brms_family, chains = chains,
+             iter = 2 * draws,
              warmup = draws, cores = min(chains, parallel::detectCores()), seed = 1, refresh = 0,
              silent = 2)
   text <- capture.output(print(summary(fit)))

@@ -149,7 +149,7 @@ def header(fit: FitResult) -> tuple[tuple[str, str], ...]:
              ("Engine", engine_label(fit))]
     if "integration" in fit.info and fit.engine == "collapsed":
         check = fit.info["integration"]
-        lines.append(("Accuracy", str(check).split("; ", 1)[-1]))
+        lines.append(("Check", str(check).split("; ", 1)[-1]))
     levels = design.encoder.coding.levels
     if levels and family.ordinal and levels != tuple(str(k) for k in range(1, len(levels) + 1)):
         lines.insert(3, ("Categories", ", ".join(f"{k} = '{lab}'" for k, lab in enumerate(levels, start=1))))

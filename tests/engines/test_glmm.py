@@ -149,6 +149,15 @@ def test_gradient_is_the_derivative_of_the_value(family, q):
         np.testing.assert_allclose(grad, fd, rtol=tol, atol=tol)
 
 
+def test_fewer_nodes_are_chosen_only_where_they_integrate_as_well():
+    """The pilot before sampling keeps 9 nodes on the hard case (its posterior needs 7 or more: measured SD of
+    K vs 2K 0.12 at 5) and takes fewer where groups are informative."""
+    hard, _, _ = kernel_of("bernoulli", 1, groups=200, per=3, sd=2.0)
+    assert glmm.choose_nodes(hard, seed=1).nodes_per_dim == glmm.NODES[1]
+    counts, _, _ = kernel_of("poisson", 2, groups=30, per=8, sd=0.7)
+    assert glmm.choose_nodes(counts, seed=1).nodes_per_dim < glmm.NODES[2]
+
+
 def test_rows_are_summed_exactly():
     """Bernoulli rows sharing a group and predictors are one binomial row of their sums: same log density."""
     rng = np.random.default_rng(2)
@@ -267,12 +276,21 @@ def test_collapsed_glmm_agrees_with_the_joint_engine(engine_pair):
 def test_fit_reports_its_integration_and_looks_like_a_joint_fit(engine_pair):
     collapsed, joint = engine_pair
     text = str(collapsed.summary())
-    assert "adaptive Gauss-Hermite quadrature" in text and "Accuracy:" in text and "passes the rule" in text
+    assert "adaptive Gauss-Hermite quadrature" in text and "Check: against twice the nodes" in text and "passes the rule" in text
     diag = collapsed.diagnostics()
     assert "nodes per dimension" in diag.integration and "Integration:" in str(diag)
     assert list(collapsed.draws().columns) == list(joint.draws().columns)
     assert collapsed.loo().elpd == pytest.approx(joint.loo().elpd, abs=1.0)
     assert "compile" not in collapsed.timings
+
+
+def test_a_saved_fit_keeps_its_integration_report(engine_pair, tmp_path):
+    collapsed, _ = engine_pair
+    path = tmp_path / "glmm.lmmfit"
+    collapsed.save(path)
+    back = lb.load(path)
+    assert back.engine == "collapsed" and back.info["integration"] == collapsed.info["integration"]
+    assert "Check: against" in str(back.summary())
 
 
 def test_auto_picks_the_collapsed_engine_and_falls_back_when_its_check_fails(monkeypatch):

@@ -422,9 +422,11 @@ static int tls_ready(const Glmm *m, const double *buf) {
     return tls.modes != NULL && tls.scratch != NULL;
 }
 
-/* h_g(v) and, if G_ and H are given, its gradient and negative Hessian, over the group's n rows. */
+/* h_g(v) and, if G_ and H are given, its gradient and negative Hessian, over the group's n rows; if store is
+ * given, each row's l1 and l2 into store[i width] and store[i width + 2] (laplace_group's layout). */
 static double group_h(const Glmm *m, int n, const double *y, const double *ntr, const double *w, const double *eta0,
-                      const double *t, double phi, const double *v, double *G_, double *H) {
+                      const double *t, double phi, const double *v, double *G_, double *H,
+                      double *store, int width) {
     const int q = m->q;
     double h = 0.0, d1, d2, dphi;
     for (int a = 0; a < q; a++) h -= 0.5 * v[a] * v[a];
@@ -438,6 +440,7 @@ static double group_h(const Glmm *m, int n, const double *y, const double *ntr, 
         double eta = eta0[i];
         for (int a = 0; a < q; a++) eta += t[i * q + a] * v[a];
         h += w[i] * row_ll(m->fam, y[i], ntr[i], eta, phi, &d1, &d2, &dphi);
+        if (store) { store[(size_t)i * width] = d1; store[(size_t)i * width + 2] = d2; }
         if (G_) {
             for (int a = 0; a < q; a++) {
                 G_[a] += w[i] * d1 * t[i * q + a];
@@ -478,13 +481,18 @@ static void chol_back(const double *L, int q, const double *z, double *x) {
 /* The mode of h_g from v (updated in place), to a last Newton step below tol, and the Cholesky factor L of the
  * negative Hessian there. Returns h_g at the mode, or NAN if Newton's method failed (non-finite values).
  * AGQ is exact for any centring up to its quadrature error, so there a mode off by 1e-7 moves the value by
- * about 1e-7 times that error (a pass saved); the Laplace gradient (envelope theorem) needs the mode itself. */
+ * about 1e-7 times that error (a pass saved); the Laplace gradient (envelope theorem) needs the mode itself.
+ * With store, the rows' l1 and l2 at the returned mode are left there (see group_h). */
 static double group_mode(const Glmm *m, int n, const double *y, const double *ntr, const double *w,
-                         const double *eta0, const double *t, double phi, double *v, double *L, double tol) {
+                         const double *eta0, const double *t, double phi, double *v, double *L, double tol,
+                         double *store, int width) {
     const int q = m->q;
     double G_[q], H[q * q], step[q], trial[q], Gt[q], Ht[q * q];
-    double h = group_h(m, n, y, ntr, w, eta0, t, phi, v, G_, H);
-    if (!isfinite(h)) { for (int a = 0; a < q; a++) v[a] = 0.0; h = group_h(m, n, y, ntr, w, eta0, t, phi, v, G_, H); }
+    double h = group_h(m, n, y, ntr, w, eta0, t, phi, v, G_, H, store, width);
+    if (!isfinite(h)) {
+        for (int a = 0; a < q; a++) v[a] = 0.0;
+        h = group_h(m, n, y, ntr, w, eta0, t, phi, v, G_, H, store, width);
+    }
     for (int it = 0; it < 200 && isfinite(h); it++) {
         for (int i = 0; i < q * q; i++) L[i] = H[i];
         if (!cholesky_inplace(L, q)) return NAN;
@@ -495,7 +503,7 @@ static double group_mode(const Glmm *m, int n, const double *y, const double *nt
         double scale = 1.0, ht = -INFINITY;
         for (int half = 0; half < 60; half++, scale *= 0.5) {
             for (int a = 0; a < q; a++) trial[a] = v[a] + scale * step[a];
-            ht = group_h(m, n, y, ntr, w, eta0, t, phi, trial, Gt, Ht);
+            ht = group_h(m, n, y, ntr, w, eta0, t, phi, trial, Gt, Ht, store, width); /* the last one is v's */
             if (isfinite(ht) && ht >= h - 1e-12 * fabs(h)) break;
         }
         if (!isfinite(ht)) return NAN;
@@ -577,16 +585,23 @@ static double laplace_group(const Glmm *m, int s, int n, const double *y, const 
                             const double *eta0, const double *t, double phi, const double *v, const double *L,
                             double h, double *store, double *g_beta, double *g_phi, double *g_lam) {
     const int p = m->p, q = m->q, width = 4 + q; /* per row: l1, w l1 + e, l2, l1_phi, H^-1 t_i */
-    double u[q], lam[q], dphi, d1_phi, d2_phi;
+    double u[q], lam[q], dphi = 0.0, d1_phi = 0.0, d2_phi = 0.0;
     double logdet = 0.0;
     for (int a = 0; a < q; a++) { logdet += log(L[a * q + a]); u[a] = 0.0; }
-    for (int i = 0; i < n; i++) { /* the only pass with exp: derivatives at the mode, and u */
+    for (int i = 0; i < n; i++) { /* l1, l2 at the mode are in store (group_mode's last pass); now l3 and u */
         const double *ti = t + (size_t)i * q;
         double *st = store + (size_t)i * width, *Ht = st + 4;
-        double eta = eta0[i];
-        for (int a = 0; a < q; a++) eta += ti[a] * v[a];
-        row_ll(m->fam, y[i], ntr[i], eta, phi, st, st + 2, &dphi);
-        double d3 = row_d3(m->fam, y[i], ntr[i], eta, phi, &d1_phi, &d2_phi);
+        double d3;
+        if (m->fam == GLMM_BINOMIAL_LOGIT) { /* l3 = l2 (1 - 2p), p from l1 = y - n p: no exp */
+            d3 = ntr[i] > 0.0 ? st[2] * (1.0 - 2.0 * (y[i] - st[0]) / ntr[i]) : 0.0;
+        } else if (m->fam == GLMM_POISSON_LOG) {
+            d3 = st[2];
+        } else {
+            double eta = eta0[i];
+            for (int a = 0; a < q; a++) eta += ti[a] * v[a];
+            row_ll(m->fam, y[i], ntr[i], eta, phi, st, st + 2, &dphi);
+            d3 = row_d3(m->fam, y[i], ntr[i], eta, phi, &d1_phi, &d2_phi);
+        }
         chol_solve(L, q, ti, Ht);
         double ai = 0.0;
         for (int a = 0; a < q; a++) ai += ti[a] * Ht[a];
@@ -629,7 +644,8 @@ static double glmm_marginal(const Glmm *m, const double *beta, double phi, const
         double *v = tls.modes + (size_t)g * q;
         const double *y = m->y + s, *ntr = m->ntr + s, *w = m->w + s;
         group_rows(m, s, n, beta, Lam, eta0, t);
-        double h = group_mode(m, n, y, ntr, w, eta0, t, phi, v, L, K == 1 ? 1e-11 : 1e-7);
+        double h = K == 1 ? group_mode(m, n, y, ntr, w, eta0, t, phi, v, L, 1e-11, d1, 4 + q)
+                          : group_mode(m, n, y, ntr, w, eta0, t, phi, v, L, 1e-7, NULL, 0);
         if (!isfinite(h)) return NAN;
         if (K == 1) { /* Laplace, with its exact gradient */
             total += laplace_group(m, s, n, y, ntr, w, eta0, t, phi, v, L, h, d1, g_beta, g_phi, g_lam);
@@ -748,7 +764,7 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
             double *eta0 = tls.scratch, *t = eta0 + m.max_ng, *mode = tls.modes + (size_t)g * q;
             const double *y = m.y + s, *ntr = m.ntr + s, *w = m.w + s;
             group_rows(&m, s, n, vals, Lam, eta0, t);
-            if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, mode, L, 1e-7))) return 1;
+            if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, mode, L, 1e-7, NULL, 0))) return 1;
             double cur_lr = 0.0;
             const int64_t steps = m.rule[g] > 0.5 ? steps_large : steps_small;
             for (int64_t step = 0; step < steps; step++) {
@@ -756,7 +772,8 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
                 for (int a = 0; a < q; a++) { z[a] = std_normal(&state) * sqrt(nu / chi); r2 += z[a] * z[a]; }
                 chol_back(L, q, z, v);
                 for (int a = 0; a < q; a++) v[a] += mode[a];
-                double lr = group_h(&m, n, y, ntr, w, eta0, t, phi, v, NULL, NULL) + 0.5 * (nu + q) * log1p(r2 / nu);
+                double lr = group_h(&m, n, y, ntr, w, eta0, t, phi, v, NULL, NULL, NULL, 0) +
+                            0.5 * (nu + q) * log1p(r2 / nu);
                 if (step == 0 || (isfinite(lr) && log(uniform(&state)) < lr - cur_lr)) {
                     for (int a = 0; a < q; a++) cur[a] = v[a];
                     if (step > 0) accepted[d] += 1.0;
