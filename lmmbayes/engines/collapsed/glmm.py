@@ -51,7 +51,7 @@ from . import kernel
 #: at 6. A gradient costs about (4 + K^q) passes over the rows.
 NODES = {1: 9, 2: 6}
 #: Fewer nodes per dimension `choose_nodes` may settle for, in order, before sampling.
-FEWER_NODES = {1: (3, 5, 7), 2: (3, 4, 5)}
+FEWER_NODES = {1: (1, 3, 5, 7), 2: (1, 3, 4, 5)}
 #: Random points (jittered as nutpie jitters its starting points) at which `choose_nodes` compares rules.
 PILOT_POINTS = 8
 #: Groups with at least this many rows (binomial: trials) use `LARGE_NODES` per dimension: their conditional
@@ -228,14 +228,13 @@ class GlmmKernel:
         """The nodes per group, in words."""
         power = "^2" if self.q == 2 else ""
         n_large = int(self.large_groups.sum())
-        large = ("the Laplace approximation" if self.large_nodes_per_dim == 1
-                 else f"{self.large_nodes_per_dim}{power} nodes")
-        if n_large == 0:
-            return f"{self.nodes_per_dim}{power} nodes per group"
+        words = lambda k: "the Laplace approximation" if k == 1 else f"{k}{power} nodes"  # noqa: E731
+        small, large = words(self.nodes_per_dim), words(self.large_nodes_per_dim)
+        if n_large == 0 or small == large:
+            return f"{small} per group"
         if n_large == self.n_groups:
             return f"{large} for every group (each has {LARGE_GROUP_ROWS} rows or more)"
-        return (f"{self.nodes_per_dim}{power} nodes per group, {large} for the {n_large} groups with "
-                f"{LARGE_GROUP_ROWS} rows or more")
+        return f"{small} per group, {large} for the {n_large} groups with {LARGE_GROUP_ROWS} rows or more"
 
     def logp(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         grad = np.empty(self.n_dim)
@@ -297,7 +296,8 @@ def choose_nodes(k: GlmmKernel, seed: int) -> GlmmKernel:
     Informative groups need fewer nodes (a gradient costs about K^q passes over their rows). The posterior
     mode of the sampled parameters is found by BFGS (on the kernel's own gradient, in well under a second
     to a few seconds) and `PILOT_POINTS` points drawn from the normal approximation there (BFGS's inverse
-    Hessian); at them each candidate of `FEWER_NODES` is compared with twice `NODES`, and the first whose
+    Hessian); at them each candidate of `FEWER_NODES` (one node: Laplace, with its exact gradient) is
+    compared with twice `NODES`, and the first whose
     log-likelihood differs by an SD over the points of at most a quarter of `ACCURACY_SD` is taken, else
     `NODES`. (Points jittered around the starting values instead chose 5 nodes on the bernoulli hard case,
     where the posterior needs 9: the error grows with the group SD.) The check after sampling
@@ -365,14 +365,20 @@ class Accuracy:
                 "k <= 0.7")
 
 
+def finer(nodes: int) -> int:
+    """The rule a fit's rule is checked against: twice the nodes per dimension, 3 for Laplace (2 would leave
+    out the mode)."""
+    return 3 if nodes == 1 else 2 * nodes
+
+
 def check_accuracy(k: GlmmKernel, xs: np.ndarray) -> Accuracy:
     """Compare the log marginal likelihood at K and 2K nodes per dimension over (up to `CHECK_DRAWS`) draws."""
     from arviz_stats.base import array_stats
 
     pick = np.unique(np.linspace(0, xs.shape[0] - 1, min(CHECK_DRAWS, xs.shape[0])).astype(int))
-    # twice the nodes per dimension; three for the Laplace approximation (two would leave out the mode)
-    laplace = k.large_nodes_per_dim == 1 and bool(k.large_groups.any())
-    fine = k.with_nodes(2 * k.nodes_per_dim, 3 if k.large_nodes_per_dim == 1 else 2 * k.large_nodes_per_dim)
+    laplace = (k.large_nodes_per_dim == 1 and bool(k.large_groups.any())) or \
+        (k.nodes_per_dim == 1 and not bool(k.large_groups.all()))
+    fine = k.with_nodes(finer(k.nodes_per_dim), finer(k.large_nodes_per_dim))
     delta = np.array([fine.logp(xs[s])[0] - k.logp(xs[s])[0] for s in pick])
     if not np.all(np.isfinite(delta)):
         return Accuracy(k.rule_text, laplace, math.inf, math.inf, math.inf, pick.size)
