@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define HEADER 8 /* total length, n_dim, n_beta, q, levels, pairs, N, y'y */
+#define HEADER 8 /* total length, n_dim, n_beta, q, levels, correlation coordinates, N, y'y */
 static const double LOG_2PI = 1.8378770664093453;
 
 static double log_sigmoid(double z) { return z > -30.0 ? -log1p(exp(-z)) : z - log1p(exp(z)); }
@@ -184,16 +184,18 @@ static double marginal_loglik(int p, int G, int q, const double *beta, double si
     return -0.5 * (n * (LOG_2PI + log(s2)) + logdet + (rr - quad / s2) / s2);
 }
 
-/* The parameters' priors, read from a packed buffer: k = n_beta + n_dpar + q parameters, then the pairs. */
+/* The parameters' priors, read from a packed buffer: k = n_beta + n_dpar + q parameters, then the correlation
+ * blocks as [number of blocks, then per block: size m, LKJ eta, the m term indices (ascending)]. A block of m
+ * terms has m (m - 1) / 2 coordinates in x after the k parameters (n_cor in all). */
 typedef struct {
-    int n_beta, n_dpar, q, n_pairs, k;
-    const double *fam, *args, *lo, *hi, *pa, *pb, *alpha, *beta_, *pair_a, *pair_b, *eta;
+    int n_beta, n_dpar, q, n_cor, k;
+    const double *fam, *args, *lo, *hi, *pa, *pb, *alpha, *beta_, *blocks;
 } Priors;
 
 /* Point P at the per-parameter arrays starting at o; returns what follows them. */
-static const double *read_priors(Priors *P, const double *o, int n_beta, int n_dpar, int q, int n_pairs) {
+static const double *read_priors(Priors *P, const double *o, int n_beta, int n_dpar, int q, int n_cor) {
     int k = n_beta + n_dpar + q;
-    P->n_beta = n_beta; P->n_dpar = n_dpar; P->q = q; P->n_pairs = n_pairs; P->k = k;
+    P->n_beta = n_beta; P->n_dpar = n_dpar; P->q = q; P->n_cor = n_cor; P->k = k;
     P->fam = o; o += k;
     P->args = o; o += 3 * k;
     P->lo = o; o += k;
@@ -202,18 +204,25 @@ static const double *read_priors(Priors *P, const double *o, int n_beta, int n_d
     P->pb = o; o += k;
     P->alpha = o; o += k;
     P->beta_ = o; o += k;
-    P->pair_a = o; o += n_pairs;
-    P->pair_b = o; o += n_pairs;
-    P->eta = o; o += n_pairs;
+    P->blocks = o;
+    int n_blocks = (int)o[0];
+    o += 1;
+    for (int b = 0; b < n_blocks; b++) o += 2 + (int)o[0];
     return o;
 }
 
 /* Priors and Jacobians at x (their gradient into grad); vals: the parameters in standardised units,
- * dxdz: d vals / d x; Lam = diag(sd) Lcorr, with rho the correlations.
+ * dxdz: d vals / d x; Lam = diag(sd) Lcorr. cpc (2 n_cor) keeps each correlation coordinate's canonical
+ * partial correlation and the row's sum of squares before it, for chain_back.
  * Parameter j is u_j on [lo_j, hi_j]; its prior is evaluated at a_j + b_j u_j (the user's scale) and the
- * likelihood at alpha_j + beta_j u_j (standardised units), both exact linear maps. */
+ * likelihood at alpha_j + beta_j u_j (standardised units), both exact linear maps.
+ * A correlation block's Cholesky factor comes from canonical partial correlations (Stan's cholesky_corr):
+ * z = tanh(y / 2) per coordinate, L[i][j] = z_ij sqrt(1 - S_ij) with S_ij = sum_{l<j} L[i][l]^2, L[i][i] =
+ * sqrt(1 - S_ii). Its log density is LKJ(eta) on L, sum_i (m - i - 1 + 2 eta - 2) log L[i][i] (Stan's
+ * lkj_corr_cholesky), plus the Jacobians sum 0.5 log(1 - S_ij) and sum log(1 - z_ij^2) (constants dropped).
+ * For two terms this is PyMC's rho = 2u - 1, u ~ Beta(eta, eta) on the log-odds scale. */
 static double prior_part(const Priors *P, const double *x, double *grad, double *vals, double *dxdz,
-                         double *Lcorr, double *rho, double *Lam) {
+                         double *Lcorr, double *cpc, double *Lam) {
     const int q = P->q, sd0 = P->n_beta + P->n_dpar;
     double lp = 0.0;
     for (int j = 0; j < P->k; j++) {
@@ -226,23 +235,36 @@ static double prior_part(const Priors *P, const double *x, double *grad, double 
         dxdz[j] = P->beta_[j] * dj;
     }
     for (int i = 0; i < q * q; i++) Lcorr[i] = (i % (q + 1) == 0) ? 1.0 : 0.0;
-    for (int j = 0; j < P->n_pairs; j++) { /* rho = tanh(z/2): LKJ(eta) is (1 - rho^2)^(eta - 1) */
-        int a = (int)P->pair_a[j], b = (int)P->pair_b[j];
-        double z = x[P->k + j], ls = log_sigmoid(z), lsm = log_sigmoid(-z);
-        lp += P->eta[j] * (ls + lsm);
-        grad[P->k + j] = P->eta[j] * (1.0 - 2.0 * sigmoid(z));
-        rho[j] = tanh(0.5 * z);
-        Lcorr[b * q + a] = rho[j];
-        Lcorr[b * q + b] = 2.0 * exp(0.5 * (ls + lsm)); /* sqrt(1 - rho^2) = 2 sqrt(u (1 - u)) */
+    const double *spec = P->blocks + 1;
+    int c = 0;
+    for (int b = 0; b < (int)P->blocks[0]; b++) {
+        const int m = (int)spec[0];
+        const double eta = spec[1], *terms = spec + 2;
+        for (int i = 1; i < m; i++) {
+            const int ti = (int)terms[i];
+            double S = 0.0;
+            for (int j = 0; j < i; j++, c++) {
+                double z = tanh(0.5 * x[P->k + c]), L_ij = z * sqrt(1.0 - S);
+                grad[P->k + c] = 0.0; /* all of it in chain_back */
+                lp += log1p(-z * z) + 0.5 * log1p(-S);
+                cpc[c] = z; cpc[P->n_cor + c] = S;
+                Lcorr[ti * q + (int)terms[j]] = L_ij;
+                S += L_ij * L_ij;
+            }
+            Lcorr[ti * q + ti] = sqrt(1.0 - S);
+            lp += 0.5 * (m - i - 1 + 2.0 * eta - 2.0) * log1p(-S);
+        }
+        spec += 2 + m;
     }
     for (int i = 0; i < q; i++)
         for (int j = 0; j < q; j++) Lam[i * q + j] = vals[sd0 + i] * Lcorr[i * q + j];
     return lp;
 }
 
-/* Add the likelihood's gradient (by beta, the dpars and Lam) to grad through the maps of prior_part. */
+/* Add the likelihood's gradient (by beta, the dpars and Lam) to grad through the maps of prior_part, and the
+ * correlation blocks' whole gradient (reverse mode through the canonical partial correlations). */
 static void chain_back(const Priors *P, const double *vals, const double *dxdz, const double *Lcorr,
-                       const double *rho, const double *g_beta, const double *g_dpar, const double *g_lam,
+                       const double *cpc, const double *g_beta, const double *g_dpar, const double *g_lam,
                        double *grad) {
     const int q = P->q, nb = P->n_beta, sd0 = P->n_beta + P->n_dpar;
     for (int j = 0; j < nb; j++) grad[j] += g_beta[j] * dxdz[j];
@@ -252,22 +274,38 @@ static void chain_back(const Priors *P, const double *vals, const double *dxdz, 
         for (int j = 0; j < q; j++) t += g_lam[i * q + j] * Lcorr[i * q + j];
         grad[sd0 + i] += t * dxdz[sd0 + i];
     }
-    for (int j = 0; j < P->n_pairs; j++) {
-        int a = (int)P->pair_a[j], b = (int)P->pair_b[j];
-        double root = Lcorr[b * q + b];
-        if (root > 0.0) {
-            double d_rho = vals[sd0 + b] * (g_lam[b * q + a] - g_lam[b * q + b] * rho[j] / root);
-            grad[P->k + j] += d_rho * 0.5 * root * root; /* drho/dz = (1 - rho^2)/2 */
+    const double *spec = P->blocks + 1;
+    int c0 = 0;
+    for (int b = 0; b < (int)P->blocks[0]; b++) {
+        const int m = (int)spec[0];
+        const double eta = spec[1], *terms = spec + 2;
+        for (int i = 1; i < m; i++) {
+            const int ti = (int)terms[i];
+            const double sd = vals[sd0 + ti], L_ii = Lcorr[ti * q + ti];
+            const int first = c0 + i * (i - 1) / 2; /* the row's first coordinate */
+            /* d/dS of the row's last S (= 1 - L_ii^2): through L_ii (likelihood and LKJ term) */
+            double adj_S = -0.5 * sd * g_lam[ti * q + ti] / L_ii - 0.5 * (m - i - 1 + 2.0 * eta - 2.0) / (L_ii * L_ii);
+            for (int j = i - 1; j >= 0; j--) {
+                const int c = first + j;
+                const double z = cpc[c], S = cpc[P->n_cor + c], r = sqrt(1.0 - S);
+                const double L_ij = Lcorr[ti * q + (int)terms[j]];
+                const double adj_L = sd * g_lam[ti * q + (int)terms[j]] + 2.0 * L_ij * adj_S;
+                double adj_z = adj_L * r - 2.0 * z / (1.0 - z * z);
+                adj_S += -0.5 * adj_L * z / r - 0.5 / (1.0 - S);
+                grad[P->k + c] += adj_z * 0.5 * (1.0 - z * z); /* dz/dy = (1 - z^2) / 2 */
+            }
         }
+        c0 += m * (m - 1) / 2;
+        spec += 2 + m;
     }
 }
 
 /* Log density (priors, Jacobians, marginal likelihood) at x; its gradient into grad. */
 double lmm_log_density(const double *x, double *grad, const double *buf) {
-    const int n_beta = (int)buf[2], q = (int)buf[3], G = (int)buf[4], n_pairs = (int)buf[5];
+    const int n_beta = (int)buf[2], q = (int)buf[3], G = (int)buf[4], n_cor = (int)buf[5];
     const double n = buf[6], yty = buf[7];
     Priors P;
-    const double *o = read_priors(&P, buf + HEADER, n_beta, 1, q, n_pairs);
+    const double *o = read_priors(&P, buf + HEADER, n_beta, 1, q, n_cor);
     const double *shift = o; o += n_beta;
     const double *WtW = o; o += (size_t)n_beta * n_beta;
     const double *Wty = o; o += n_beta;
@@ -275,15 +313,15 @@ double lmm_log_density(const double *x, double *grad, const double *buf) {
     const double *ZtW = o; o += (size_t)G * q * n_beta;
     const double *Zty = o;
 
-    const int nb = n_beta > 0 ? n_beta : 1, np_ = n_pairs > 0 ? n_pairs : 1; /* no zero-length arrays */
-    double vals[P.k], dxdz[P.k], beta[nb], g_beta[nb], rho[np_];
+    const int nb = n_beta > 0 ? n_beta : 1, nc = n_cor > 0 ? 2 * n_cor : 1; /* no zero-length arrays */
+    double vals[P.k], dxdz[P.k], beta[nb], g_beta[nb], cpc[nc];
     double Lcorr[q * q], Lam[q * q], g_lam[q * q];
     double g_sigma;
-    double lp = prior_part(&P, x, grad, vals, dxdz, Lcorr, rho, Lam);
+    double lp = prior_part(&P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
     for (int k = 0; k < n_beta; k++) beta[k] = vals[k] - shift[k];
     double ll = marginal_loglik(n_beta, G, q, beta, vals[n_beta], Lam, n, WtW, Wty, yty, ZtZ, ZtW, Zty, g_beta,
                                 g_lam, &g_sigma);
-    chain_back(&P, vals, dxdz, Lcorr, rho, g_beta, &g_sigma, g_lam, grad);
+    chain_back(&P, vals, dxdz, Lcorr, cpc, g_beta, &g_sigma, g_lam, grad);
     return lp + ll;
 }
 
@@ -301,7 +339,7 @@ double lmm_log_density(const double *x, double *grad, const double *buf) {
  * log-concave families); each thread keeps the last modes as starting points. Groups with many rows may use
  * one node, the Laplace approximation, whose gradient is then exact (laplace_group).
  * --------------------------------------------------------------------------------------------- */
-#define GHEADER 12 /* total, n_dim, n_beta, q, G, n_pairs, N, n_dpar, family, nodes of rule 0, max rows per group,
+#define GHEADER 12 /* total, n_dim, n_beta, q, G, n_cor, N, n_dpar, family, nodes of rule 0, max rows per group,
                       nodes of rule 1 */
 
 enum { GLMM_BINOMIAL_LOGIT = 1, GLMM_POISSON_LOG = 2, GLMM_NEGBINOMIAL_LOG = 3 };
@@ -703,14 +741,14 @@ double glmm_log_density(const double *x, double *grad, const double *buf) {
     Glmm m;
     read_glmm(&m, buf);
     const Priors *P = &m.P;
-    const int q = m.q, nb = m.p > 0 ? m.p : 1, np_ = P->n_pairs > 0 ? P->n_pairs : 1;
-    double vals[P->k], dxdz[P->k], g_beta[nb], rho[np_], Lcorr[q * q], Lam[q * q], g_lam[q * q], g_phi;
+    const int q = m.q, nb = m.p > 0 ? m.p : 1, nc = P->n_cor > 0 ? 2 * P->n_cor : 1;
+    double vals[P->k], dxdz[P->k], g_beta[nb], cpc[nc], Lcorr[q * q], Lam[q * q], g_lam[q * q], g_phi;
     if (!tls_ready(&m, buf)) return NAN;
-    double lp = prior_part(P, x, grad, vals, dxdz, Lcorr, rho, Lam);
+    double lp = prior_part(P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
     double phi = P->n_dpar ? vals[m.p] : 0.0;
     double ll = glmm_marginal(&m, vals, phi, Lam, g_beta, &g_phi, g_lam);
     if (!isfinite(ll)) return -INFINITY;
-    chain_back(P, vals, dxdz, Lcorr, rho, g_beta, &g_phi, g_lam, grad);
+    chain_back(P, vals, dxdz, Lcorr, cpc, g_beta, &g_phi, g_lam, grad);
     return lp + ll;
 }
 
@@ -749,14 +787,14 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
     Glmm m;
     read_glmm(&m, buf);
     const Priors *P = &m.P;
-    const int q = m.q, n_dim = (int)buf[1], np_ = P->n_pairs > 0 ? P->n_pairs : 1;
+    const int q = m.q, n_dim = (int)buf[1], nc = P->n_cor > 0 ? 2 * P->n_cor : 1;
     const double nu = 4.0;
-    double vals[P->k], dxdz[P->k], rho[np_], Lcorr[q * q], Lam[q * q], L[q * q], grad[n_dim];
+    double vals[P->k], dxdz[P->k], cpc[nc], Lcorr[q * q], Lam[q * q], L[q * q], grad[n_dim];
     double z[q], v[q], cur[q];
     if (!tls_ready(&m, buf)) return 1;
     for (int64_t d = 0; d < n_draws; d++) {
         uint64_t state = seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(d + 1));
-        prior_part(P, xs + d * n_dim, grad, vals, dxdz, Lcorr, rho, Lam);
+        prior_part(P, xs + d * n_dim, grad, vals, dxdz, Lcorr, cpc, Lam);
         double phi = P->n_dpar ? vals[m.p] : 0.0;
         accepted[d] = 0.0;
         for (int g = 0; g < m.G; g++) {

@@ -209,7 +209,7 @@ class GlmmKernel:
         body = np.concatenate([np.asarray(p, dtype=float).ravel() for p in parts])
         max_rows = int(np.diff(r.starts).max()) if self.n_groups else 0
         header = [self.HEADER + body.size, self.n_dim, self.n_beta, self.q, self.n_groups,
-                  self.params.pair_a.shape[0], r.y.shape[0], self.n_dpar, self.code, small[0].shape[0], max_rows,
+                  self.params.n_cor, r.y.shape[0], self.n_dpar, self.code, small[0].shape[0], max_rows,
                   large[0].shape[0]]
         return np.ascontiguousarray(np.concatenate([np.asarray(header, dtype=float), body]))
 

@@ -3,8 +3,8 @@
 The PyTensor route builds a graph per model and numba compiles it for
 nutpie on every fit: 3 to 8 s even with PyTensor's cache warm, against a
 second or less of sampling on data of a few hundred rows. For the model most
-users fit (Gaussian, one grouping factor, correlated blocks of at most two
-terms, built-in priors) this module instead evaluates the collapsed log
+users fit (Gaussian, one grouping factor, any correlated blocks, built-in
+priors) this module instead evaluates the collapsed log
 density and its gradient in hand-written C (``_kernel.c``), built with the
 package and loaded with ctypes: it takes the model's numbers as one packed
 array, so no fit compiles anything, and nutpie calls it directly through the
@@ -15,10 +15,12 @@ extension was not built (no C compiler at install), `build` returns
 None and the collapsed engine uses the PyTensor route.
 
 Unconstrained parameters, in order: the centred intercept (if any), the
-coefficients, σ, the factor's sds (one per term), then one ``z`` per
-correlated pair with ``ρ = tanh(z / 2)``, which is PyMC's parameterisation
-(ρ = 2u − 1, u ~ Beta(η, η) on the log-odds scale), so LKJ(η) has density
-``∝ (1 − ρ²)^(η − 1)``. A parameter bounded below by ``lo`` is ``lo + exp(z)``,
+coefficients, σ, the factor's sds (one per term), then per correlated block
+of m terms m (m − 1) / 2 coordinates ``y``, the canonical partial correlations
+``z = tanh(y / 2)`` of its Cholesky factor (Stan's ``cholesky_corr``) under
+LKJ(η) on that factor (Stan's ``lkj_corr_cholesky``) with both Jacobians; for
+two terms that is PyMC's parameterisation (ρ = 2u − 1, u ~ Beta(η, η) on the
+log-odds scale), so LKJ(η) has density ``∝ (1 − ρ²)^(η − 1)``. A parameter bounded below by ``lo`` is ``lo + exp(z)``,
 above by ``hi`` is ``hi − exp(z)``, on ``[lo, hi]`` ``lo + (hi − lo) logistic(z)``,
 with the log Jacobian added; constants (normalisers, truncation masses) are
 left out, as they do not move NUTS.
@@ -104,7 +106,7 @@ def _address(function: Any) -> int:
     return int(ctypes.cast(function, ctypes.c_void_p).value or 0)
 
 
-#: Header of the packed buffer: total length, n_dim, n_beta, q, levels, pairs, N, y'y
+#: Header of the packed buffer: total length, n_dim, n_beta, q, levels, correlation coordinates, N, y'y
 #: (``HEADER`` in ``_kernel.c``, which reads the buffer).
 _HEADER = 8
 #: Per-parameter arrays of the buffer, in order (``read_priors`` in ``_kernel.c`` reads them in this order).
@@ -120,9 +122,11 @@ class ParamArrays:
 
     Parameters are the plan's (`lmmbayes.engines.plan`), in its order: the
     population-level effects (the centred intercept first), the
-    distributional parameters, the factor's sds, then one ``z`` per correlated
-    pair. A parameter's ``u`` lives on ``[lo, hi]``; its prior is evaluated at
-    ``a + b u`` and the likelihood at ``alpha + beta u``.
+    distributional parameters, the factor's sds, then each correlation
+    block's m (m − 1) / 2 coordinates. A parameter's ``u`` lives on
+    ``[lo, hi]``; its prior is evaluated at ``a + b u`` and the likelihood
+    at ``alpha + beta u``. A block's Cholesky factor comes from canonical
+    partial correlations ``z = tanh(y / 2)`` (see `cholesky_corr`).
     """
 
     q: int
@@ -135,32 +139,61 @@ class ParamArrays:
     alpha: np.ndarray
     beta: np.ndarray
     start_values: np.ndarray
-    pair_a: np.ndarray
-    pair_b: np.ndarray
-    eta: np.ndarray
+    blocks: tuple[tuple[tuple[int, ...], float], ...]  # (term indices, LKJ eta) per correlated block
+
+    @property
+    def n_cor(self) -> int:
+        """Correlation coordinates in ``x``."""
+        return sum(len(t) * (len(t) - 1) // 2 for t, _ in self.blocks)
 
     @property
     def n_dim(self) -> int:
-        return self.fam.shape[0] + self.pair_a.shape[0]
+        return self.fam.shape[0] + self.n_cor
 
     def packed(self) -> list[np.ndarray]:
-        """The per-parameter arrays and the pairs, in the buffer's order."""
-        return [getattr(self, name) for name in _PER_PARAM] + [self.pair_a, self.pair_b, self.eta]
+        """The per-parameter arrays and the blocks, in the buffer's order (``read_priors`` in ``_kernel.c``)."""
+        spec = [float(len(self.blocks))]
+        for terms, eta in self.blocks:
+            spec += [float(len(terms)), eta, *map(float, terms)]
+        return [getattr(self, name) for name in _PER_PARAM] + [np.array(spec)]
 
     def unconstrain_start(self) -> np.ndarray:
-        """``x`` at the starting values (before jitter)."""
-        return np.concatenate([unconstrain(self.start_values, self.lo, self.hi), np.zeros(self.pair_a.shape[0])])
+        """``x`` at the starting values (before jitter): correlations 0."""
+        return np.concatenate([unconstrain(self.start_values, self.lo, self.hi), np.zeros(self.n_cor)])
 
     def constrained(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Draws ``x`` (..., n_dim) as the plan's ``u`` (..., K) and the (..., q, q) Cholesky factor of the correlations."""
         k = self.fam.shape[0]
         u = constrain(x[..., :k], self.lo, self.hi)
         L = np.broadcast_to(np.eye(self.q), x.shape[:-1] + (self.q, self.q)).copy()
-        for j, (a, b) in enumerate(zip(self.pair_a, self.pair_b)):
-            rho = np.tanh(0.5 * x[..., k + j])
-            L[..., b, a] = rho
-            L[..., b, b] = np.sqrt((1.0 - rho) * (1.0 + rho))
+        c = k
+        for terms, _ in self.blocks:
+            m = len(terms)
+            Lb = cholesky_corr(x[..., c:c + m * (m - 1) // 2], m)
+            idx = np.array(terms)
+            L[..., idx[:, None], idx[None, :]] = Lb
+            c += m * (m - 1) // 2
         return u, L
+
+
+def cholesky_corr(y: np.ndarray, m: int) -> np.ndarray:
+    """(..., m, m) Cholesky factors of correlation matrices from (..., m (m − 1) / 2) coordinates, row by row.
+
+    Canonical partial correlations ``z = tanh(y / 2)``: ``L[i, j] = z_ij
+    sqrt(1 − Σ_{l<j} L[i, l]²)``, ``L[i, i] = sqrt(1 − Σ_{l<i} L[i, l]²)``,
+    as ``prior_part`` in ``_kernel.c`` builds them.
+    """
+    L = np.zeros(y.shape[:-1] + (m, m))
+    L[..., 0, 0] = 1.0
+    c = 0
+    for i in range(1, m):
+        S = np.zeros(y.shape[:-1])
+        for j in range(i):
+            L[..., i, j] = np.tanh(0.5 * y[..., c]) * np.sqrt(1.0 - S)
+            S = S + L[..., i, j] ** 2
+            c += 1
+        L[..., i, i] = np.sqrt(np.maximum(1.0 - S, 0.0))
+    return L
 
 
 def param_arrays(plan: Plan, q: int) -> ParamArrays | None:
@@ -172,12 +205,9 @@ def param_arrays(plan: Plan, q: int) -> ParamArrays | None:
     for k, p in enumerate(priors):
         args[k, :len(p.args)] = p.args
     arr = lambda name: np.array([getattr(p, name) for p in plan.params], dtype=float)  # noqa: E731
-    pairs = [b.terms for b in plan.cor]
     return ParamArrays(q=q, fam=np.array([p.family.kernel for p in priors], dtype=np.int64), args=args,
                        lo=arr("lo"), hi=arr("hi"), a=arr("a"), b=arr("b"), alpha=arr("alpha"), beta=arr("beta"),
-                       start_values=arr("start"), pair_a=np.array([a for a, _ in pairs], dtype=np.int64),
-                       pair_b=np.array([b for _, b in pairs], dtype=np.int64),
-                       eta=np.array([b.eta for b in plan.cor], dtype=float))
+                       start_values=arr("start"), blocks=tuple((tuple(b.terms), float(b.eta)) for b in plan.cor))
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,8 +235,7 @@ class Kernel:
         shift, n, WtW, Wty, yty, ZtZ, ZtW, Zty = self.data
         parts = self.params.packed() + [shift, WtW, Wty, ZtZ, ZtW, Zty]
         body = np.concatenate([np.asarray(p, dtype=float).ravel() for p in parts])
-        header = [_HEADER + body.size, self.n_dim, self.n_beta, self.q, ZtZ.shape[0], self.params.pair_a.shape[0],
-                  n, yty]
+        header = [_HEADER + body.size, self.n_dim, self.n_beta, self.q, ZtZ.shape[0], self.params.n_cor, n, yty]
         return np.ascontiguousarray(np.concatenate([np.asarray(header, dtype=float), body]))
 
     def logp(self, x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -245,14 +274,14 @@ def build(design: Design, plan: Plan, collapsed: Any) -> Kernel | None:
     """The kernel for ``design`` and its plan, or None where it does not apply.
 
     It applies, where the C kernel is installed, to one grouping factor
-    (``collapsed`` is a ``OneFactor``) whose correlated blocks have at most
-    two terms, a Gaussian response with σ, and built-in priors.
+    (``collapsed`` is a ``OneFactor``) with correlated blocks of any size, a
+    Gaussian response with σ, and built-in priors.
     """
     from .algebra import OneFactor
 
     if not available() or not isinstance(collapsed, OneFactor) or len(design.factors) != 1:
         return None
-    if plan.dpars != ("sigma",) or any(len(b.terms) > 2 for b in plan.cor):
+    if plan.dpars != ("sigma",):
         return None
     f = design.factors[0]
     params = param_arrays(plan, f.q)
