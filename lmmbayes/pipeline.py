@@ -124,7 +124,7 @@ def run(formula: Any, data: Any, priors: Prior | PriorSet | Iterable[Prior] | No
     result = _engine_run(method, design, plan, config)
     if result.info.get("quadrature_ok") is False and opts.method == "auto":
         # the quadrature's own check failed: pay for a second fit, on the engine that needs no approximation
-        why = str(result.info.get("integration", ""))
+        why = str(result.info.get("quadrature_check", ""))
         method = "joint"
         result = _engine_run(method, design, plan, config)
         result.info["fallback"] = f"refitted on the joint engine because the collapsed engine's {why}"

@@ -137,7 +137,7 @@ def integration_advice(fit: FitResult) -> tuple[str, ...]:
         return (f"method='auto' {fit.info['fallback']}.",)
     if fit.info.get("quadrature_ok") is False:
         return (f"The collapsed engine's integration of the random effects is not accurate enough here: "
-                f"{fit.info.get('integration')}. The posterior may be off; refit with method='joint' (or "
+                f"{fit.info.get('quadrature_check')}. The posterior may be off; refit with method='joint' (or "
                 "method='auto', which does so when this check fails).",)
     return ()
 

@@ -147,9 +147,8 @@ def header(fit: FitResult) -> tuple[tuple[str, str], ...]:
              ("Draws", f"{c.chains} chains, each with iter = {c.tune + c.draws}; warmup = {c.tune}; thin = 1;\n"
                        f"         total post-warmup draws = {c.chains * c.draws}"),
              ("Engine", engine_label(fit))]
-    if "integration" in fit.info and fit.engine == "collapsed":
-        check = fit.info["integration"]
-        lines.append(("Check", str(check).split("; ", 1)[-1]))
+    if "quadrature_check" in fit.info and fit.engine == "collapsed":
+        lines.append(("Check", str(fit.info["quadrature_check"]).split("; ", 1)[-1]))
     levels = design.encoder.coding.levels
     if levels and family.ordinal and levels != tuple(str(k) for k in range(1, len(levels) + 1)):
         lines.insert(3, ("Categories", ", ".join(f"{k} = '{lab}'" for k, lab in enumerate(levels, start=1))))

@@ -121,8 +121,10 @@ def test_quadrature_is_the_marginal_likelihood(family, q):
         std = pl.to_std(u)
         bounded = np.isfinite(k.params.lo) & ~np.isfinite(k.params.hi)
         jac = x[:bounded.size][bounded].sum()  # log-transform Jacobians of the sd (and shape)
-        z_cor = x[bounded.size:]  # LKJ(1) on the correlation's coordinate: its log density stays in the value
-        jac += (special.log_expit(z_cor) + special.log_expit(-z_cor)).sum()
+        # LKJ(1) on the correlation's coordinate y (rho = tanh(y / 2)): its log density, log(1 - rho^2) up to a
+        # constant the kernel drops, stays in the value
+        rho = np.tanh(0.5 * x[bounded.size:])
+        jac += np.log1p(-rho**2).sum()
         beta_std = std[:k.n_beta]
         sd_std = std[k.n_beta + k.n_dpar:]
         # back to the data's units: W is standardised x with a ones column (centred intercept)
