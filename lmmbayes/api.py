@@ -283,16 +283,19 @@ class Fit(FitResult):
     # -- after the fit: effects and marginal summaries ------------------------------------------
     def conditional_effects(self, effects: str | Sequence[str] | None = None, *, conditions: Any = None,
                             include_groups: bool | str | Sequence[str] = False, prob: float = 0.95,
-                            method: str = "posterior_epred", resolution: int = 100, seed: int | None = None) -> Any:
+                            method: str = "posterior_epred", resolution: int = 100, seed: int | None = None,
+                            categorical: bool = False) -> Any:
         """brms's ``conditional_effects``; see `lmmbayes.workflow.effects.conditional_effects`.
 
         Returns a `ConditionalEffects`: ``ce["Days"]`` is brms's table
         (``estimate__``, ``se__``, ``lower__``, ``upper__``, ...), ``ce.plot()`` the figures.
+        ``categorical=True`` (ordinal and categorical responses) gives one estimate per
+        category (column ``cats__``), as brms.
         """
         from .workflow.effects import conditional_effects
 
         return conditional_effects(self, effects, conditions=conditions, include_groups=include_groups, prob=prob,
-                                   method=method, resolution=resolution, seed=seed)
+                                   method=method, resolution=resolution, seed=seed, categorical=categorical)
 
     def avg_predictions(self, *, by: str | Sequence[str] | None = None, newdata: Any = None,
                         include_groups: bool | str | Sequence[str] = True, prob: float = 0.95) -> pd.DataFrame:
@@ -319,16 +322,16 @@ class Fit(FitResult):
         return avg_slopes(self, variables, by=by, newdata=newdata, eps=eps, include_groups=include_groups,
                           prob=prob)
 
-    def emmeans(self, specs: str | Sequence[str], *, type: str = "link", prob: float = 0.95,
-                at: dict[str, Any] | None = None) -> Any:
+    def emmeans(self, specs: str | Sequence[str], *, by: str | Sequence[str] | None = None, type: str = "link",
+                prob: float = 0.95, at: dict[str, Any] | None = None) -> Any:
         """emmeans's estimated marginal means; see `lmmbayes.workflow.margins.emmeans`.
 
         Returns an `Emmeans` whose ``table`` prints as emmeans does and whose
-        ``pairs()`` gives the pairwise contrasts.
+        ``pairs()`` gives the pairwise contrasts (within each level of ``by``).
         """
         from .workflow.margins import emmeans
 
-        return emmeans(self, specs, type=type, prob=prob, at=at)
+        return emmeans(self, specs, by=by, type=type, prob=prob, at=at)
 
     # -- checking and comparison ------------------------------------------------------------
     def log_lik(self, *, chunk_size: int | None = None) -> np.ndarray:
@@ -337,11 +340,17 @@ class Fit(FitResult):
 
         return log_lik(self, chunk_size=chunk_size)
 
-    def loo(self, *, label: str | None = None) -> Any:
-        """PSIS-LOO (arviz-stats) from the pointwise log-likelihood; see `lmmbayes.workflow.compare.loo`."""
+    def loo(self, *, label: str | None = None, moment_match: bool = False, k_threshold: float | None = None,
+            max_iters: int = 30, split: bool = True, cov: bool = True) -> Any:
+        """PSIS-LOO (arviz-stats) from the pointwise log-likelihood; see `lmmbayes.workflow.compare.loo`.
+
+        ``moment_match=True`` is brms's ``loo(fit, moment_match = TRUE)``: observations with a high
+        Pareto k are moment matched (Paananen et al. 2021) on the joint posterior density.
+        """
         from .workflow.compare import loo
 
-        return loo(self, label=label)
+        return loo(self, label=label, moment_match=moment_match, k_threshold=k_threshold, max_iters=max_iters,
+                   split=split, cov=cov)
 
     def update(self, newdata: Any = None, formula: str | None = None, priors: Any = None,
                **sampling: Any) -> Fit:
@@ -562,14 +571,15 @@ def load(path: Any) -> Fit:
     return Fit.of(_load(path))
 
 
-def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
-    """Compare models fitted to the same data by PSIS-LOO, or their `kfold` results (brms's ``loo_compare``).
+def loo_compare(*fits: Any, names: list[str] | None = None, moment_match: bool = False) -> pd.DataFrame:
+    """Compare models fitted to the same data by PSIS-LOO (fits or their `loo` results), or their `kfold`
+    results (brms's ``loo_compare``).
 
     See `lmmbayes.workflow.compare.loo_compare`.
     """
     from .workflow.compare import loo_compare as _compare
 
-    return _compare(*fits, names=names)
+    return _compare(*fits, names=names, moment_match=moment_match)
 
 
 __all__ = ["Fit", "default_prior", "fit", "get_prior", "load", "loo_compare"]

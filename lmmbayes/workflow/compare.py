@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 from scipy.special import logsumexp
 
+from .. import _validate as check
 from ..design import Rows
 from ..errors import (
     DataError,
@@ -122,7 +123,8 @@ def _log_lik_tree(fit: FitResult, ll: np.ndarray) -> xr.DataTree:
     })
 
 
-def loo(fit: FitResult, *, label: str | None = None) -> Any:
+def loo(fit: FitResult, *, label: str | None = None, moment_match: bool = False, k_threshold: float | None = None,
+        max_iters: int = 30, split: bool = True, cov: bool = True) -> Any:
     """PSIS-LOO cross-validation (Vehtari, Gelman and Gabry 2017) with arviz-stats.
 
     Parameters
@@ -130,22 +132,41 @@ def loo(fit: FitResult, *, label: str | None = None) -> Any:
     fit : Fit
     label : str, optional
         Name of the model in the warning (default: its formula).
+    moment_match : bool
+        brms's ``moment_match = TRUE``: observations whose Pareto k exceeds
+        ``k_threshold`` are importance-sampled again from draws moved by moment
+        matching (Paananen et al. 2021; arviz-stats's ``loo_moment_match``) on
+        the joint posterior over every parameter (`lmmbayes.workflow.moment_match`).
+        Needs the fitted rows in memory.
+    k_threshold : float, optional
+        Pareto k above which an observation is moment matched; default the loo
+        package's ``min(1 - 1 / log10(S), 0.7)`` for S draws.
+    max_iters : int
+        Most moment-matching steps per observation (the loo package's 30).
+    split, cov : bool
+        The loo package's options: importance-sample half of the draws moved
+        and half unmoved (split), and match covariances as well as means and
+        variances (cov, only with at least 10 draws per parameter).
 
     Returns
     -------
-    arviz_stats.ELPDData
+    arviz_stats.ELPDDataLOO
         ``elpd`` (elpd_loo), ``se``, ``p`` (p_loo), pointwise ``elpd_i`` and
-        ``pareto_k``; printing it gives the loo package's table.
+        ``pareto_k``; printing it gives the loo package's table. After moment
+        matching ``influence_pareto_k`` holds the Pareto k before it.
 
     Raises
     ------
     LmmbayesError
         Fewer than 25 posterior draws (PSIS smooths a tail of at least 5).
+    FitError
+        Moment matching of a fit without its rows (Dask input) or of prior draws.
 
     Warns
     -----
     ParetoKWarning
-        When some observations have Pareto k above 0.7, naming the model and how many.
+        When some observations have Pareto k above 0.7 (after moment matching, if
+        asked), naming the model and how many.
     """
     from arviz_stats import loo as az_loo
 
@@ -153,17 +174,37 @@ def loo(fit: FitResult, *, label: str | None = None) -> Any:
     if total < 25:
         raise LmmbayesError(f"PSIS-LOO needs at least 25 posterior draws (chains x draws); this fit has {total}. "
                             "Refit with more draws.")
+    moment_match = check.flag(moment_match, "moment_match")
+    if k_threshold is not None:
+        k_threshold = check.real(k_threshold, "k_threshold")
+    max_iters = check.count(max_iters, "max_iters")
+    split, cov = check.flag(split, "split"), check.flag(cov, "cov")
+    if moment_match:
+        from .moment_match import check_matchable
+
+        check_matchable(fit)
     with warnings.catch_warnings(), np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore")  # arviz-stats warns without naming the model; lmmbayes warns below instead
-        if fit.design.rows is not None and total * fit.design.n_obs <= WHOLE_MATRIX:
-            result = az_loo(_log_lik_tree(fit, log_lik(fit)), pointwise=True, var_name="y")
+        # moment matching needs the whole matrix (arviz-stats reads it); its joint density needs the rows anyway
+        if fit.design.rows is not None and (moment_match or total * fit.design.n_obs <= WHOLE_MATRIX):
+            tree = _log_lik_tree(fit, log_lik(fit))
+            result = az_loo(tree, pointwise=True, var_name="y")
+            limit = (min(1 - 1 / math.log10(total), PARETO_K_LIMIT) if k_threshold is None else k_threshold)
+            if moment_match and bool((np.asarray(result.pareto_k) > limit).any()):
+                from .moment_match import moment_match as match
+
+                result = match(fit, tree, result, k_threshold=k_threshold, max_iters=max_iters, split=split, cov=cov)
         else:
             result = _loo_in_chunks(fit)
+    # loo_compare checks that results it is given are of the same data
+    result.fingerprint = fit.design.stats.fingerprint
     k = np.asarray(result.pareto_k).reshape(-1)
     high = int((k > PARETO_K_LIMIT).sum())
     if high:
+        hint = ("even after moment matching; consider K-fold cross-validation" if moment_match
+                else "consider moment matching (loo(moment_match=True)) or K-fold cross-validation")
         warn(f"Model {label or repr(fit.formula)}: {high} of {k.size} observations have Pareto k > {PARETO_K_LIMIT}, "
-             "so PSIS-LOO is unreliable for them; consider K-fold cross-validation or moment matching.", ParetoKWarning)
+             f"so PSIS-LOO is unreliable for them; {hint}.", ParetoKWarning)
     return result
 
 
@@ -268,7 +309,7 @@ def same_data(a: FitResult, b: FitResult) -> bool:
     return da.rows is None or db.rows is None or bool(np.array_equal(da.y, db.y))
 
 
-def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
+def loo_compare(*fits: Any, names: list[str] | None = None, moment_match: bool = False) -> pd.DataFrame:
     """Compare models fitted to the same data by PSIS-LOO, like brms's ``loo_compare``.
 
     Parameters
@@ -277,8 +318,13 @@ def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
         Two or more fits of the same observations; a dict's keys name them.
         `kfold` results instead of fits compare by k-fold cross-validation
         (columns ``elpd_kfold``, ``se_elpd_kfold``, ``p_kfold``, ``kfoldic``).
+        `loo` results (e.g. ``fit.loo(moment_match=True)``) may stand for fits,
+        as the loo package's ``loo_compare`` takes loo objects.
     names : list of str, optional
-        Row labels; default the formulas (or the dict's keys).
+        Row labels; default the formulas (or the dict's keys; ``model1``,
+        ``model2``... for loo results).
+    moment_match : bool
+        Compute each fit's LOO with moment matching (see `loo`).
 
     Returns
     -------
@@ -303,20 +349,24 @@ def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
 
     if all(isinstance(f, KFold) for f in items):
         return _compare_kfold(labels, items)
-    bad = [type(f).__name__ for f in items if not isinstance(f, FitResult)]
+    from arviz_stats.utils import ELPDDataLOO
+
+    bad = [type(f).__name__ for f in items if not isinstance(f, (FitResult, ELPDDataLOO))]
     if bad:
-        raise LmmbayesError(f"loo_compare takes lmmbayes Fit objects, got {bad}.")
-    ref_label, ref = labels[0], items[0]
-    for label, f in zip(labels[1:], items[1:]):
-        if not same_data(f, ref):
-            what = (f"{f.nobs} vs {ref.nobs} observations" if f.nobs != ref.nobs
-                    else "the same number of observations but different responses")
-            raise DataError(f"loo_compare needs models fitted to the same data: '{label}' and '{ref_label}' were "
-                            f"fitted to different data ({what}; e.g. other rows dropped for missing values).")
-    results = [loo(f, label=f"'{lab}'") for lab, f in zip(labels, items)]
+        raise LmmbayesError(f"loo_compare takes lmmbayes Fit objects or their loo() results, got {bad}.")
+    if names is None and not isinstance(fits[0], dict):
+        labels = [lab if isinstance(f, FitResult) else f"model{k}" for k, (lab, f) in enumerate(zip(labels, items), 1)]
+    moment_match = check.flag(moment_match, "moment_match")
+    fitted = [(lab, f) for lab, f in zip(labels, items) if isinstance(f, FitResult)]
+    for label, f in fitted[1:]:  # before any LOO is computed
+        _refuse(label, fitted[0][0], f, fitted[0][1])
+    results = [loo(f, label=f"'{lab}'", moment_match=moment_match) if isinstance(f, FitResult) else f
+               for lab, f in zip(labels, items)]
+    for label, r in zip(labels[1:], results[1:]):
+        _refuse(label, labels[0], r, results[0])
     elpd_i = [np.asarray(r.elpd_i).reshape(-1) for r in results]
     best = int(np.argmax([r.elpd for r in results]))
-    n = ref.nobs
+    n = elpd_i[0].size
     rows = []
     for label, r, e in zip(labels, results, elpd_i):
         diff = e - elpd_i[best]
@@ -328,6 +378,23 @@ def loo_compare(*fits: Any, names: list[str] | None = None) -> pd.DataFrame:
     table = CompareTable(rows, index=pd.Index(labels, name="model"))
     order = np.argsort(-table["elpd_loo"].to_numpy(), kind="stable")
     return table.iloc[order]
+
+
+def _refuse(label: str, ref_label: str, a: Any, b: Any) -> None:
+    """Raise `DataError` unless two fits, or two loo results (which know their data's fingerprint), share data."""
+    if isinstance(a, FitResult):
+        if same_data(a, b):
+            return
+        what = (f"{a.nobs} vs {b.nobs} observations" if a.nobs != b.nobs
+                else "the same number of observations but different responses")
+    elif a.n_data_points != b.n_data_points:
+        what = f"{a.n_data_points} vs {b.n_data_points} observations"
+    elif getattr(a, "fingerprint", None) != getattr(b, "fingerprint", None):
+        what = "the same number of observations but different responses"
+    else:
+        return
+    raise DataError(f"loo_compare needs models fitted to the same data: '{label}' and '{ref_label}' were "
+                    f"fitted to different data ({what}; e.g. other rows dropped for missing values).")
 
 
 def _compare_kfold(labels: list[str], results: list[Any]) -> pd.DataFrame:

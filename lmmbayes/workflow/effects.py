@@ -34,7 +34,7 @@ import pandas as pd
 from .. import _validate as check
 from ..design.frame import as_frame
 from ..design.predictors import Predictor, Predictors
-from ..errors import DataError, FitError, LmmbayesError
+from ..errors import DataError, FitError, LmmbayesError, LmmbayesWarning, warn
 from ..results.model import FitResult
 from .predict import groups, posterior_epred, posterior_linpred, posterior_predict
 
@@ -353,10 +353,25 @@ def _plot_one(ce: ConditionalEffects, name: str, ncol: int | None) -> Figure:
 # -- public ---------------------------------------------------------------------------------
 
 
+def _categorical_table(grid: pd.DataFrame, effect: tuple[Predictor, ...], pr: Predictors, labels: list[str],
+                       draws: np.ndarray, prob: float, cats: list[str]) -> pd.DataFrame:
+    """brms's table with ``categorical = TRUE``: the grid once per category (``cats__``, also ``effect2__``)."""
+    blocks = []
+    for k, cat in enumerate(cats):
+        block = _table(grid, effect, pr, labels, summarise(draws[:, :, k], prob))
+        block.insert(list(block.columns).index("cond__") + 1, "cats__", cat)
+        blocks.append(block)
+    out = pd.concat(blocks, ignore_index=True)
+    out["cats__"] = pd.Categorical(out["cats__"], categories=cats)
+    # brms makes the categories the second effect: the plot colours by them
+    out.insert(list(out.columns).index("effect1__") + 1, "effect2__", out["cats__"])
+    return out
+
+
 def conditional_effects(fit: FitResult, effects: str | Sequence[str] | None = None, *, conditions: Any = None,
                         include_groups: bool | str | Sequence[str] = False, prob: float = 0.95,
                         method: str = "posterior_epred", resolution: int = 100,
-                        seed: int | None = None) -> ConditionalEffects:
+                        seed: int | None = None, categorical: bool = False) -> ConditionalEffects:
     """brms's ``conditional_effects``: predictions along each effect, other predictors held fixed.
 
     Parameters
@@ -385,6 +400,14 @@ def conditional_effects(fit: FitResult, effects: str | Sequence[str] | None = No
         Number of values along a numeric first effect (at least 2).
     seed : int, optional
         Seeds ``posterior_predict`` and new grouping levels.
+    categorical : bool
+        brms's ``categorical = TRUE`` for an ordinal (or other categorical)
+        response: one estimate per response category, the probability of that
+        category (``method="posterior_epred"`` only; main effects only, as
+        brms). The tables get a ``cats__`` column (the category's label, also
+        ``effect2__``) and the plots colour by category. Without it, an ordinal
+        response is shown as its expected category number ``sum_k k P(Y = k)``,
+        with brms's warning.
 
     Returns
     -------
@@ -396,7 +419,14 @@ def conditional_effects(fit: FitResult, effects: str | Sequence[str] | None = No
     DataError
         An effect or a conditions column the model does not have, or a grouping column only.
     LmmbayesError
-        A bad ``method``, ``prob`` or ``resolution``, or a categorical response (not supported yet).
+        A bad ``method``, ``prob`` or ``resolution``; ``categorical=True`` with
+        another method, an interaction, or a response that is not categorical;
+        a non-ordinal categorical response without ``categorical=True``.
+
+    Warns
+    -----
+    LmmbayesWarning
+        An ordinal response without ``categorical=True`` (brms's warning).
     """
     pr = predictors_of(fit, "conditional_effects")
     method = check.choice(method, "method", METHODS)
@@ -404,21 +434,53 @@ def conditional_effects(fit: FitResult, effects: str | Sequence[str] | None = No
     assert level is not None
     resolution = check.count(resolution, "resolution", minimum=2)
     chosen = groups(fit, include_groups)
+    categorical = check.flag(categorical, "categorical")
+    if categorical and method != "posterior_epred":
+        raise LmmbayesError(f"categorical=True shows the probability of each category, method='posterior_epred'; "
+                            f"got method={method!r}.")
+    if categorical and not fit.family.factor_like:
+        raise LmmbayesError(f"categorical=True is for categorical and ordinal responses; family "
+                            f"{fit.family.name!r} has none.")
     found = parse_effects(fit, pr, effects)
+    if categorical:
+        if effects is None:  # brms cannot show interactions with the categories: the main effects only
+            found = [e for e in found if len(e) == 1]
+        pairs = [effect_name(e) for e in found if len(e) > 1]
+        if pairs or not found:
+            raise DataError(f"Interactions cannot be shown directly with categorical=True (got {pairs}), as in "
+                            "brms; use conditions= (one facet per row) instead.")
     cond, labels = _conditions(fit, pr, conditions)
     predict = {"posterior_epred": posterior_epred, "posterior_linpred": posterior_linpred,
                "posterior_predict": posterior_predict}[method]
     tables, names, kinds = {}, {}, {}
+    warned = False
     for effect in found:
         grid = effect_grid(fit, pr, effect, cond, labels, resolution, chosen)
         draws = np.asarray(predict(fit, grid.drop(columns="cond__"), include_groups=include_groups,
                                    allow_new_levels=True, seed=seed))
-        if fit.family.factor_like and draws.ndim == 3:
-            raise LmmbayesError(f"conditional_effects of a categorical response (family {fit.family.name!r}, "
-                                f"{draws.shape[2]} categories) is not supported yet; use "
-                                f"fit.{method}(newdata) on a grid of your own.")
         name = effect_name(effect)
-        tables[name] = _table(grid, effect, pr, labels, summarise(draws, level))
         names[name] = tuple(p.name for p in effect)
         kinds[name] = tuple(p.numeric for p in effect)
+        if categorical:
+            if draws.ndim != 3:
+                raise LmmbayesError(f"categorical=True needs a probability per category, and family "
+                                    f"{fit.family.name!r} predicts one value per row.")
+            cats = [str(c) for c in fit.design.encoder.coding.levels] or \
+                [str(k) for k in range(1, draws.shape[2] + 1)]
+            tables[name] = _categorical_table(grid, effect, pr, labels, draws, level, cats)
+            names[name] += ("cats__",)
+            kinds[name] += (False,)
+            continue
+        if fit.family.factor_like and draws.ndim == 3:
+            if not fit.family.ordinal:
+                raise LmmbayesError(f"conditional_effects of a categorical response (family {fit.family.name!r}, "
+                                    f"{draws.shape[2]} categories) shows each category's probability: pass "
+                                    "categorical=True.")
+            if not warned:
+                warn("Predictions are treated as continuous variables in conditional_effects by default, which is "
+                     "likely invalid for ordinal families; set categorical=True (as brms warns).", LmmbayesWarning)
+                warned = True
+            # brms's ordinal_probs_continuous: the expected category number
+            draws = draws @ np.arange(1.0, draws.shape[2] + 1.0) if method == "posterior_epred" else draws
+        tables[name] = _table(grid, effect, pr, labels, summarise(draws, level))
     return ConditionalEffects(tables, names, kinds, fit.design.spec.response_name, method, level)

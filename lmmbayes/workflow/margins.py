@@ -24,7 +24,9 @@ emmeans
     each draw's average (emmeans's ``regrid``). Summaries are the posterior
     median and the HPD interval (arviz-stats's ``hdi``), as emmeans reports
     Bayesian fits; ``pairs()`` gives every pairwise contrast, as ratios (log
-    link) or odds ratios (logit link) on the response scale.
+    link) or odds ratios (logit link) on the response scale. ``by`` gives the
+    means of ``specs`` within each level of other factors, and ``pairs()``
+    contrasts within those levels.
 
 Variable names given by users are only looked up among the design's known
 variables (or newdata's columns, for ``by``): nothing is evaluated.
@@ -324,6 +326,10 @@ class Emmeans:
     pair_column, pair_operator : str
         How `pairs` names its estimate and joins the labels: ``estimate`` and
         ``-`` (link scale), ``ratio`` or ``odds.ratio`` and ``/`` (response scale, log or logit link).
+    by : tuple of str
+        emmeans's ``by`` variables: the table has a column for each (after the
+        ``specs`` columns) and contrasts are taken within each of their level
+        combinations.
     """
 
     table: pd.DataFrame
@@ -334,41 +340,76 @@ class Emmeans:
     link: str
     pair_column: str
     pair_operator: str
+    by: tuple[str, ...] = ()
 
     @property
     def labels(self) -> list[str]:
-        """Each row's label, its levels joined by spaces (emmeans's contrast labels)."""
+        """Each row's label, its ``specs`` levels joined by spaces (emmeans's contrast labels)."""
         return [" ".join(str(v) for v in row) for row in self.table[list(self.specs)].itertuples(index=False)]
+
+    def _by_groups(self) -> list[tuple[tuple[Any, ...], np.ndarray]]:
+        """(the ``by`` levels, the table's rows at them) per ``by`` combination, in the table's order."""
+        if not self.by:
+            return [((), np.arange(len(self.table)))]
+        keys = list(self.table[list(self.by)].itertuples(index=False, name=None))
+        return [(key, np.flatnonzero([k == key for k in keys])) for key in dict.fromkeys(keys)]
 
     def pairs(self) -> pd.DataFrame:
         """Every pairwise contrast ``a - b`` in emmeans's order (first against the later ones).
 
         On the link scale; with ``type="response"``, ratios ``a / b`` for a log
         link (column ``ratio``) and odds ratios for a logit link
-        (``odds.ratio``), as emmeans back-transforms contrasts.
+        (``odds.ratio``), as emmeans back-transforms contrasts. With ``by``,
+        the contrasts are taken within each ``by`` level (as emmeans's
+        ``pairs()`` of a grid with ``by`` groups).
 
         Returns
         -------
         pandas.DataFrame
-            ``contrast``, the estimate column (posterior median), ``lower.HPD``, ``upper.HPD``.
+            ``contrast``, the ``by`` columns, the estimate column (posterior
+            median), ``lower.HPD``, ``upper.HPD``.
         """
         labels = self.labels
-        names, cols = [], []
-        for i, j in itertools.combinations(range(len(labels)), 2):
-            diff = self.draws[:, i] - self.draws[:, j]
-            cols.append(np.exp(diff) if self.pair_operator == "/" else diff)
-            names.append(f"{labels[i]} {self.pair_operator} {labels[j]}")
+        names: list[str] = []
+        cols: list[np.ndarray] = []
+        keys: list[tuple[Any, ...]] = []
+        for key, rows in self._by_groups():
+            for i, j in itertools.combinations(rows, 2):
+                diff = self.draws[:, i] - self.draws[:, j]
+                cols.append(np.exp(diff) if self.pair_operator == "/" else diff)
+                names.append(f"{labels[i]} {self.pair_operator} {labels[j]}")
+                keys.append(key)
         if not cols:
-            raise LmmbayesError(f"pairs() needs at least two marginal means; {list(self.specs)} has one level.")
+            where = f" within each level of {list(self.by)}" if self.by else ""
+            raise LmmbayesError(f"pairs() needs at least two marginal means{where}; {list(self.specs)} has one level.")
         draws = np.column_stack(cols)
         lo, hi = hpd(draws, self.prob)
-        return pd.DataFrame({"contrast": names, self.pair_column: np.median(draws, axis=0), "lower.HPD": lo,
-                             "upper.HPD": hi})
+        out = pd.DataFrame({"contrast": names})
+        for k, name in enumerate(self.by):
+            out[name] = pd.Categorical([key[k] for key in keys], categories=self.table[name].cat.categories) \
+                if isinstance(self.table[name].dtype, pd.CategoricalDtype) else [key[k] for key in keys]
+        out[self.pair_column] = np.median(draws, axis=0)
+        out["lower.HPD"], out["upper.HPD"] = lo, hi
+        return out
+
+    def contrast(self, method: str = "pairwise") -> pd.DataFrame:
+        """emmeans's ``contrast(emm, method)``; only ``"pairwise"`` (the same as `pairs`) for now."""
+        check.choice(method, "method", ("pairwise",))
+        return self.pairs()
 
     def __str__(self) -> str:
         scale = "" if self.type == "link" or self.link == "identity" else \
             f"\nResults are back-transformed from the {self.link} scale"
-        return (f"{self.table.to_string(index=False)}\n\nPoint estimate displayed: median\n"
+        if self.by:  # emmeans prints one block per by level, headed "f2 = a:"
+            shown = self.table.drop(columns=list(self.by))
+            blocks = []
+            for key, rows in self._by_groups():
+                head = ", ".join(f"{n} = {v}" for n, v in zip(self.by, key))
+                blocks.append(f"{head}:\n{shown.iloc[rows].to_string(index=False)}")
+            body = "\n\n".join(blocks)
+        else:
+            body = self.table.to_string(index=False)
+        return (f"{body}\n\nPoint estimate displayed: median\n"
                 f"HPD interval probability: {self.prob:g}{scale}")
 
     def _repr_html_(self) -> str:
@@ -400,8 +441,8 @@ def _grid_values(pr: Predictors, at: dict[str, Any]) -> dict[str, list[Any]]:
     return out
 
 
-def emmeans(fit: FitResult, specs: str | Sequence[str], *, type: str = "link", prob: float = 0.95,
-            at: dict[str, Any] | None = None) -> Emmeans:
+def emmeans(fit: FitResult, specs: str | Sequence[str], *, by: str | Sequence[str] | None = None,
+            type: str = "link", prob: float = 0.95, at: dict[str, Any] | None = None) -> Emmeans:
     """emmeans's estimated marginal means of a Bayesian fit.
 
     Parameters
@@ -409,6 +450,10 @@ def emmeans(fit: FitResult, specs: str | Sequence[str], *, type: str = "link", p
     fit : Fit
     specs : str or list of str
         The categorical predictor(s) whose levels (or level combinations) get a marginal mean.
+    by : str or list of str, optional
+        emmeans's ``by``: categorical predictor(s) within each of whose levels
+        the means of ``specs`` are given (``emmeans(fit, ~ f1 | f2)``). The
+        table gets a column for each, ``pairs()`` contrasts within their levels.
     type : {"link", "response"}
         ``"link"``: means of the linear predictor (column ``emmean``);
         ``"response"``: each draw's mean back-transformed by the inverse link
@@ -443,28 +488,38 @@ def emmeans(fit: FitResult, specs: str | Sequence[str], *, type: str = "link", p
         raise DataError(f"specs must be a predictor name or a list of them, got {specs!r}; the model's "
                         f"categorical predictors are {[p.name for p in pr.of_role('predictor') if p.levels]}.")
     chosen = [lookup(fit, pr, n, "specs") for n in dict.fromkeys(names)]
-    for p in chosen:
+    by_names = [] if by is None else [by] if isinstance(by, str) else list(by) if isinstance(by, (list, tuple)) \
+        else None
+    if by_names is None or not all(isinstance(n, str) for n in by_names):
+        raise DataError(f"by must be None, a predictor name or a list of them, got {by!r}.")
+    by_chosen = [lookup(fit, pr, n, "by") for n in dict.fromkeys(by_names)]
+    overlap = [p.name for p in by_chosen if p.name in {q.name for q in chosen}]
+    if overlap:
+        raise DataError(f"by names {overlap}, which specs names too; a variable is either given means or grouped by.")
+    for p, what in [(p, "specs") for p in chosen] + [(p, "by") for p in by_chosen]:
         if p.levels is None and not (p.name in at and len(np.atleast_1d(at[p.name])) > 1):
-            raise DataError(f"specs: '{p.name}' is numeric; emmeans gives marginal means of categorical predictors "
+            raise DataError(f"{what}: '{p.name}' is numeric; emmeans gives marginal means of categorical predictors "
                             "(or of numeric ones given several values in at=). For its slope use avg_slopes.")
     values = _grid_values(pr, at)
     grid = pd.DataFrame(list(itertools.product(*values.values())), columns=list(values))
     grid = pd.DataFrame({c: column(grid[c].tolist(), pr.get(c)) for c in grid.columns})
     eta = np.asarray(posterior_linpred(fit, grid, include_groups=False))
     spec_names = [p.name for p in chosen]
-    # emmeans's order: the first of the specs varies fastest
-    order = [tuple(reversed(t)) for t in itertools.product(*(values[n] for n in reversed(spec_names)))]
-    keys = list(zip(*(grid[n].tolist() for n in spec_names)))
+    cells = spec_names + [p.name for p in by_chosen]
+    # emmeans's order: the first of the specs varies fastest, the by variables slowest
+    order = [tuple(reversed(t)) for t in itertools.product(*(values[n] for n in reversed(cells)))]
+    keys = list(zip(*(grid[n].tolist() for n in cells)))
     means = np.column_stack([eta[:, np.asarray([k == combo for k in keys])].mean(axis=1) for combo in order])
     link = fit.family.link
     shown = fit.family.link_function.inverse(means) if type_ == "response" else means
     lo, hi = hpd(shown, level)
     name = "emmean" if type_ == "link" or link == "identity" else fit.family.mean_name
-    table = pd.DataFrame(order, columns=spec_names)
-    for p in chosen:
+    table = pd.DataFrame(order, columns=cells)
+    for p in chosen + by_chosen:
         if p.levels is not None:
             table[p.name] = pd.Categorical(table[p.name], categories=list(p.levels.values))
     table[name] = np.median(shown, axis=0)
     table["lower.HPD"], table["upper.HPD"] = lo, hi
     column_name, operator = _pair_name(fit, type_)
-    return Emmeans(table, means, tuple(spec_names), type_, level, link, column_name, operator)
+    return Emmeans(table, means, tuple(spec_names), type_, level, link, column_name, operator,
+                   tuple(p.name for p in by_chosen))

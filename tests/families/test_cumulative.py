@@ -192,6 +192,35 @@ def test_epred_is_the_category_probabilities(fitted):
     np.testing.assert_allclose(table["Estimate"].to_numpy(), epred.mean(0))
 
 
+def test_conditional_effects_per_category_as_brms_categorical(fitted):
+    """conditional_effects(categorical=True): each category's probability along x, from the thresholds and b_x
+    (no group-level effects, as brms's re_formula = NA); without it the expected category, with brms's warning."""
+    import matplotlib.pyplot as plt
+
+    data, _, fit = fitted
+    ce = fit.conditional_effects("x", categorical=True, resolution=5, prob=0.9)
+    t = ce["x"]
+    d = fit.draws()
+    tau = d[["b_Intercept[1]", "b_Intercept[2]", "b_Intercept[3]"]].to_numpy()
+    x = np.linspace(data["x"].min(), data["x"].max(), 5)
+    p = probs("logit", tau, d[["b_x"]].to_numpy() * x)  # (draws, 5, 4)
+    want = p.transpose(2, 1, 0).reshape(20, -1).T  # the grid once per category, category slowest
+    assert list(t["cats__"].astype(str)) == [c for c in LABELS for _ in range(5)]
+    assert list(t["cats__"].cat.categories) == LABELS and (t["effect2__"] == t["cats__"]).all()
+    np.testing.assert_allclose(t["x"], np.tile(x, 4))
+    np.testing.assert_allclose(t["estimate__"], np.median(want, axis=0), rtol=1e-9)
+    np.testing.assert_allclose(t[["lower__", "upper__"]].to_numpy(),
+                               np.quantile(want, [0.05, 0.95], axis=0).T, rtol=1e-9)
+    fig = ce.plot()["x"]
+    ax = [a for a in fig.axes if a.get_visible()][0]
+    assert len(ax.lines) == 4 and [tx.get_text() for tx in ax.get_legend().get_texts()] == LABELS
+    assert ax.get_legend().get_title().get_text() == "cats__"
+    plt.close(fig)
+    with pytest.warns(lb.LmmbayesWarning, match="set categorical=True"):
+        mean = fit.conditional_effects("x", resolution=5)["x"]
+    np.testing.assert_allclose(mean["estimate__"], np.median(p @ np.arange(1.0, 5.0), axis=0), rtol=1e-9)
+
+
 def test_predictions_are_categories_one_to_k(fitted):
     data, _, fit = fitted
     draws = fit.posterior_predict(data.iloc[:50], seed=2)

@@ -140,8 +140,23 @@ def test_categorical_response_is_refused_by_factor_like_and_ndim(effects_fit, mo
     effects_fit.conditional_effects("cat")  # factor-like with (draws, rows) predictions (bernoulli): fine
     real = eff.posterior_epred
     monkeypatch.setattr(eff, "posterior_epred", lambda *a, **k: np.stack([real(*a, **k)] * 3, axis=-1))
-    with pytest.raises(lb.LmmbayesError, match="categorical response .* not supported yet"):
+    with pytest.raises(lb.LmmbayesError, match="categorical response .* pass categorical=True"):
         effects_fit.conditional_effects("cat")
+    # categorical=True: the grid once per category, each summarised on its own (no labels: 1..K)
+    ce = effects_fit.conditional_effects("cat", categorical=True)
+    t = ce["cat"]
+    assert list(t["cats__"].astype(str)) == ["1"] * 3 + ["2"] * 3 + ["3"] * 3
+    assert (t["effect2__"].astype(str) == t["cats__"].astype(str)).all() and ce.effects["cat"] == ("cat", "cats__")
+    np.testing.assert_allclose(t["estimate__"].to_numpy().reshape(3, 3), np.tile(t["estimate__"][:3], (3, 1)))
+    with pytest.raises(lb.DataError, match="Interactions cannot be shown directly"):
+        effects_fit.conditional_effects("x:cat", categorical=True)
+    with pytest.raises(lb.LmmbayesError, match="method='posterior_epred'"):
+        effects_fit.conditional_effects("cat", categorical=True, method="posterior_predict")
+
+
+def test_categorical_is_refused_for_a_numeric_response(effects_fit):
+    with pytest.raises(lb.LmmbayesError, match="categorical=True is for categorical and ordinal responses"):
+        effects_fit.conditional_effects("cat", categorical=True)
 
 
 def test_plot_lines_ribbons_points_and_facets(effects_fit):

@@ -159,6 +159,50 @@ def test_emmeans_equal_weights_over_the_other_factor(effects_fit, effects_data):
     assert "Point estimate displayed: median" in str(res)
 
 
+def test_emmeans_by_gives_means_and_pairs_within_each_level(effects_fit, effects_data):
+    """emmeans(fit, "cat", by = "trt"): cat's means within each trt level, contrasts within trt."""
+    grid, eta = reference_grid(effects_fit, effects_data)
+    res = effects_fit.emmeans("cat", by="trt", prob=0.9)
+    cell = list(zip(grid.cat, grid.trt))
+    order = [(c, t) for t in "CT" for c in "abc"]  # cat fastest, the by variable slowest (emmeans's order)
+    want = eta[:, [cell.index(k) for k in order]]
+    np.testing.assert_allclose(res.draws, want, rtol=1e-10)
+    t = res.table
+    assert list(t.columns) == ["cat", "trt", "emmean", "lower.HPD", "upper.HPD"]
+    assert list(zip(t["cat"].astype(str), t["trt"].astype(str))) == order
+    np.testing.assert_allclose(t["emmean"], np.median(want, axis=0))
+    np.testing.assert_allclose(t[["lower.HPD", "upper.HPD"]].to_numpy(),
+                               np.asarray([hdi(want[:, k], prob=0.9) for k in range(6)]))
+    pairs = res.pairs()
+    assert list(pairs.columns) == ["contrast", "trt", "estimate", "lower.HPD", "upper.HPD"]
+    assert list(pairs["contrast"]) == ["a - b", "a - c", "b - c"] * 2
+    assert list(pairs["trt"].astype(str)) == ["C"] * 3 + ["T"] * 3
+    diffs = np.column_stack([want[:, i] - want[:, j] for i, j in ((0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5))])
+    np.testing.assert_allclose(pairs["estimate"], np.median(diffs, axis=0))
+    np.testing.assert_allclose(pairs[["lower.HPD", "upper.HPD"]].to_numpy(),
+                               np.asarray([hdi(diffs[:, k], prob=0.9) for k in range(6)]))
+    pd.testing.assert_frame_equal(res.contrast("pairwise"), pairs)
+    text = str(res)
+    assert "trt = C:" in text and "trt = T:" in text and text.index("trt = C:") < text.index("trt = T:")
+    # averaging over x values given in at=, within each cat x trt cell; and lb.emmeans the same
+    two = lb.emmeans(effects_fit, "trt", by="cat", at={"x": [-1.0, 1.0]})
+    b = effects_fit.draws()
+    z = effects_data.z.mean()
+
+    def cell_eta(c: str, s: str, x: float) -> np.ndarray:
+        return (b["b_Intercept"] + b["b_x"] * x + b["b_z"] * z + b["b_trtT"] * (s == "T")
+                + (b["b_catb"] + b["b_x:catb"] * x) * (c == "b") + (b["b_catc"] + b["b_x:catc"] * x) * (c == "c"))
+    hand = np.column_stack([(cell_eta(c, s, -1.0) + cell_eta(c, s, 1.0)) / 2 for c in "abc" for s in "CT"])
+    np.testing.assert_allclose(two.draws, hand, rtol=1e-10)
+    assert list(two.pairs()["contrast"]) == ["C - T"] * 3 and list(two.pairs()["cat"].astype(str)) == list("abc")
+    with pytest.raises(lb.DataError, match="specs names too"):
+        effects_fit.emmeans("cat", by="cat")
+    with pytest.raises(lb.DataError, match="by: 'x' is numeric"):
+        effects_fit.emmeans("cat", by="x")
+    with pytest.raises(lb.LmmbayesError, match="within each level of \\['trt'\\]"):
+        effects_fit.emmeans("cat", by="trt", at={"cat": ["a"]}).pairs()
+
+
 def test_emmeans_at_and_errors(effects_fit, effects_data):
     grid, _ = reference_grid(effects_fit, effects_data)
     at = effects_fit.emmeans("trt", at={"x": 0.0, "cat": ["b"]})
