@@ -160,6 +160,15 @@ def test_fewer_nodes_are_chosen_only_where_they_integrate_as_well():
     assert glmm.choose_nodes(counts, seed=1).nodes_per_dim < glmm.NODES[2]
 
 
+def test_the_check_takes_equal_rules_as_perfect():
+    """Where both rules agree exactly at every draw (all weights equal, or a tail of equal ones), the check
+    passes with k = 0 instead of failing inside PSIS (found by SBC of a poisson slope model)."""
+    assert glmm.weights_k(np.zeros(100)) == 0.0
+    tail_flat = np.concatenate([np.linspace(-1, 0, 80), np.zeros(20)])
+    assert glmm.weights_k(tail_flat) <= 0.7
+    assert np.isfinite(glmm.weights_k(np.random.default_rng(0).normal(0, 0.05, 100)))
+
+
 def test_rows_are_summed_exactly():
     """Bernoulli rows sharing a group and predictors are one binomial row of their sums: same log density."""
     rng = np.random.default_rng(2)

@@ -384,8 +384,6 @@ def finer(nodes: int) -> int:
 
 def check_accuracy(k: GlmmKernel, xs: np.ndarray) -> Accuracy:
     """Compare the log marginal likelihood at K and 2K nodes per dimension over (up to `CHECK_DRAWS`) draws."""
-    from arviz_stats.base import array_stats
-
     pick = np.unique(np.linspace(0, xs.shape[0] - 1, min(CHECK_DRAWS, xs.shape[0])).astype(int))
     laplace = (k.large_nodes_per_dim == 1 and bool(k.large_groups.any())) or \
         (k.nodes_per_dim == 1 and not bool(k.large_groups.all()))
@@ -394,10 +392,27 @@ def check_accuracy(k: GlmmKernel, xs: np.ndarray) -> Accuracy:
     if not np.all(np.isfinite(delta)):
         return Accuracy(k.rule_text, laplace, math.inf, math.inf, math.inf, pick.size)
     centred = delta - delta.mean()
-    with np.errstate(all="ignore"):
-        _, khat = array_stats.psislw(centred, r_eff=1.0)
-    khat_f = float(np.asarray(khat)) if np.isfinite(np.asarray(khat)).all() else 0.0
-    return Accuracy(k.rule_text, laplace, float(delta.std()), float(np.abs(centred).max()), khat_f, pick.size)
+    return Accuracy(k.rule_text, laplace, float(delta.std()), float(np.abs(centred).max()), weights_k(centred),
+                    pick.size)
+
+
+def weights_k(log_weights: np.ndarray) -> float:
+    """PSIS's Pareto k of the importance weights exp(log_weights); 0 where their tail is flat.
+
+    The two rules often agree to the last bit at every draw (one-term Poisson groups with many counts):
+    the weights are then all equal, which arviz-stats refuses to fit a tail to (ValueError), and which
+    is the perfect case.
+    """
+    from arviz_stats.base import array_stats
+
+    if np.ptp(log_weights) == 0.0:
+        return 0.0
+    try:
+        with np.errstate(all="ignore"):
+            _, khat = array_stats.psislw(log_weights, r_eff=1.0)
+    except ValueError:  # "All tail values are the same": a flat tail
+        return 0.0
+    return float(np.asarray(khat)) if np.isfinite(np.asarray(khat)).all() else 0.0
 
 
 def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
