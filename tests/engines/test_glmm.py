@@ -338,3 +338,14 @@ def test_custom_priors_send_auto_to_the_joint_engine():
     assert fit.engine == "joint"
     with pytest.raises(lb.FitError, match="built-in priors only"):
         lb.fit("y ~ x + (1 | g)", data, priors, family="poisson", method="collapsed", progress=False)
+
+
+def test_auto_leaves_count_models_with_random_slopes_to_the_joint_engine():
+    """Until the SBC miscalibration of poisson (1 + x | g) on the collapsed engine is explained, auto does not
+    pick it there; bernoulli slopes and count intercepts stay collapsed."""
+    from lmmbayes.engines import collapsed as cl
+
+    fam = lambda name: pipeline.options(family=name).family  # noqa: E731
+    assert not cl.preferred(pipeline.design_of(formula("poisson", 2), simulate("poisson", 2), fam("poisson")))
+    assert cl.preferred(pipeline.design_of(formula("poisson", 1), simulate("poisson", 1), fam("poisson")))
+    assert cl.preferred(pipeline.design_of(formula("bernoulli", 2), simulate("bernoulli", 2), fam("bernoulli")))

@@ -108,7 +108,9 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
     if lay is None:
         return False
     if lay.kind == "quadrature":
-        return sampler == "nutpie" and (plan is None or kernel.param_arrays(plan, design.factors[0].q) is not None)
+        q = design.factors[0].q
+        return (sampler == "nutpie" and q <= glmm.AUTO_MAX_TERMS.get(glmm.code(design), 0)
+                and (plan is None or kernel.param_arrays(plan, q) is not None))
     if lay.kind == "dense":
         return n_effects(design) <= DENSE_AUTO_MAX
     if lay.kind == "partial":
