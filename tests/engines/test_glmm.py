@@ -169,6 +169,37 @@ def test_the_check_takes_equal_rules_as_perfect():
     assert np.isfinite(glmm.weights_k(np.random.default_rng(0).normal(0, 0.05, 100)))
 
 
+def test_the_check_fails_draws_that_did_not_move():
+    """A stuck chain (every draw the same point) agrees with any rule, so the K vs 2K comparison alone would
+    pass it (SD 0; it did, on 2% of the poisson slope SBC's fits before the warm-start fix): the check
+    fails it and says why, so auto refits on the joint engine."""
+    k, _, _ = kernel_of("poisson", 1)
+    x = k.unconstrain_start()
+    stuck = glmm.check_accuracy(k, np.tile(x, (400, 1)))
+    assert stuck.sd == 0.0 and not stuck.ok and "stuck" in stuck.text()
+    moving = glmm.check_accuracy(k, x + np.random.default_rng(0).normal(0, 0.05, (400, x.size)))
+    assert moving.ok and "FAILS" not in moving.text()
+
+
+def test_a_far_point_does_not_poison_the_next_evaluation():
+    """Each thread starts a group's Newton solve at its last mode. After a far point (a divergent trajectory
+    with a large sd), that start can sit where exp overflows in the Hessian; Newton then failed there at every
+    later call, so the density was -inf everywhere and a chain stopped moving for good (400 divergences of
+    400 in 2% of the poisson slope SBC's fits, whose b_x ranks were then U-shaped). Witness: the same point
+    evaluated by a fresh kernel, which starts every group at zero."""
+    k, _, _ = kernel_of("poisson", 2, groups=12, per=10, sd=1.5, seed=7)
+    rng = np.random.default_rng(1)
+    x = k.unconstrain_start() + 0.3
+    poisoned = 0
+    for scale in (1.0, 3.0, 10.0):
+        for _ in range(60):
+            k.logp(x + rng.normal(size=x.size) * scale)
+            value = k.logp(x)[0]
+            fresh = replace(k).logp(x)[0]  # a new buffer, so new warm starts
+            poisoned += not np.isclose(value, fresh, rtol=0, atol=1e-6)
+    assert poisoned == 0
+
+
 def test_rows_are_summed_exactly():
     """Bernoulli rows sharing a group and predictors are one binomial row of their sums: same log density."""
     rng = np.random.default_rng(2)

@@ -522,9 +522,9 @@ static void chol_back(const double *L, int q, const double *z, double *x) {
  * about 1e-7 times that error (a pass saved); the Laplace gradient (envelope theorem) needs the mode itself.
  * With store, the rows' l1 and l2 at the returned mode are left there (see group_h); with pending, the Newton
  * step that was below tol and not taken (see polish_mode). */
-static double group_mode(const Glmm *m, int n, const double *y, const double *ntr, const double *w,
-                         const double *eta0, const double *t, double phi, double *v, double *L, double tol,
-                         double *store, int width, double *pending) {
+static double newton(const Glmm *m, int n, const double *y, const double *ntr, const double *w,
+                     const double *eta0, const double *t, double phi, double *v, double *L, double tol,
+                     double *store, int width, double *pending) {
     const int q = m->q;
     double G_[q], H[q * q], step[q], trial[q], Gt[q], Ht[q * q];
     if (pending)
@@ -557,8 +557,19 @@ static double group_mode(const Glmm *m, int n, const double *y, const double *nt
         for (int a = 0; a < q; a++) G_[a] = Gt[a];
         h = ht;
     }
-    for (int i = 0; i < q * q; i++) L[i] = H[i];
-    return cholesky_inplace(L, q) && isfinite(h) ? h : NAN;
+    return NAN; /* not converged: a value away from the mode would be silently wrong */
+}
+
+/* newton from the warm start v, and from v = 0 (the prior's mode) where that fails. A warm start left by an
+ * extreme point (a divergent trajectory with a large sd) can sit where exp overflows in the Hessian; without
+ * the second try every later call would start there and fail again, and the chain would stop moving. */
+static double group_mode(const Glmm *m, int n, const double *y, const double *ntr, const double *w,
+                         const double *eta0, const double *t, double phi, double *v, double *L, double tol,
+                         double *store, int width, double *pending) {
+    double h = newton(m, n, y, ntr, w, eta0, t, phi, v, L, tol, store, width, pending);
+    if (isfinite(h)) return h;
+    for (int a = 0; a < m->q; a++) v[a] = 0.0;
+    return newton(m, n, y, ntr, w, eta0, t, phi, v, L, tol, store, width, pending);
 }
 
 /* Take group_mode's pending Newton step s (below 1e-5) without another pass with exp over the rows: each row's

@@ -359,6 +359,9 @@ class Accuracy:
     n_draws : int
     laplace : bool
         Whether some groups used the Laplace approximation (compared with 3 nodes per dimension).
+    distinct : int
+        How many of the checked draws differ from each other. Draws that barely move (a stuck chain) agree
+        with any rule, so the check cannot judge them: fewer than half distinct fails it.
     """
 
     rule: str
@@ -367,18 +370,25 @@ class Accuracy:
     max_abs: float
     pareto_k: float
     n_draws: int
+    distinct: int
+
+    @property
+    def moved(self) -> bool:
+        return 2 * self.distinct >= self.n_draws
 
     @property
     def ok(self) -> bool:
-        return self.sd <= ACCURACY_SD and self.pareto_k <= 0.7
+        return self.moved and self.sd <= ACCURACY_SD and self.pareto_k <= 0.7
 
     def text(self) -> str:
         verdict = "passes" if self.ok else "FAILS"
         against = "twice the nodes per dimension" + (" (3 for Laplace)" if self.laplace else "")
+        stuck = "" if self.moved else (f"; only {self.distinct} of the {self.n_draws} draws differ (the sampler "
+                                       "was stuck), so it cannot judge the integration")
         return (f"adaptive Gauss-Hermite quadrature, {self.rule}; against {against} over {self.n_draws} "
                 f"draws, the log-likelihood differs with SD {self.sd:.2g} (max "
-                f"{self.max_abs:.2g}; Pareto k {self.pareto_k:.2f}): {verdict} the rule SD <= {ACCURACY_SD:g}, "
-                "k <= 0.7")
+                f"{self.max_abs:.2g}; Pareto k {self.pareto_k:.2f}){stuck}: {verdict} the rule SD <= "
+                f"{ACCURACY_SD:g}, k <= 0.7, draws that move")
 
 
 def finer(nodes: int) -> int:
@@ -394,11 +404,12 @@ def check_accuracy(k: GlmmKernel, xs: np.ndarray) -> Accuracy:
         (k.nodes_per_dim == 1 and not bool(k.large_groups.all()))
     fine = k.with_nodes(finer(k.nodes_per_dim), finer(k.large_nodes_per_dim))
     delta = np.array([fine.logp(xs[s])[0] - k.logp(xs[s])[0] for s in pick])
+    distinct = int(np.unique(xs[pick], axis=0).shape[0])
     if not np.all(np.isfinite(delta)):
-        return Accuracy(k.rule_text, laplace, math.inf, math.inf, math.inf, pick.size)
+        return Accuracy(k.rule_text, laplace, math.inf, math.inf, math.inf, pick.size, distinct)
     centred = delta - delta.mean()
     return Accuracy(k.rule_text, laplace, float(delta.std()), float(np.abs(centred).max()), weights_k(centred),
-                    pick.size)
+                    pick.size, distinct)
 
 
 def weights_k(log_weights: np.ndarray) -> float:
