@@ -48,7 +48,8 @@ _LAZY = {
     "report": "workflow.report",
     "conditional_effects": "workflow.effects",
     "avg_predictions": "workflow.margins", "avg_comparisons": "workflow.margins", "avg_slopes": "workflow.margins",
-    "emmeans": "workflow.margins",
+    "emmeans": "workflow.margins", "plot_predictions": "workflow.margins",
+    "plot_comparisons": "workflow.margins", "plot_slopes": "workflow.margins",
     "kfold": "workflow.kfold",
     "bridge_sampler": "workflow.bridge", "bayes_factor": "workflow.bridge",
 }

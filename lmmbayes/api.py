@@ -298,29 +298,72 @@ class Fit(FitResult):
                                    method=method, resolution=resolution, seed=seed, categorical=categorical)
 
     def avg_predictions(self, *, by: str | Sequence[str] | None = None, newdata: Any = None,
-                        include_groups: bool | str | Sequence[str] = True, prob: float = 0.95) -> pd.DataFrame:
+                        include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                        allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                        seed: int | None = None) -> pd.DataFrame:
         """marginaleffects's ``avg_predictions``; see `lmmbayes.workflow.margins.avg_predictions`."""
         from .workflow.margins import avg_predictions
 
-        return avg_predictions(self, by=by, newdata=newdata, include_groups=include_groups, prob=prob)
+        return avg_predictions(self, by=by, newdata=newdata, include_groups=include_groups, prob=prob,
+                               allow_new_levels=allow_new_levels, sample_new_levels=sample_new_levels, seed=seed)
 
-    def avg_comparisons(self, variables: str | Sequence[str], *, by: str | Sequence[str] | None = None,
-                        newdata: Any = None, comparison: str = "difference",
-                        include_groups: bool | str | Sequence[str] = True, prob: float = 0.95) -> pd.DataFrame:
+    def avg_comparisons(self, variables: str | Sequence[str] | None = None, *,
+                        by: str | Sequence[str] | None = None, newdata: Any = None, comparison: str = "difference",
+                        include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                        allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                        seed: int | None = None) -> pd.DataFrame:
         """marginaleffects's ``avg_comparisons``; see `lmmbayes.workflow.margins.avg_comparisons`."""
         from .workflow.margins import avg_comparisons
 
         return avg_comparisons(self, variables, by=by, newdata=newdata, comparison=comparison,
-                               include_groups=include_groups, prob=prob)
+                               include_groups=include_groups, prob=prob, allow_new_levels=allow_new_levels,
+                               sample_new_levels=sample_new_levels, seed=seed)
 
-    def avg_slopes(self, variables: str | Sequence[str], *, by: str | Sequence[str] | None = None,
+    def avg_slopes(self, variables: str | Sequence[str] | None = None, *, by: str | Sequence[str] | None = None,
                    newdata: Any = None, eps: float | None = None, include_groups: bool | str | Sequence[str] = True,
-                   prob: float = 0.95) -> pd.DataFrame:
+                   prob: float = 0.95, allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                   seed: int | None = None) -> pd.DataFrame:
         """marginaleffects's ``avg_slopes``; see `lmmbayes.workflow.margins.avg_slopes`."""
         from .workflow.margins import avg_slopes
 
         return avg_slopes(self, variables, by=by, newdata=newdata, eps=eps, include_groups=include_groups,
-                          prob=prob)
+                          prob=prob, allow_new_levels=allow_new_levels, sample_new_levels=sample_new_levels,
+                          seed=seed)
+
+    def plot_predictions(self, condition: str | Sequence[str] | None = None,
+                         by: str | Sequence[str] | None = None, *, newdata: Any = None,
+                         include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                         allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                         seed: int | None = None) -> Any:
+        """marginaleffects's ``plot_predictions``; see `lmmbayes.workflow.margins.plot_predictions`."""
+        from .workflow.margins import plot_predictions
+
+        return plot_predictions(self, condition, by, newdata=newdata, include_groups=include_groups, prob=prob,
+                                allow_new_levels=allow_new_levels, sample_new_levels=sample_new_levels, seed=seed)
+
+    def plot_comparisons(self, variables: str, *, condition: str | Sequence[str] | None = None,
+                         by: str | Sequence[str] | None = None, newdata: Any = None, comparison: str = "difference",
+                         include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                         allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                         seed: int | None = None) -> Any:
+        """marginaleffects's ``plot_comparisons``; see `lmmbayes.workflow.margins.plot_comparisons`."""
+        from .workflow.margins import plot_comparisons
+
+        return plot_comparisons(self, variables, condition=condition, by=by, newdata=newdata, comparison=comparison,
+                                include_groups=include_groups, prob=prob, allow_new_levels=allow_new_levels,
+                                sample_new_levels=sample_new_levels, seed=seed)
+
+    def plot_slopes(self, variables: str, *, condition: str | Sequence[str] | None = None,
+                    by: str | Sequence[str] | None = None, newdata: Any = None, eps: float | None = None,
+                    include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                    allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                    seed: int | None = None) -> Any:
+        """marginaleffects's ``plot_slopes``; see `lmmbayes.workflow.margins.plot_slopes`."""
+        from .workflow.margins import plot_slopes
+
+        return plot_slopes(self, variables, condition=condition, by=by, newdata=newdata, eps=eps,
+                           include_groups=include_groups, prob=prob, allow_new_levels=allow_new_levels,
+                           sample_new_levels=sample_new_levels, seed=seed)
 
     def emmeans(self, specs: str | Sequence[str], *, by: str | Sequence[str] | None = None, type: str = "link",
                 prob: float = 0.95, at: dict[str, Any] | None = None) -> Any:

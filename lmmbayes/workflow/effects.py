@@ -302,6 +302,24 @@ class ConditionalEffects(Mapping[str, pd.DataFrame]):
         return {name: _plot_one(self, name, ncol) for name in self.tables}
 
 
+def draw_line(ax: Any, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, colour: Any,
+              label: str | None) -> None:
+    """A numeric effect: the estimate as a line over an interval ribbon (the line is the Axes' next line)."""
+    ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
+    ax.plot(x, y, color=colour, lw=2, label=label)
+
+
+def draw_points(ax: Any, pos: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, colour: Any,
+                label: str | None) -> None:
+    """A categorical effect: points with interval error bars (the Axes' next container)."""
+    ax.errorbar(pos, y, yerr=np.vstack([y - lo, hi - y]), fmt="o", color=colour, capsize=4, label=label)
+
+
+def dodge(j: int, n: int, width: float = 0.4) -> float:
+    """Horizontal offset of series ``j`` of ``n`` drawn side by side at each category."""
+    return (j - (n - 1) / 2) * width / max(n, 1)
+
+
 def _plot_one(ce: ConditionalEffects, name: str, ncol: int | None) -> Figure:
     import matplotlib.pyplot as plt
 
@@ -330,16 +348,13 @@ def _plot_one(ce: ConditionalEffects, name: str, ncol: int | None) -> Figure:
             y = part["estimate__"].to_numpy()
             lo, hi = part["lower__"].to_numpy(), part["upper__"].to_numpy()
             if numeric1:
-                x = part["effect1__"].to_numpy(dtype=float)
-                ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
-                ax.plot(x, y, color=colour, lw=2, label=label)
+                draw_line(ax, part["effect1__"].to_numpy(dtype=float), y, lo, hi, colour, label)
             else:
                 cats = list(table["effect1__"].cat.categories)
                 pos = np.asarray([cats.index(v) for v in part["effect1__"]], dtype=float)
                 if has2:
-                    pos = pos + (j - (len(levels2) - 1) / 2) * width / max(len(levels2), 1)
-                ax.errorbar(pos, y, yerr=np.vstack([y - lo, hi - y]), fmt="o", color=colour, capsize=4,
-                            label=label)
+                    pos = pos + dodge(j, len(levels2), width)
+                draw_points(ax, pos, y, lo, hi, colour, label)
                 ax.set_xticks(range(len(cats)), [str(c) for c in cats])
         ax.set_xlabel(variables[0])
         ax.set_ylabel(ce.response)

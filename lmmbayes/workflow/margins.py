@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,13 +47,20 @@ from ..design.frame import as_frame
 from ..design.predictors import Predictor, Predictors
 from ..errors import DataError, FitError, LmmbayesError
 from ..results.model import FitResult
-from .effects import column, defaults, lookup, predictors_of, valid_variables
-from .predict import groups, posterior_epred, posterior_linpred
+from .effects import (_values, column, defaults, dodge, draw_line, draw_points, lookup, predictors_of,
+                      valid_variables)
+from .linpred import SAMPLE_NEW_LEVELS
+from .predict import epred_chunks, groups, posterior_linpred
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Most draws-times-rows predicted at once by the averages.
 CHUNK_CELLS = 1 << 22
 #: marginaleffects's default finite-difference step, as a fraction of the variable's range.
 EPS_FRACTION = 1e-4
+#: Values along a numeric first ``condition`` variable of the plots.
+PLOT_RESOLUTION = 50
 COMPARISONS = ("difference", "ratio")
 TYPES = ("link", "response")
 
@@ -95,20 +102,38 @@ def _by(frame: pd.DataFrame, by: Any) -> tuple[list[str], np.ndarray, pd.DataFra
     return names, codes, keys
 
 
+@dataclass(frozen=True)
+class _Predict:
+    """How the averages predict: posterior_epred's options, with one seed shared by every counterfactual frame."""
+
+    include_groups: Any
+    allow_new_levels: bool
+    sample_new_levels: str
+    seed: int
+
+
+def _predict_options(fit: FitResult, include_groups: Any, allow_new_levels: Any, sample_new_levels: Any,
+                     seed: Any) -> _Predict:
+    groups(fit, include_groups)
+    allow = check.flag(allow_new_levels, "allow_new_levels")
+    how = check.choice(sample_new_levels, "sample_new_levels", SAMPLE_NEW_LEVELS)
+    # one seed for all frames: a new level gets the same simulated effects in "hi" and "lo" and in every chunk
+    return _Predict(include_groups, allow, how, check.seed(seed, "seed"))
+
+
 def _chunked_means(fit: FitResult, frame: pd.DataFrame, codes: np.ndarray, n_groups: int,
-                   include_groups: Any) -> np.ndarray:
+                   how: _Predict) -> np.ndarray:
     """(draws, groups) per-draw means of posterior_epred over the rows of each group, in bounded chunks."""
     S = fit.n_draws
-    step = max(1, CHUNK_CELLS // S)
     sums = np.zeros((S, n_groups))
-    for start in range(0, len(frame), step):
-        part = frame.iloc[start:start + step]
-        pred = np.asarray(posterior_epred(fit, part, include_groups=include_groups))
+    for part, pred in epred_chunks(fit, frame, max(1, CHUNK_CELLS // S), include_groups=how.include_groups,
+                                   allow_new_levels=how.allow_new_levels,
+                                   sample_new_levels=how.sample_new_levels, seed=how.seed):
         if pred.ndim != 2:
             raise LmmbayesError(f"Averages of a categorical response (family {fit.family.name!r}) are not "
                                 "supported yet.")
-        onehot = np.zeros((len(part), n_groups))
-        onehot[np.arange(len(part)), codes[start:start + step]] = 1.0
+        onehot = np.zeros((pred.shape[1], n_groups))
+        onehot[np.arange(pred.shape[1]), codes[part]] = 1.0
         sums += pred @ onehot
     counts = np.bincount(codes, minlength=n_groups).astype(float)
     return sums / counts
@@ -127,6 +152,12 @@ def _table(head: pd.DataFrame, draws: np.ndarray, prob: float) -> pd.DataFrame:
 
 
 def _variables(fit: FitResult, pr: Predictors, variables: Any) -> list[Predictor]:
+    if variables is None:  # marginaleffects's default: every population-level predictor
+        found = pr.of_role("predictor")
+        if not found:
+            raise DataError(f"variables=None uses every population-level predictor, and the model {fit.formula!r} "
+                            "has none.")
+        return list(found)
     items = [variables] if isinstance(variables, str) else list(variables) \
         if isinstance(variables, (list, tuple)) else None
     if not items:
@@ -152,7 +183,9 @@ def _prob(prob: Any) -> float:
 
 
 def avg_predictions(fit: FitResult, *, by: str | Sequence[str] | None = None, newdata: Any = None,
-                    include_groups: bool | str | Sequence[str] = True, prob: float = 0.95) -> pd.DataFrame:
+                    include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                    allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                    seed: int | None = None) -> pd.DataFrame:
     """marginaleffects's ``avg_predictions``: the expected response averaged over rows, per draw.
 
     Parameters
@@ -166,6 +199,17 @@ def avg_predictions(fit: FitResult, *, by: str | Sequence[str] | None = None, ne
         Group-level effects to include (default all, marginaleffects's default for brms).
     prob : float
         Mass of the equal-tailed interval.
+    allow_new_levels : bool
+        Allow grouping levels absent from the fitted data (otherwise a
+        DataError naming them); their effects are simulated per draw, as
+        `posterior_epred` does.
+    sample_new_levels : {"uncertainty", "gaussian"}
+        How new levels get effects, as `posterior_epred` (brms's ``sample_new_levels``).
+    seed : int, optional
+        Seeds the simulation of new levels. One seed serves every row and
+        every counterfactual copy of the rows, so a new level keeps its
+        simulated effects across them; with the same seed the draws are those
+        of ``posterior_epred(newdata, allow_new_levels=True, seed=seed)``.
 
     Returns
     -------
@@ -173,22 +217,22 @@ def avg_predictions(fit: FitResult, *, by: str | Sequence[str] | None = None, ne
         The ``by`` columns, ``estimate`` (posterior median), ``conf.low``, ``conf.high``.
     """
     level = _prob(prob)
+    how = _predict_options(fit, include_groups, allow_new_levels, sample_new_levels, seed)
     frame = _rows(fit, newdata, "avg_predictions")
-    groups(fit, include_groups)
     names, codes, keys = _by(frame, by)
-    means = _chunked_means(fit, frame, codes, len(keys), include_groups)
+    means = _chunked_means(fit, frame, codes, len(keys), how)
     return _table(keys[names], means, level)
 
 
-def _contrast_draws(fit: FitResult, frame: pd.DataFrame, codes: np.ndarray, n: int, include_groups: Any,
+def _contrast_draws(fit: FitResult, frame: pd.DataFrame, codes: np.ndarray, n: int, how: _Predict,
                     p: Predictor, step: float, kind: str) -> list[tuple[str, np.ndarray]]:
     """(label, (draws, groups)) per contrast of one variable: levels vs the reference, or ``x + step`` vs ``x``."""
     if p.levels is not None:
         ref = p.levels.values[0]
-        lo = _chunked_means(fit, _set(frame, p, ref), codes, n, include_groups)
+        lo = _chunked_means(fit, _set(frame, p, ref), codes, n, how)
         out = []
         for value, label in zip(p.levels.values[1:], p.levels.labels[1:]):
-            hi = _chunked_means(fit, _set(frame, p, value), codes, n, include_groups)
+            hi = _chunked_means(fit, _set(frame, p, value), codes, n, how)
             if kind == "ratio":
                 out.append((f"mean({label}) / mean({p.levels.labels[0]})", hi / lo))
             else:
@@ -197,8 +241,8 @@ def _contrast_draws(fit: FitResult, frame: pd.DataFrame, codes: np.ndarray, n: i
     if p.name not in frame.columns:
         raise DataError(f"newdata lacks the column '{p.name}'.")
     x = pd.to_numeric(frame[p.name], errors="coerce").to_numpy(dtype=float)
-    lo = _chunked_means(fit, frame, codes, n, include_groups)
-    hi = _chunked_means(fit, _set(frame, p, x + step), codes, n, include_groups)
+    lo = _chunked_means(fit, frame, codes, n, how)
+    hi = _chunked_means(fit, _set(frame, p, x + step), codes, n, how)
     if kind == "ratio":
         return [(f"mean(+{step:g})", hi / lo)]
     if kind == "slope":
@@ -206,12 +250,11 @@ def _contrast_draws(fit: FitResult, frame: pd.DataFrame, codes: np.ndarray, n: i
     return [(f"+{step:g}", hi - lo)]
 
 
-def _comparisons(fit: FitResult, variables: Any, by: Any, newdata: Any, include_groups: Any, prob: Any,
+def _comparisons(fit: FitResult, variables: Any, by: Any, newdata: Any, how: _Predict, prob: Any,
                  kind: str, eps: float | None, what: str) -> pd.DataFrame:
     level = _prob(prob)
     pr = predictors_of(fit, what)
     chosen = _variables(fit, pr, variables)
-    groups(fit, include_groups)
     frame = _rows(fit, newdata, what)
     names, codes, keys = _by(frame, by)
     parts = []
@@ -223,7 +266,7 @@ def _comparisons(fit: FitResult, variables: Any, by: Any, newdata: Any, include_
                                 "step (1e-4 times its range) is zero; pass eps= a positive step.")
         else:
             step = 1.0
-        for label, draws in _contrast_draws(fit, frame, codes, len(keys), include_groups, p, step,
+        for label, draws in _contrast_draws(fit, frame, codes, len(keys), how, p, step,
                                             "difference" if kind == "slope" and p.levels is not None else kind):
             head = keys[names].copy()
             head.insert(0, "contrast", label)
@@ -232,19 +275,23 @@ def _comparisons(fit: FitResult, variables: Any, by: Any, newdata: Any, include_
     return pd.concat(parts, ignore_index=True)
 
 
-def avg_comparisons(fit: FitResult, variables: str | Sequence[str], *, by: str | Sequence[str] | None = None,
-                    newdata: Any = None, comparison: str = "difference",
-                    include_groups: bool | str | Sequence[str] = True, prob: float = 0.95) -> pd.DataFrame:
+def avg_comparisons(fit: FitResult, variables: str | Sequence[str] | None = None, *,
+                    by: str | Sequence[str] | None = None, newdata: Any = None, comparison: str = "difference",
+                    include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                    allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                    seed: int | None = None) -> pd.DataFrame:
     """marginaleffects's ``avg_comparisons``: average contrasts of the expected response, per draw.
 
     Parameters
     ----------
     fit : Fit
-    variables : str or list of str
+    variables : str or list of str, optional
         Predictors to contrast. A categorical one: every level against the
         reference level (``"b - a"``). A numeric one: ``x + 1`` against the
         observed ``x`` (``"+1"``), marginaleffects's default forward contrast.
-    by, newdata, include_groups, prob
+        None (marginaleffects's default): every population-level predictor,
+        in the formula's order, one block of rows per term.
+    by, newdata, include_groups, prob, allow_new_levels, sample_new_levels, seed
         As `avg_predictions`.
     comparison : {"difference", "ratio"}
         ``"difference"``: mean(hi) - mean(lo); ``"ratio"``: mean(hi) / mean(lo)
@@ -256,24 +303,28 @@ def avg_comparisons(fit: FitResult, variables: str | Sequence[str], *, by: str |
         ``term``, ``contrast``, the ``by`` columns, ``estimate`` (median), ``conf.low``, ``conf.high``.
     """
     kind = check.choice(comparison, "comparison", COMPARISONS)
-    return _comparisons(fit, variables, by, newdata, include_groups, prob, kind, None, "avg_comparisons")
+    how = _predict_options(fit, include_groups, allow_new_levels, sample_new_levels, seed)
+    return _comparisons(fit, variables, by, newdata, how, prob, kind, None, "avg_comparisons")
 
 
-def avg_slopes(fit: FitResult, variables: str | Sequence[str], *, by: str | Sequence[str] | None = None,
-               newdata: Any = None, eps: float | None = None, include_groups: bool | str | Sequence[str] = True,
-               prob: float = 0.95) -> pd.DataFrame:
+def avg_slopes(fit: FitResult, variables: str | Sequence[str] | None = None, *,
+               by: str | Sequence[str] | None = None, newdata: Any = None, eps: float | None = None,
+               include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+               allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+               seed: int | None = None) -> pd.DataFrame:
     """marginaleffects's ``avg_slopes``: average derivative of the expected response, per draw.
 
     Parameters
     ----------
     fit : Fit
-    variables : str or list of str
+    variables : str or list of str, optional
         Numeric predictors get forward finite differences ``(f(x + eps) - f(x)) / eps``
         (contrast ``"dY/dX"``); categorical ones their contrasts against the reference level, as
-        marginaleffects does.
+        marginaleffects does. None (marginaleffects's default): every population-level predictor, in
+        the formula's order, one block of rows per term.
     eps : float, optional
         The step; default ``1e-4`` times the variable's range in the fitted data (marginaleffects's default).
-    by, newdata, include_groups, prob
+    by, newdata, include_groups, prob, allow_new_levels, sample_new_levels, seed
         As `avg_predictions`.
 
     Returns
@@ -283,7 +334,208 @@ def avg_slopes(fit: FitResult, variables: str | Sequence[str], *, by: str | Sequ
     """
     if eps is not None:
         eps = check.real(eps, "eps", positive=True)
-    return _comparisons(fit, variables, by, newdata, include_groups, prob, "slope", eps, "avg_slopes")
+    how = _predict_options(fit, include_groups, allow_new_levels, sample_new_levels, seed)
+    return _comparisons(fit, variables, by, newdata, how, prob, "slope", eps, "avg_slopes")
+
+
+# -- marginaleffects's plots --------------------------------------------------------------------
+
+
+def _plot_names(fit: FitResult, pr: Predictors, condition: Any, by: Any, newdata: Any,
+                what: str) -> tuple[list[Predictor], list[str]]:
+    """The ``condition`` predictors (x axis, colour) or the ``by`` columns; exactly one of them is given."""
+    if (condition is None) == (by is None):
+        raise DataError(f"{what} needs exactly one of condition= (predictions on a grid: one or two predictor "
+                        f"names, among {valid_variables(pr)}) and by= (averages over the rows by groups: one or "
+                        "two column names).")
+    given = condition if condition is not None else by
+    argument = "condition" if condition is not None else "by"
+    names = [given] if isinstance(given, str) else list(given) if isinstance(given, (list, tuple)) else None
+    if not names or len(names) > 2 or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{argument} must be a column name or a list of one or two (x axis, then colour), "
+                        f"got {given!r}.")
+    if condition is None:
+        return [], list(dict.fromkeys(names))
+    if newdata is not None:
+        raise DataError(f"{what}: newdata= goes with by= (averages over its rows); condition= predicts on its "
+                        "own grid of the model's predictors.")
+    return [lookup(fit, pr, n, "condition") for n in dict.fromkeys(names)], []
+
+
+def _mode(fit: FitResult, name: str) -> Any:
+    rows = fit.design.predictor_rows
+    if rows is None or name not in rows.columns:
+        raise FitError(f"condition= sets the grouping column '{name}' to its most frequent level in the fitted "
+                       "rows, which this fit does not keep; pass include_groups=False for population-level "
+                       "predictions.")
+    counts = rows[name].value_counts(sort=False)
+    return counts.index[int(np.argmax(counts.to_numpy()))]  # the first of the most frequent, in data order
+
+
+def condition_grid(fit: FitResult, pr: Predictors, chosen: Sequence[Predictor],
+                   include_groups: Any) -> pd.DataFrame:
+    """marginaleffects's grid for ``condition``: the first predictor over `PLOT_RESOLUTION` values (or its
+    levels), the second at mean − SD, mean, mean + SD (or its levels), every other predictor at its mean or
+    reference level, and included grouping columns at their most frequent level in the fitted rows."""
+    values = [_values(p, k == 0, PLOT_RESOLUTION) for k, p in enumerate(chosen)]
+    combos = list(itertools.product(*values))
+    block: dict[str, list[Any]] = {p.name: [c[k] for c in combos] for k, p in enumerate(chosen)}
+    for name, value in defaults(pr).items():
+        block.setdefault(name, [value] * len(combos))
+    for f in groups(fit, include_groups):
+        for name in f.variables:
+            block.setdefault(name, [_mode(fit, name)] * len(combos))
+    return pd.DataFrame({c: column(v, pr.get(c)) for c, v in block.items()})
+
+
+def _draw(table: pd.DataFrame, x: str, series: list[str], categories: list[Any] | None, xlabel: str,
+          ylabel: str) -> Figure:
+    """One Axes: per series (a combination of the ``series`` columns, by colour), a line with a ribbon
+    against a numeric ``x`` (``categories`` None), or points with error bars at each category."""
+    import matplotlib.pyplot as plt
+
+    from .plots import _colours
+
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    keys = list(table[series].drop_duplicates().itertuples(index=False, name=None)) if series else [()]
+    colours = _colours(len(keys)) if series else [(0.12, 0.47, 0.71, 1.0)]
+    for j, (key, colour) in enumerate(zip(keys, colours)):
+        part = table[(table[series] == pd.Series(key, index=series)).all(axis=1)] if series else table
+        y, lo, hi = (part[c].to_numpy(dtype=float) for c in ("estimate", "conf.low", "conf.high"))
+        label = ", ".join(map(str, key)) if series else None
+        if categories is None:
+            draw_line(ax, part[x].to_numpy(dtype=float), y, lo, hi, colour, label)
+        else:
+            pos = np.asarray([categories.index(v) for v in part[x]], dtype=float) + dodge(j, len(keys))
+            draw_points(ax, pos, y, lo, hi, colour, label)
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if series:
+        ax.legend(title=", ".join(series), fontsize=8, title_fontsize=8)
+    return fig
+
+
+def _plot(fit: FitResult, table: pd.DataFrame, chosen: list[Predictor], by: list[str], extra: list[str],
+          ylabel: str) -> Figure:
+    """Draw a table of `avg_predictions`, `avg_comparisons` or `avg_slopes` against condition or by."""
+    if chosen:
+        x, rest = chosen[0].name, [p.name for p in chosen[1:]]
+        categories = None if chosen[0].levels is None else list(chosen[0].levels.values)
+    else:
+        x, rest = by[0], by[1:]
+        categories = sorted(table[x].unique().tolist())  # by groups are the data's sorted values
+    # a factor's several contrasts are told apart by colour, as the second variable is
+    series = [c for c in extra if table[c].nunique() > 1] + rest
+    return _draw(table, x, series, categories, x, ylabel)
+
+
+def _one_variable(fit: FitResult, pr: Predictors, variables: Any, what: str) -> str:
+    if not isinstance(variables, str):
+        raise DataError(f"{what}: variables must name one predictor (a string), got {variables!r}; the model's "
+                        f"predictors are {valid_variables(pr)}.")
+    return lookup(fit, pr, variables, "variables").name
+
+
+def plot_predictions(fit: FitResult, condition: str | Sequence[str] | None = None,
+                     by: str | Sequence[str] | None = None, *, newdata: Any = None,
+                     include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                     allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                     seed: int | None = None) -> Figure:
+    """marginaleffects's ``plot_predictions``: expected responses on a grid (``condition``) or averaged by groups.
+
+    Parameters
+    ----------
+    fit : Fit
+    condition : str or list of str, optional
+        One or two predictors: conditional predictions on a grid
+        (`condition_grid`), the first on the x axis (a line with its interval
+        ribbon when numeric, points with error bars when categorical), the
+        second by colour.
+    by : str or list of str, optional
+        One or two columns: `avg_predictions` with this ``by`` (averages over
+        the rows of ``newdata``, default the fitted rows), the first on the x
+        axis as points with error bars, the second by colour. Give exactly one
+        of ``condition`` and ``by``.
+    newdata, include_groups, prob, allow_new_levels, sample_new_levels, seed
+        As `avg_predictions` (``newdata`` with ``by`` only).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One Axes; its series' y data are the table's ``estimate`` column.
+    """
+    pr = predictors_of(fit, "plot_predictions")
+    chosen, by_names = _plot_names(fit, pr, condition, by, newdata, "plot_predictions")
+    rows = condition_grid(fit, pr, chosen, include_groups) if chosen else newdata
+    table = avg_predictions(fit, by=[p.name for p in chosen] or by_names, newdata=rows,
+                            include_groups=include_groups, prob=prob, allow_new_levels=allow_new_levels,
+                            sample_new_levels=sample_new_levels, seed=seed)
+    return _plot(fit, table, chosen, by_names, [], fit.design.spec.response_name)
+
+
+def plot_comparisons(fit: FitResult, variables: str, *, condition: str | Sequence[str] | None = None,
+                     by: str | Sequence[str] | None = None, newdata: Any = None, comparison: str = "difference",
+                     include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                     allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                     seed: int | None = None) -> Figure:
+    """marginaleffects's ``plot_comparisons``: `avg_comparisons` of one variable on a grid or by groups.
+
+    Parameters
+    ----------
+    fit : Fit
+    variables : str
+        The one predictor to contrast, as `avg_comparisons` (a factor's several
+        contrasts against its reference level are told apart by colour).
+    condition, by
+        As `plot_predictions`: contrasts at each point of the grid, or averaged over the rows by groups.
+    newdata, comparison, include_groups, prob, allow_new_levels, sample_new_levels, seed
+        As `avg_comparisons` (``newdata`` with ``by`` only).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    pr = predictors_of(fit, "plot_comparisons")
+    name = _one_variable(fit, pr, variables, "plot_comparisons")
+    chosen, by_names = _plot_names(fit, pr, condition, by, newdata, "plot_comparisons")
+    rows = condition_grid(fit, pr, chosen, include_groups) if chosen else newdata
+    table = avg_comparisons(fit, name, by=[p.name for p in chosen] or by_names, newdata=rows,
+                            comparison=comparison, include_groups=include_groups, prob=prob,
+                            allow_new_levels=allow_new_levels, sample_new_levels=sample_new_levels, seed=seed)
+    return _plot(fit, table, chosen, by_names, ["contrast"], f"Comparison of {name} ({comparison})")
+
+
+def plot_slopes(fit: FitResult, variables: str, *, condition: str | Sequence[str] | None = None,
+                by: str | Sequence[str] | None = None, newdata: Any = None, eps: float | None = None,
+                include_groups: bool | str | Sequence[str] = True, prob: float = 0.95,
+                allow_new_levels: bool = False, sample_new_levels: str = "uncertainty",
+                seed: int | None = None) -> Figure:
+    """marginaleffects's ``plot_slopes``: `avg_slopes` of one variable on a grid or by groups.
+
+    Parameters
+    ----------
+    fit : Fit
+    variables : str
+        The one predictor whose slope (numeric) or level contrasts (categorical) are drawn, as `avg_slopes`.
+    condition, by
+        As `plot_predictions`: slopes at each point of the grid, or averaged over the rows by groups.
+    newdata, eps, include_groups, prob, allow_new_levels, sample_new_levels, seed
+        As `avg_slopes` (``newdata`` with ``by`` only).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    pr = predictors_of(fit, "plot_slopes")
+    name = _one_variable(fit, pr, variables, "plot_slopes")
+    chosen, by_names = _plot_names(fit, pr, condition, by, newdata, "plot_slopes")
+    rows = condition_grid(fit, pr, chosen, include_groups) if chosen else newdata
+    table = avg_slopes(fit, name, by=[p.name for p in chosen] or by_names, newdata=rows, eps=eps,
+                       include_groups=include_groups, prob=prob, allow_new_levels=allow_new_levels,
+                       sample_new_levels=sample_new_levels, seed=seed)
+    return _plot(fit, table, chosen, by_names, ["contrast"], f"Slope of {name}")
 
 
 # -- emmeans ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ value). Levels of grouping factors never seen in training need
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -192,11 +192,15 @@ def _preview(levels: Sequence[str], limit: int = 10) -> str:
     return f"{shown}{' ...' if len(levels) > limit else ''}"
 
 
-def _linpred(fit: FitResult, newdata: Any, include_groups: Any, allow_new_levels: bool, sample_new_levels: str,
-             draws: Any, seed: Any) -> tuple[np.ndarray, Params, Rows, np.random.Generator]:
+def _check_sample_new_levels(sample_new_levels: Any) -> None:
     if sample_new_levels not in SAMPLE_NEW_LEVELS:
         raise LmmbayesError(f"Unknown sample_new_levels {sample_new_levels!r}; choose one of "
                             f"{list(SAMPLE_NEW_LEVELS)}.")
+
+
+def _linpred(fit: FitResult, newdata: Any, include_groups: Any, allow_new_levels: bool, sample_new_levels: str,
+             draws: Any, seed: Any) -> tuple[np.ndarray, Params, Rows, np.random.Generator]:
+    _check_sample_new_levels(sample_new_levels)
     rng = check.rng(seed)
     idx = draw_indices(fit.n_draws, draws)
     rows, chosen = prediction_rows(fit, newdata, include_groups, allow_new_levels)
@@ -274,6 +278,31 @@ def posterior_epred(fit: FitResult, newdata: Any = None, *, include_groups: bool
     """
     eta, p, rows, _ = _linpred(fit, newdata, include_groups, allow_new_levels, sample_new_levels, draws, seed)
     return fit.family.mean(eta, {k: v[:, None] for k, v in p.dpars.items()}, rows.extra)
+
+
+def epred_chunks(fit: FitResult, newdata: Any, rows_per_chunk: int, *,
+                 include_groups: bool | str | Sequence[str] = True, allow_new_levels: bool = False,
+                 sample_new_levels: str = "uncertainty", seed: int | None = None
+                 ) -> Iterator[tuple[slice, np.ndarray]]:
+    """`posterior_epred` of ``newdata`` in blocks of at most ``rows_per_chunk`` rows: (columns, (draws, block)).
+
+    The rows are encoded once, so new grouping levels are numbered over all
+    of them, and each block's simulation is seeded afresh with ``seed``: with
+    an integer seed every block equals the same columns of
+    ``posterior_epred(fit, newdata, seed=seed, ...)`` exactly, and rows of
+    one new level share its simulated effects across blocks (``seed=None``
+    draws one seed for all the blocks).
+    """
+    _check_sample_new_levels(sample_new_levels)
+    seed = check.seed(seed)  # None: a fresh one, the same for every block
+    rows, chosen = prediction_rows(fit, newdata, include_groups, allow_new_levels)
+    p = params(fit.posterior, fit.design)
+    dpars = {k: v[:, None] for k, v in p.dpars.items()}
+    for start in range(0, rows.n, rows_per_chunk):
+        part = slice(start, min(start + rows_per_chunk, rows.n))
+        eta = linear_predictor(p, rows, chosen, centred=fit.design.intercept_in_eta,
+                               sample_new_levels=sample_new_levels, rng=check.rng(seed), rows_slice=part)
+        yield part, fit.family.mean(eta, dpars, rows.extra.take(part))
 
 
 def posterior_predict(fit: FitResult, newdata: Any = None, *, include_groups: bool | str | Sequence[str] = True,
