@@ -11,7 +11,7 @@ import pytest
 from arviz_stats import hdi
 
 import lmmbayes as lb
-from lmmbayes.workflow import margins
+from lmmbayes.workflow import margins, predict
 
 
 def eti(draws: np.ndarray, prob: float = 0.95) -> np.ndarray:
@@ -78,14 +78,15 @@ def test_avg_slopes_forward_differences_with_marginaleffects_step(effects_fit, e
 def test_averages_are_computed_in_bounded_chunks(effects_fit, monkeypatch):
     whole = effects_fit.avg_comparisons("cat", by="trt")
     calls = []
-    real = margins.posterior_epred
+    real = predict.linear_predictor
 
-    def spy(fit, newdata, **kwargs):
-        calls.append(len(newdata))
-        return real(fit, newdata, **kwargs)
+    def spy(*args, **kwargs):
+        eta = real(*args, **kwargs)
+        calls.append(eta.shape[1])
+        return eta
 
     monkeypatch.setattr(margins, "CHUNK_CELLS", 400 * 17)  # 400 draws: 17 rows a chunk
-    monkeypatch.setattr(margins, "posterior_epred", spy)
+    monkeypatch.setattr(predict, "linear_predictor", spy)
     chunked = effects_fit.avg_comparisons("cat", by="trt")
     assert max(calls) == 17
     pd.testing.assert_frame_equal(chunked, whole, rtol=1e-10)
@@ -247,3 +248,135 @@ def test_margin_strings_are_data_never_code(effects_fit, tmp_path):
         with pytest.raises(lb.DataError):
             call()
     assert not sentinel.exists()
+
+
+# -- new grouping levels, variables=None, the plots ----------------------------------------------
+
+
+def test_avg_new_levels_match_posterior_epred_with_the_same_seed(effects_fit, effects_data):
+    new = effects_data.iloc[:40].copy()
+    new.loc[new.index[:15], "g"] = "new1"  # a level the model never saw
+    with pytest.raises(lb.DataError, match="allow_new_levels=True"):
+        effects_fit.avg_predictions(newdata=new)
+    with pytest.raises(lb.DataError, match="allow_new_levels=True"):
+        lb.avg_comparisons(effects_fit, "cat", newdata=new)
+    for how in ("uncertainty", "gaussian"):
+        got = lb.avg_predictions(effects_fit, newdata=new, by="trt", allow_new_levels=True,
+                                 sample_new_levels=how, seed=3)
+        epred = effects_fit.posterior_epred(new, allow_new_levels=True, sample_new_levels=how, seed=3)
+        check(got, np.column_stack([epred[:, (new.trt == t).to_numpy()].mean(axis=1) for t in ("C", "T")]))
+    # the same simulated effects in every chunk and in both counterfactual frames
+    lo = effects_fit.posterior_epred(new.assign(cat="a"), allow_new_levels=True, seed=5)
+    hi = effects_fit.posterior_epred(new.assign(cat="b"), allow_new_levels=True, seed=5)
+    whole = effects_fit.avg_comparisons("cat", newdata=new, allow_new_levels=True, seed=5)
+    check(whole.iloc[:1], (hi - lo).mean(axis=1)[:, None])
+    slopes = effects_fit.avg_slopes("x", newdata=new, allow_new_levels=True, seed=5, eps=0.5)
+    base = effects_fit.posterior_epred(new, allow_new_levels=True, seed=5)
+    step = effects_fit.posterior_epred(new.assign(x=new.x + 0.5), allow_new_levels=True, seed=5)
+    check(slopes, ((step - base) / 0.5).mean(axis=1)[:, None])
+    with pytest.raises(lb.LmmbayesError, match=r"sample_new_levels 'old'; choose one of \['uncertainty', 'gaus"):
+        effects_fit.avg_predictions(newdata=new, allow_new_levels=True, sample_new_levels="old")
+    with pytest.raises(lb.LmmbayesError, match="allow_new_levels must be True or False"):
+        effects_fit.avg_slopes("x", allow_new_levels="yes")
+    with pytest.raises(lb.LmmbayesError, match="seed must be None or a non-negative integer"):
+        effects_fit.avg_predictions(seed=-1)
+
+
+def test_chunks_share_new_level_effects(effects_fit, effects_data, monkeypatch):
+    new = effects_data.iloc[:60].copy()
+    new.loc[new.index[::2], "g"] = "new1"  # rows of the new level in every chunk
+    whole = effects_fit.avg_predictions(newdata=new, allow_new_levels=True, seed=9)
+    monkeypatch.setattr(margins, "CHUNK_CELLS", 400 * 7)  # 400 draws: 7 rows a chunk
+    pd.testing.assert_frame_equal(effects_fit.avg_predictions(newdata=new, allow_new_levels=True, seed=9), whole,
+                                  rtol=1e-10)
+
+
+def test_variables_none_uses_every_predictor(effects_fit):
+    every = effects_fit.avg_comparisons(by="trt")
+    pd.testing.assert_frame_equal(every, effects_fit.avg_comparisons(["x", "cat", "z", "trt"], by="trt"))
+    parts = [lb.avg_comparisons(effects_fit, v, by="trt") for v in ("x", "cat", "z", "trt")]
+    pd.testing.assert_frame_equal(every, pd.concat(parts, ignore_index=True))
+    assert list(dict.fromkeys(every["term"])) == ["x", "cat", "z", "trt"]
+    slopes = lb.avg_slopes(effects_fit)
+    pd.testing.assert_frame_equal(slopes, pd.concat([effects_fit.avg_slopes(v) for v in ("x", "cat", "z", "trt")],
+                                                    ignore_index=True))
+    assert list(slopes["contrast"]) == ["dY/dX", "b - a", "c - a", "dY/dX", "T - C"]
+
+
+def lines_y(fig) -> list[np.ndarray]:
+    return [line.get_ydata() for line in fig.axes[0].lines]
+
+
+def test_plot_predictions_draw_the_tables(effects_fit, effects_data):
+    import matplotlib.pyplot as plt
+
+    d = effects_data
+    fig = lb.plot_predictions(effects_fit, by=["cat", "trt"])
+    table = effects_fit.avg_predictions(by=["cat", "trt"])
+    ax = fig.axes[0]
+    assert len(ax.containers) == 2 and [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    for k, t in enumerate(("C", "T")):
+        np.testing.assert_allclose(ax.containers[k][0].get_ydata(), table.loc[table.trt == t, "estimate"])
+    plt.close(fig)
+    # condition: a grid along x (50 values), others at mean / reference level, g at its most frequent level
+    fig = effects_fit.plot_predictions(condition="x")
+    grid = pd.DataFrame({"x": np.linspace(d.x.min(), d.x.max(), 50), "cat": "a", "z": d.z.mean(), "trt": "C",
+                         "g": d.g.value_counts().idxmax()})
+    np.testing.assert_allclose(lines_y(fig)[0], np.median(effects_fit.posterior_epred(grid), axis=0), rtol=1e-10)
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_xdata(), grid.x)
+    plt.close(fig)
+    fig = effects_fit.plot_predictions(condition=["x", "cat"], include_groups=False)
+    assert len(fig.axes[0].lines) == 3
+    for k, c in enumerate("abc"):
+        want = np.median(effects_fit.posterior_epred(grid.assign(cat=c), include_groups=False), axis=0)
+        np.testing.assert_allclose(lines_y(fig)[k], want, rtol=1e-10)
+    plt.close(fig)
+
+
+def test_plot_comparisons_and_slopes_draw_the_tables(effects_fit, effects_data):
+    import matplotlib.pyplot as plt
+
+    d = effects_data
+    fig = effects_fit.plot_comparisons("cat", by="trt")
+    table = effects_fit.avg_comparisons("cat", by="trt")
+    ax = fig.axes[0]
+    assert len(ax.containers) == 2  # the two contrasts by colour
+    for k, c in enumerate(("b - a", "c - a")):
+        np.testing.assert_allclose(ax.containers[k][0].get_ydata(), table.loc[table.contrast == c, "estimate"])
+    plt.close(fig)
+    fig = lb.plot_slopes(effects_fit, "x", condition="cat", include_groups=False)
+    grid = pd.DataFrame({"x": d.x.mean(), "cat": list("abc"), "z": d.z.mean(), "trt": "C"})
+    eps = 1e-4 * (d.x.max() - d.x.min())
+    step = effects_fit.posterior_epred(grid.assign(x=grid.x + eps), include_groups=False)
+    want = np.median((step - effects_fit.posterior_epred(grid, include_groups=False)) / eps, axis=0)
+    np.testing.assert_allclose(fig.axes[0].containers[0][0].get_ydata(), want, rtol=1e-8)
+    plt.close(fig)
+    fig = lb.plot_comparisons(effects_fit, "trt", condition="z", include_groups=False)
+    z = np.linspace(d.z.min(), d.z.max(), 50)
+    grid = pd.DataFrame({"x": d.x.mean(), "cat": "a", "z": z, "trt": "C"})
+    diff = effects_fit.posterior_epred(grid.assign(trt="T"), include_groups=False) \
+        - effects_fit.posterior_epred(grid, include_groups=False)
+    np.testing.assert_allclose(lines_y(fig)[0], np.median(diff, axis=0), rtol=1e-8)
+    plt.close(fig)
+
+
+def test_plot_errors_name_the_argument(effects_fit, effects_data):
+    with pytest.raises(lb.DataError, match="exactly one of condition= .* and by="):
+        effects_fit.plot_predictions()
+    with pytest.raises(lb.DataError, match="exactly one of condition="):
+        effects_fit.plot_predictions(condition="x", by="cat")
+    with pytest.raises(lb.DataError, match=r"condition: the model has no predictor 'w'"):
+        effects_fit.plot_predictions(condition="w")
+    with pytest.raises(lb.DataError, match="condition must be a column name or a list of one or two"):
+        effects_fit.plot_predictions(condition=["x", "cat", "z"])
+    with pytest.raises(lb.DataError, match=r"by names column\(s\) \['w'\]"):
+        effects_fit.plot_predictions(by="w")
+    with pytest.raises(lb.DataError, match="variables must name one predictor"):
+        effects_fit.plot_slopes(["x", "z"], condition="x")
+    with pytest.raises(lb.DataError, match="variables: the model has no predictor 'w'"):
+        effects_fit.plot_comparisons("w", by="trt")
+    with pytest.raises(lb.DataError, match="newdata= goes with by="):
+        effects_fit.plot_predictions(condition="x", newdata=effects_data)
+    without = replace(effects_fit, design=replace(effects_fit.design, predictor_rows=None))
+    with pytest.raises(lb.FitError, match="include_groups=False"):
+        without.plot_predictions(condition="x")
