@@ -14,6 +14,12 @@ marginaleffects (for brms models)
     finite differences with marginaleffects's default step, ``1e-4`` times the
     range of the variable in the fitted data. Rows are predicted in chunks, so
     no more than `CHUNK_CELLS` draws-times-rows are held at once.
+    ``variables=None`` contrasts every population-level predictor. Grouping
+    levels absent from the fitted data need ``allow_new_levels=True``; their
+    effects are simulated by `posterior_epred`'s code, with one seed for every
+    chunk and counterfactual frame. `plot_predictions`, `plot_comparisons`
+    and `plot_slopes` draw these tables on a grid (``condition``) or by groups
+    (``by``).
 
 emmeans
     `emmeans` builds the reference grid (every combination of the levels of
@@ -504,7 +510,10 @@ def plot_comparisons(fit: FitResult, variables: str, *, condition: str | Sequenc
     table = avg_comparisons(fit, name, by=[p.name for p in chosen] or by_names, newdata=rows,
                             comparison=comparison, include_groups=include_groups, prob=prob,
                             allow_new_levels=allow_new_levels, sample_new_levels=sample_new_levels, seed=seed)
-    return _plot(fit, table, chosen, by_names, ["contrast"], f"Comparison of {name} ({comparison})")
+    contrasts = list(dict.fromkeys(table["contrast"]))
+    # one contrast names itself on the axis; several are in the legend
+    ylabel = f"{name}: {contrasts[0]}" if len(contrasts) == 1 else f"Comparison of {name} ({comparison})"
+    return _plot(fit, table, chosen, by_names, ["contrast"], ylabel)
 
 
 def plot_slopes(fit: FitResult, variables: str, *, condition: str | Sequence[str] | None = None,
