@@ -26,7 +26,11 @@ emmeans
     Bayesian fits; ``pairs()`` gives every pairwise contrast, as ratios (log
     link) or odds ratios (logit link) on the response scale. ``by`` gives the
     means of ``specs`` within each level of other factors, and ``pairs()``
-    contrasts within those levels.
+    contrasts within those levels. ``contrast(method)`` gives emmeans's
+    families (``pairwise``, ``revpairwise``, ``trt.vs.ctrl``, ``consec``,
+    ``eff``) per draw, back-transformed as ``pairs()`` on the response scale;
+    ``specs`` may be emmeans's formula (``"pairwise ~ f1 | f2"``), read by a
+    closed grammar of names and ``~ | + * :``.
 
 Variable names given by users are only looked up among the design's known
 variables (or newdata's columns, for ``by``): nothing is evaluated.
@@ -327,7 +331,7 @@ class Emmeans:
     prob : float
     link : str
     pair_column, pair_operator : str
-        How `pairs` names its estimate and joins the labels: ``estimate`` and
+        How `contrast` and `pairs` name their estimate and joins the labels: ``estimate`` and
         ``-`` (link scale), ``ratio`` or ``odds.ratio`` and ``/`` (response scale, log or logit link).
     by : tuple of str
         emmeans's ``by`` variables: the table has a column for each (after the
