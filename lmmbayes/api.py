@@ -366,15 +366,19 @@ class Fit(FitResult):
                            sample_new_levels=sample_new_levels, seed=seed)
 
     def emmeans(self, specs: str | Sequence[str], *, by: str | Sequence[str] | None = None, type: str = "link",
-                prob: float = 0.95, at: dict[str, Any] | None = None) -> Any:
+                prob: float = 0.95, at: dict[str, Any] | None = None, contrast: str | None = None,
+                ref: str | None = None) -> Any:
         """emmeans's estimated marginal means; see `lmmbayes.workflow.margins.emmeans`.
 
-        Returns an `Emmeans` whose ``table`` prints as emmeans does and whose
-        ``pairs()`` gives the pairwise contrasts (within each level of ``by``).
+        ``specs`` is a name, a list of names or emmeans's formula (``"~ f1 | f2"``,
+        ``"pairwise ~ f1"``). Returns an `Emmeans` whose ``table`` prints as emmeans
+        does, whose ``contrast(method)`` gives emmeans's contrast families
+        (``pairs()`` the pairwise ones, within each level of ``by``) and whose
+        ``contrasts`` is the table of ``contrast=`` (or the formula's left side).
         """
         from .workflow.margins import emmeans
 
-        return emmeans(self, specs, by=by, type=type, prob=prob, at=at)
+        return emmeans(self, specs, by=by, type=type, prob=prob, at=at, contrast=contrast, ref=ref)
 
     # -- checking and comparison ------------------------------------------------------------
     def log_lik(self, *, chunk_size: int | None = None) -> np.ndarray:

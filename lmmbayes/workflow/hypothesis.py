@@ -14,24 +14,33 @@ probabilities ``(alpha/2, 1 - alpha/2)`` for a point hypothesis (``=``) and
 ``P(x > 0) / P(x <= 0)`` for ``>`` (and the mirror for ``<``), ``Post.Prob``
 ``Evid.Ratio / (1 + Evid.Ratio)``; ``Star`` marks a point hypothesis whose
 interval excludes 0 or a one-sided one whose posterior probability exceeds
-``1 - alpha``. A point hypothesis gets the Savage-Dickey evidence ratio
+``1 - alpha`` (an evidence ratio that is infinite prints ``Inf``, as R).
+A point hypothesis gets the Savage-Dickey evidence ratio
 where the fit keeps prior draws (``sample_prior="yes"``): the density of the
 posterior draws of ``left - right`` at 0 over that of its prior draws
 (Gaussian kernel densities with R's default bandwidth, ``bw.nrd0``, as brms's
 ``density()``), NaN where a parameter has no prior draws (a flat prior).
+
+`HypothesisResult.plot` is brms's ``plot(hypothesis(...))``: one panel per
+hypothesis with the density of its posterior draws and, where the fit keeps
+prior draws, that of its prior draws (both Gaussian kernel densities with
+``bw.nrd0``, over the range of their draws, as ggplot's ``geom_density``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .. import _validate as check
 from ..errors import FormulaError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Functions a hypothesis may call.
 FUNCTIONS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs}
@@ -215,6 +224,10 @@ class HypothesisResult:
         ``Hypothesis, Estimate, Est.Error, CI.Lower, CI.Upper, Evid.Ratio, Post.Prob, Star``.
     samples : pandas.DataFrame
         Draws of each hypothesis's ``left - right`` (columns ``H1``, ``H2``, ...).
+    prior_samples : pandas.DataFrame or None
+        The same from the prior draws (brms's ``prior_samples``), when the fit
+        holds them (``sample_prior="yes"``); NaN columns for hypotheses of
+        parameters with flat priors. `plot` overlays their densities.
     class_ : str
         The class prefix used to look names up ("" for full names).
     alpha : float
@@ -224,11 +237,12 @@ class HypothesisResult:
     samples: pd.DataFrame
     class_: str
     alpha: float
+    prior_samples: pd.DataFrame | None = None
 
     def __str__(self) -> str:
         shown = self.table.copy()
         for col in ("Estimate", "Est.Error", "CI.Lower", "CI.Upper", "Evid.Ratio", "Post.Prob"):
-            shown[col] = shown[col].map(lambda v: "NA" if pd.isna(v) else f"{v:.2f}")
+            shown[col] = shown[col].map(_r_number)
         one, two = round((1 - 2 * self.alpha) * 100), round((1 - self.alpha) * 100)
         head = f"Hypothesis Tests for class {self.class_.rstrip('_')}:" if self.class_ else "Hypothesis Tests:"
         return "\n".join([
@@ -242,6 +256,85 @@ class HypothesisResult:
     def _repr_html_(self) -> str:
         return f"<pre>{self}</pre>"
 
+    def plot(self, *, ignore_prior: bool = False, points: int = 512) -> Figure:
+        """brms's ``plot(hypothesis(...))``: each hypothesis's posterior density, its prior's overlaid.
+
+        Parameters
+        ----------
+        ignore_prior : bool
+            Leave out the prior densities even where the fit holds prior draws (brms's ``ignore_prior``).
+        points : int
+            Grid points of each density curve (512, as ggplot's ``geom_density``).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            One panel per hypothesis (titled with its label), stacked as brms's
+            facets: a line labelled ``"Posterior"`` (the density of
+            ``samples[H<k>]``) and, when the fit was made with
+            ``sample_prior="yes"`` and the hypothesis's parameters have proper
+            priors, one labelled ``"Prior"`` (the density of
+            ``prior_samples[H<k>]``). Each curve is a Gaussian kernel density
+            with R's ``bw.nrd0`` bandwidth over the range of its draws.
+        """
+        import matplotlib.pyplot as plt
+
+        if not isinstance(ignore_prior, (bool, np.bool_)):
+            raise FormulaError(f"ignore_prior must be True or False, got {ignore_prior!r}.")
+        n_points = check.count(points, "points", minimum=2)
+        names = list(self.samples.columns)
+        fig, axes = plt.subplots(len(names), 1, figsize=(6, 2.6 * len(names)), squeeze=False,
+                                 layout="constrained")
+        curves = [("Posterior", self.samples, "#1f77b4")]
+        if self.prior_samples is not None and not ignore_prior:
+            curves.append(("Prior", self.prior_samples, "#d62728"))
+        for ax, name, label in zip(axes[:, 0], names, self.table["Hypothesis"]):
+            for what, frame, colour in curves:
+                grid, dens = density_curve(frame[name].to_numpy(dtype=float), n_points)
+                if grid.size == 0:  # no prior draws (a flat prior) or draws that do not vary
+                    continue
+                ax.fill_between(grid, dens, color=colour, alpha=0.35, linewidth=0)
+                ax.plot(grid, dens, color=colour, label=what)
+            ax.set_title(label, fontsize=10)
+            ax.set_ylabel("density")
+            ax.set_ylim(bottom=0)
+            ax.legend(loc="upper right", fontsize=8, frameon=False)
+        return fig
+
+
+def _r_number(v: Any) -> str:
+    """A table number as brms prints it: two decimals, NA, and Inf / -Inf (not Python's inf)."""
+    if pd.isna(v):
+        return "NA"
+    if np.isinf(v):
+        return "Inf" if v > 0 else "-Inf"
+    return f"{v:.2f}"
+
+
+def bw_nrd0(x: np.ndarray) -> float:
+    """R's default bandwidth ``bw.nrd0``: ``0.9 min(sd, IQR / 1.34) n^-1/5``; NaN for draws that do not vary."""
+    sd = float(np.std(x, ddof=1))
+    iqr = float(np.subtract(*np.quantile(x, [0.75, 0.25]))) / 1.34
+    spread = min(sd, iqr) if iqr > 0 else sd
+    return 0.9 * spread * x.size ** -0.2 if spread > 0 else float("nan")
+
+
+def density_curve(x: np.ndarray, points: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, density) of draws ``x``: Gaussian kernel, ``bw.nrd0``, ``points`` points from min to max of ``x``.
+
+    Empty arrays where ``x`` holds a NaN (no prior draws) or does not vary.
+    """
+    x = np.asarray(x, dtype=float)
+    if x.size < 2 or not np.isfinite(x).all() or not np.isfinite(bw := bw_nrd0(x)):
+        return np.empty(0), np.empty(0)
+    grid = np.linspace(x.min(), x.max(), points)
+    dens = np.empty(points)
+    step = max(1, (1 << 22) // x.size)  # bounded memory: at most ~4M grid-times-draws cells at once
+    for start in range(0, points, step):
+        z = (grid[start:start + step, None] - x[None, :]) / bw
+        dens[start:start + step] = np.exp(-0.5 * z * z).mean(axis=1) / (bw * np.sqrt(2 * np.pi))
+    return grid, dens
+
 
 def density_at(x: np.ndarray, point: float = 0.0) -> float:
     """Gaussian kernel density of draws ``x`` at ``point``, with R's ``bw.nrd0`` bandwidth (brms's ``density``).
@@ -249,14 +342,8 @@ def density_at(x: np.ndarray, point: float = 0.0) -> float:
     NaN where ``x`` holds a NaN (no prior draws) or does not vary.
     """
     x = np.asarray(x, dtype=float)
-    if x.size < 2 or not np.isfinite(x).all():
+    if x.size < 2 or not np.isfinite(x).all() or not np.isfinite(bw := bw_nrd0(x)):
         return float("nan")
-    sd = float(np.std(x, ddof=1))
-    iqr = float(np.subtract(*np.quantile(x, [0.75, 0.25]))) / 1.34
-    spread = min(sd, iqr) if iqr > 0 else sd
-    if not spread > 0:
-        return float("nan")
-    bw = 0.9 * spread * x.size ** -0.2
     z = (point - x) / bw
     return float(np.mean(np.exp(-0.5 * z * z)) / (bw * np.sqrt(2 * np.pi)))
 
@@ -294,7 +381,7 @@ def hypothesis(draws: pd.DataFrame, hypotheses: Any, class_: str | None = "b", a
     if not texts:
         raise FormulaError(f"hypotheses must be a string or a list of strings such as ['x > 0'], got {hypotheses!r}.")
     prefix = "" if not class_ else (class_ if class_.endswith("_") else class_ + "_")
-    rows, samples = [], {}
+    rows, samples, prior_samples = [], {}, {}
     for k, text in enumerate(texts, start=1):
         parsed = parse_hypothesis(text)
         missing = sorted(n for n in parsed.tree.names() if prefix + n not in draws.columns)
@@ -307,13 +394,18 @@ def hypothesis(draws: pd.DataFrame, hypotheses: Any, class_: str | None = "b", a
         x = np.asarray(parsed.tree.evaluate({n: draws[prefix + n].to_numpy(dtype=float)
                                              for n in parsed.tree.names()}), dtype=float)
         x = np.broadcast_to(x, (len(draws),))
+        x0: np.ndarray | None = None
+        if prior is not None:  # brms's prior_samples: the hypothesis evaluated on the prior draws
+            # parameters without prior draws (group-level ones) leave NaN, as flat priors do
+            x0 = np.broadcast_to(np.asarray(parsed.tree.evaluate(
+                {n: prior[prefix + n].to_numpy(dtype=float) if prefix + n in prior.columns
+                 else np.full(len(prior), np.nan) for n in parsed.tree.names()}), dtype=float), (len(prior),))
+            prior_samples[f"H{k}"] = x0
         if parsed.sign == "=":
             lo, hi = np.quantile(x, [alpha / 2, 1 - alpha / 2])
             ratio = np.nan
-            if prior is not None:  # Savage-Dickey: posterior over prior density at the point
-                x0 = np.asarray(parsed.tree.evaluate({n: prior[prefix + n].to_numpy(dtype=float)
-                                                      for n in parsed.tree.names()}), dtype=float)
-                ratio = density_at(x) / density_at(np.broadcast_to(x0, (len(prior),)))
+            if x0 is not None:  # Savage-Dickey: posterior over prior density at the point
+                ratio = density_at(x) / density_at(x0)
             star = not (lo <= 0 <= hi)
         else:
             lo, hi = np.quantile(x, [alpha, 1 - alpha])
@@ -326,4 +418,5 @@ def hypothesis(draws: pd.DataFrame, hypotheses: Any, class_: str | None = "b", a
                      "CI.Lower": float(lo), "CI.Upper": float(hi), "Evid.Ratio": ratio, "Post.Prob": post,
                      "Star": "*" if star else ""})
         samples[f"H{k}"] = x
-    return HypothesisResult(pd.DataFrame(rows), pd.DataFrame(samples), prefix, alpha)
+    return HypothesisResult(pd.DataFrame(rows), pd.DataFrame(samples), prefix, alpha,
+                            pd.DataFrame(prior_samples) if prior is not None else None)

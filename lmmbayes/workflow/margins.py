@@ -32,7 +32,11 @@ emmeans
     Bayesian fits; ``pairs()`` gives every pairwise contrast, as ratios (log
     link) or odds ratios (logit link) on the response scale. ``by`` gives the
     means of ``specs`` within each level of other factors, and ``pairs()``
-    contrasts within those levels.
+    contrasts within those levels. ``contrast(method)`` gives emmeans's
+    families (``pairwise``, ``revpairwise``, ``trt.vs.ctrl``, ``consec``,
+    ``eff``) per draw, back-transformed as ``pairs()`` on the response scale;
+    ``specs`` may be emmeans's formula (``"pairwise ~ f1 | f2"``), read by a
+    closed grammar of names and ``~ | + * :``.
 
 Variable names given by users are only looked up among the design's known
 variables (or newdata's columns, for ``by``): nothing is evaluated.
@@ -41,6 +45,7 @@ variables (or newdata's columns, for ``by``): nothing is evaluated.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,6 +74,8 @@ EPS_FRACTION = 1e-4
 PLOT_RESOLUTION = 50
 COMPARISONS = ("difference", "ratio")
 TYPES = ("link", "response")
+#: emmeans's contrast families (``contrast(emm, method)``, or the left side of a formula ``specs``).
+CONTRASTS = ("pairwise", "revpairwise", "trt.vs.ctrl", "consec", "eff")
 
 
 # -- the rows and their groups ------------------------------------------------------------------
@@ -585,12 +592,17 @@ class Emmeans:
     prob : float
     link : str
     pair_column, pair_operator : str
-        How `pairs` names its estimate and joins the labels: ``estimate`` and
+        How `contrast` and `pairs` name their estimate and joins the labels: ``estimate`` and
         ``-`` (link scale), ``ratio`` or ``odds.ratio`` and ``/`` (response scale, log or logit link).
     by : tuple of str
         emmeans's ``by`` variables: the table has a column for each (after the
         ``specs`` columns) and contrasts are taken within each of their level
         combinations.
+    method : str or None
+        The contrast family asked for with ``contrast=`` or the left side of a
+        formula ``specs`` (``"pairwise ~ f"``); `contrasts` gives its table.
+    ref : str or None
+        The reference level of ``"trt.vs.ctrl"`` contrasts (None: the first).
     """
 
     table: pd.DataFrame
@@ -602,6 +614,8 @@ class Emmeans:
     pair_column: str
     pair_operator: str
     by: tuple[str, ...] = ()
+    method: str | None = None
+    ref: str | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -630,19 +644,67 @@ class Emmeans:
             ``contrast``, the ``by`` columns, the estimate column (posterior
             median), ``lower.HPD``, ``upper.HPD``.
         """
+        return self.contrast("pairwise")
+
+    def contrast(self, method: str = "pairwise", *, ref: str | None = None) -> pd.DataFrame:
+        """emmeans's ``contrast(emm, method)``: contrasts of the marginal means, per draw.
+
+        Parameters
+        ----------
+        method : {"pairwise", "revpairwise", "trt.vs.ctrl", "consec", "eff"}
+            As emmeans names and orders them, for levels ``a, b, c``:
+            ``"pairwise"``: ``a - b, a - c, b - c``; ``"revpairwise"``:
+            ``b - a, c - a, c - b``; ``"trt.vs.ctrl"``: every level against
+            the reference, ``b - a, c - a``; ``"consec"``: each level minus the
+            previous one, ``b - a, c - b``; ``"eff"``: each level minus the
+            average of all the levels, ``a effect, b effect, c effect``.
+        ref : str, optional
+            ``"trt.vs.ctrl"`` only: the label of the reference level (as in
+            `labels`, e.g. ``"b"``, or ``"b C"`` for two ``specs``); default the first.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``contrast``, the ``by`` columns, the estimate column (posterior
+            median), ``lower.HPD``, ``upper.HPD``. On the link scale the
+            estimate is ``estimate``; with ``type="response"`` and a log link
+            every contrast is back-transformed with ``exp`` to a ratio (column
+            ``ratio``, labels ``b / a``), with a logit link to an odds ratio
+            (``odds.ratio``), as emmeans does for contrasts whose coefficients
+            sum to zero (all of these; ``"eff"`` keeps its ``a effect`` labels).
+            Contrasts are taken within each ``by`` level.
+
+        Raises
+        ------
+        LmmbayesError
+            An unknown ``method``; ``ref`` that is not a level label, or given with another method;
+            fewer than two means (within a ``by`` level).
+        """
+        method = check.choice(method, "contrast method", CONTRASTS, error=DataError)
         labels = self.labels
+        if ref is not None:
+            if method != "trt.vs.ctrl":
+                raise DataError(f"ref= chooses the reference level of 'trt.vs.ctrl' contrasts; method {method!r} "
+                                "takes no ref.")
+            valid = list(dict.fromkeys(labels))
+            if not isinstance(ref, str) or ref not in valid:
+                raise DataError(f"ref must be the label of one of the means, one of {valid}; got {ref!r}.")
         names: list[str] = []
         cols: list[np.ndarray] = []
         keys: list[tuple[Any, ...]] = []
+        op = self.pair_operator
         for key, rows in self._by_groups():
-            for i, j in itertools.combinations(rows, 2):
-                diff = self.draws[:, i] - self.draws[:, j]
-                cols.append(np.exp(diff) if self.pair_operator == "/" else diff)
-                names.append(f"{labels[i]} {self.pair_operator} {labels[j]}")
+            if len(rows) < 2:
+                where = f" within each level of {list(self.by)}" if self.by else ""
+                raise LmmbayesError(f"contrast({method!r}) needs at least two marginal means{where}; "
+                                    f"{list(self.specs)} has one level.")
+            for label, plus, minus in _contrast_terms(method, [labels[r] for r in rows], ref, op):
+                # minus None: the average of all the means in the group (emmeans's "eff")
+                base = self.draws[:, rows].mean(axis=1) if minus is None else self.draws[:, rows[minus]]
+                diff = self.draws[:, rows[plus]] - base
+                cols.append(np.exp(diff) if op == "/" else diff)
+                names.append(label)
                 keys.append(key)
-        if not cols:
-            where = f" within each level of {list(self.by)}" if self.by else ""
-            raise LmmbayesError(f"pairs() needs at least two marginal means{where}; {list(self.specs)} has one level.")
         draws = np.column_stack(cols)
         lo, hi = hpd(draws, self.prob)
         out = pd.DataFrame({"contrast": names})
@@ -653,28 +715,112 @@ class Emmeans:
         out["lower.HPD"], out["upper.HPD"] = lo, hi
         return out
 
-    def contrast(self, method: str = "pairwise") -> pd.DataFrame:
-        """emmeans's ``contrast(emm, method)``; only ``"pairwise"`` (the same as `pairs`) for now."""
-        check.choice(method, "method", ("pairwise",))
-        return self.pairs()
+    @property
+    def contrasts(self) -> pd.DataFrame | None:
+        """The contrasts asked for with ``contrast=`` (or a formula's left side), or None.
+
+        emmeans's ``$contrasts`` of ``emmeans(fit, pairwise ~ f)``; the same table as
+        ``contrast(method, ref=ref)``.
+        """
+        return None if self.method is None else self.contrast(self.method, ref=self.ref)
 
     def __str__(self) -> str:
         scale = "" if self.type == "link" or self.link == "identity" else \
             f"\nResults are back-transformed from the {self.link} scale"
-        if self.by:  # emmeans prints one block per by level, headed "f2 = a:"
-            shown = self.table.drop(columns=list(self.by))
-            blocks = []
-            for key, rows in self._by_groups():
-                head = ", ".join(f"{n} = {v}" for n, v in zip(self.by, key))
-                blocks.append(f"{head}:\n{shown.iloc[rows].to_string(index=False)}")
-            body = "\n\n".join(blocks)
-        else:
-            body = self.table.to_string(index=False)
-        return (f"{body}\n\nPoint estimate displayed: median\n"
-                f"HPD interval probability: {self.prob:g}{scale}")
+        means = self._blocks(self.table)
+        foot = f"\n\nPoint estimate displayed: median\nHPD interval probability: {self.prob:g}"
+        if self.method is None:
+            return f"{means}{foot}{scale}"
+        # emmeans prints emmeans(fit, pairwise ~ f) as an emm_list: $emmeans, then $contrasts
+        contrasts = self.contrasts
+        assert contrasts is not None
+        ratio = "" if self.pair_operator == "-" else \
+            f"\nResults are back-transformed from the {self.link} scale (contrasts: {self.pair_column}s)"
+        return f"$emmeans\n{means}{foot}{scale}\n\n$contrasts\n{self._blocks(contrasts)}{foot}{ratio}"
+
+    def _blocks(self, table: pd.DataFrame) -> str:
+        """``table`` as emmeans prints it: one block per ``by`` level, headed ``f2 = a:``."""
+        if not self.by:
+            return table.to_string(index=False)
+        shown = table.drop(columns=list(self.by))
+        keys = list(table[list(self.by)].itertuples(index=False, name=None))
+        blocks = []
+        for key in dict.fromkeys(keys):
+            rows = np.flatnonzero([k == key for k in keys])
+            head = ", ".join(f"{n} = {v}" for n, v in zip(self.by, key))
+            blocks.append(f"{head}:\n{shown.iloc[rows].to_string(index=False)}")
+        return "\n\n".join(blocks)
 
     def _repr_html_(self) -> str:
         return f"<pre>{self}</pre>"
+
+
+def _contrast_terms(method: str, labels: list[str], ref: str | None,
+                    op: str) -> list[tuple[str, int, int | None]]:
+    """(label, index added, index subtracted or None for the mean of all) of each contrast, emmeans's order."""
+    k = len(labels)
+    if method == "pairwise":
+        return [(f"{labels[i]} {op} {labels[j]}", i, j) for i, j in itertools.combinations(range(k), 2)]
+    if method == "revpairwise":
+        return [(f"{labels[i]} {op} {labels[j]}", i, j) for i in range(1, k) for j in range(i)]
+    if method == "trt.vs.ctrl":
+        r = 0 if ref is None else labels.index(ref)
+        return [(f"{labels[i]} {op} {labels[r]}", i, r) for i in range(k) if i != r]
+    if method == "consec":
+        return [(f"{labels[i]} {op} {labels[i - 1]}", i, i - 1) for i in range(1, k)]
+    return [(f"{labels[i]} effect", i, None) for i in range(k)]  # "eff"
+
+
+#: The tokens of a formula ``specs``: R names (dots allowed), ``~``, ``|`` and the separators ``+ * :``.
+_SPEC_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_.][A-Za-z0-9_.]*)|(?P<op>[~|+*:]))")
+_SPEC_FORMS = ("'f1', '~ f1', '~ f1 + f2' (or * or :), '~ f1 | f2', 'pairwise ~ f1', 'pairwise ~ f1 | f2' with "
+               f"one of {list(CONTRASTS)} on the left")
+
+
+def parse_specs(text: str) -> tuple[str | None, list[str], list[str]]:
+    """emmeans's formula ``specs``: ``[method] ~ f1 [+ f2 ...] [| g1 [+ g2 ...]]`` (never evaluated).
+
+    As emmeans reads the formula's variables (``all.vars``), ``+``, ``*`` and
+    ``:`` all just list names. Returns (contrast method or None, specs, by).
+
+    Raises
+    ------
+    DataError
+        Naming the spec and the valid forms.
+    """
+    def bad(why: str) -> DataError:
+        return DataError(f"specs {text!r}: {why}. Valid forms: {_SPEC_FORMS}.")
+
+    tokens: list[tuple[str, str]] = []
+    pos, stripped = 0, text.rstrip()
+    while pos < len(stripped):
+        m = _SPEC_TOKEN.match(stripped, pos)
+        if m is None:
+            raise bad(f"{stripped[pos:].lstrip()[:1]!r} at position {pos} is not allowed")
+        kind = m.lastgroup
+        assert kind is not None
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    tildes = [i for i, t in enumerate(tokens) if t == ("op", "~")]
+    if len(tildes) != 1:
+        raise bad(f"a formula has exactly one '~', this has {len(tildes)}")
+    left, right = tokens[:tildes[0]], tokens[tildes[0] + 1:]
+    method = None
+    if left:
+        if len(left) != 1 or left[0][0] != "name" or left[0][1] not in CONTRASTS:
+            raise bad(f"the left side must be one of {list(CONTRASTS)} or nothing")
+        method = left[0][1]
+    bars = [i for i, t in enumerate(right) if t == ("op", "|")]
+    if len(bars) > 1:
+        raise bad("it has more than one '|'")
+    parts = [right] if not bars else [right[:bars[0]], right[bars[0] + 1:]]
+    lists: list[list[str]] = []
+    for part in parts:  # name (sep name)*
+        if not part or len(part) % 2 == 0 or any(
+                (t[0] != "name") if i % 2 == 0 else (t[1] not in "+*:") for i, t in enumerate(part)):
+            raise bad("each side of '|' must be predictor names joined by + * or :")
+        lists.append([t[1] for t in part[::2]])
+    return method, lists[0], lists[1] if len(lists) > 1 else []
 
 
 def _grid_values(pr: Predictors, at: dict[str, Any]) -> dict[str, list[Any]]:
@@ -703,14 +849,21 @@ def _grid_values(pr: Predictors, at: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def emmeans(fit: FitResult, specs: str | Sequence[str], *, by: str | Sequence[str] | None = None,
-            type: str = "link", prob: float = 0.95, at: dict[str, Any] | None = None) -> Emmeans:
+            type: str = "link", prob: float = 0.95, at: dict[str, Any] | None = None,
+            contrast: str | None = None, ref: str | None = None) -> Emmeans:
     """emmeans's estimated marginal means of a Bayesian fit.
 
     Parameters
     ----------
     fit : Fit
     specs : str or list of str
-        The categorical predictor(s) whose levels (or level combinations) get a marginal mean.
+        The categorical predictor(s) whose levels (or level combinations) get a
+        marginal mean; or emmeans's formula, a string holding ``~``:
+        ``"~ f1"``, ``"~ f1 + f2"`` (``*`` and ``:`` the same: emmeans reads
+        only the names), ``"~ f1 | f2"`` (the same as ``by="f2"``) and, with a
+        contrast family on the left, ``"pairwise ~ f1"`` (the same as
+        ``contrast="pairwise"``). The formula is parsed by a closed grammar of
+        names and these symbols, never evaluated.
     by : str or list of str, optional
         emmeans's ``by``: categorical predictor(s) within each of whose levels
         the means of ``specs`` are given (``emmeans(fit, ~ f1 | f2)``). The
@@ -724,16 +877,27 @@ def emmeans(fit: FitResult, specs: str | Sequence[str], *, by: str | Sequence[st
     at : dict, optional
         Values of grid variables: a numeric predictor's value(s) instead of its
         mean, or a subset of a categorical predictor's levels.
+    contrast : {"pairwise", "revpairwise", "trt.vs.ctrl", "consec", "eff"}, optional
+        emmeans's ``emmeans(fit, specs, contr = ...)``: the result then carries
+        the contrasts too, as emmeans's list of ``$emmeans`` and ``$contrasts``:
+        ``.table`` the means, ``.contrasts`` the contrast table (that of
+        ``Emmeans.contrast(contrast, ref=ref)``), and it prints both.
+    ref : str, optional
+        The reference level's label for ``contrast="trt.vs.ctrl"`` (default the first level).
 
     Returns
     -------
     Emmeans
-        ``table`` as emmeans prints it; ``pairs()`` for the pairwise contrasts.
+        ``table`` as emmeans prints it; ``contrasts`` the contrasts asked for
+        (None if none were); ``pairs()`` and ``contrast(method)`` for any family.
 
     Raises
     ------
     DataError
-        ``specs`` or ``at`` naming something that is not a categorical predictor of the model.
+        ``specs`` or ``at`` naming something that is not a categorical predictor of the model; a formula
+        ``specs`` outside the grammar (the message lists the valid forms); ``by`` given both in the formula
+        and as an argument; two different contrast families (``contrast=`` and a formula's left side);
+        ``ref`` without ``"trt.vs.ctrl"`` or naming no level.
     """
     pr = predictors_of(fit, "emmeans")
     type_ = check.choice(type, "type", TYPES)
@@ -744,7 +908,26 @@ def emmeans(fit: FitResult, specs: str | Sequence[str], *, by: str | Sequence[st
         raise DataError(f"at must be a dict of predictor names to values, got {at!r}.")
     for name in at:
         lookup(fit, pr, name, "at")
-    names = [specs] if isinstance(specs, str) else list(specs) if isinstance(specs, (list, tuple)) else None
+    if contrast is not None:
+        contrast = check.choice(contrast, "contrast", CONTRASTS, error=DataError)
+    names: list[Any] | None
+    if isinstance(specs, str) and any(c in specs for c in "~|"):
+        method, names, formula_by = parse_specs(specs)
+        if formula_by:
+            if by is not None:
+                raise DataError(f"specs {specs!r} gives by variables after '|' and by={by!r} gives them too; "
+                                "give them one way.")
+            by = formula_by
+        if method is not None:
+            if contrast is not None and contrast != method:
+                raise DataError(f"specs {specs!r} asks for {method!r} contrasts and contrast={contrast!r} for "
+                                "others; give one.")
+            contrast = method
+    else:
+        names = [specs] if isinstance(specs, str) else list(specs) if isinstance(specs, (list, tuple)) else None
+    if ref is not None and contrast != "trt.vs.ctrl":
+        raise DataError(f"ref= chooses the reference level of contrast='trt.vs.ctrl'; with contrast={contrast!r} "
+                        "it has no use.")
     if not names:
         raise DataError(f"specs must be a predictor name or a list of them, got {specs!r}; the model's "
                         f"categorical predictors are {[p.name for p in pr.of_role('predictor') if p.levels]}.")
@@ -782,5 +965,8 @@ def emmeans(fit: FitResult, specs: str | Sequence[str], *, by: str | Sequence[st
     table[name] = np.median(shown, axis=0)
     table["lower.HPD"], table["upper.HPD"] = lo, hi
     column_name, operator = _pair_name(fit, type_)
-    return Emmeans(table, means, tuple(spec_names), type_, level, link, column_name, operator,
-                   tuple(p.name for p in by_chosen))
+    out = Emmeans(table, means, tuple(spec_names), type_, level, link, column_name, operator,
+                  tuple(p.name for p in by_chosen), contrast, ref)
+    if contrast is not None:
+        out.contrast(contrast, ref=ref)  # a bad ref or too few levels fail here, not when printed
+    return out

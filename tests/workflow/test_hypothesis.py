@@ -169,3 +169,88 @@ def test_prior_draws_need_sample_prior_yes(conjugate_fit):
                  draws=50, seed=1)
     with pytest.raises(lb.FitError, match='sample_prior="yes"'):
         fit.prior_draws()
+
+
+# -- plot(hypothesis(...)) and R's Inf ------------------------------------------------------------
+
+
+def kde_nrd0(x: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The witness: scipy's gaussian_kde with R's bw.nrd0 bandwidth."""
+    iqr = np.subtract(*np.quantile(x, [0.75, 0.25])) / 1.34
+    bw = 0.9 * min(x.std(ddof=1), iqr) * x.size ** -0.2
+    return scipy.stats.gaussian_kde(x, bw_method=bw / x.std(ddof=1))(at)
+
+
+def curves(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {line.get_label(): (np.asarray(line.get_xdata()), np.asarray(line.get_ydata())) for line in ax.lines}
+
+
+def test_plot_draws_the_density_of_each_hypothesis(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    d = fake_draws(n=2000)
+    res = hypothesis(d, ["Intercept - 25 * Days > 0", "Days = 10"])
+    fig = res.plot()
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    for ax, draws, label in zip(fig.axes, (d["b_Intercept"] - 25 * d["b_Days"], d["b_Days"] - 10),
+                                res.table["Hypothesis"]):
+        shown = curves(ax)
+        assert list(shown) == ["Posterior"] and ax.get_title() == label  # no prior draws: no prior curve
+        x, y = shown["Posterior"]
+        draws = draws.to_numpy()
+        assert len(x) == 512 and x[0] == pytest.approx(draws.min()) and x[-1] == pytest.approx(draws.max())
+        np.testing.assert_allclose(y, kde_nrd0(draws, x), rtol=1e-8)
+        assert x[np.argmax(y)] == pytest.approx(np.median(draws), abs=0.5 * draws.std())  # a flat-topped mode
+    fig.savefig(tmp_path / "h.png")
+    plt.close(fig)
+    with pytest.raises(lb.LmmbayesError, match="points"):
+        res.plot(points=1)
+    with pytest.raises(lb.LmmbayesError, match="ignore_prior must be True or False"):
+        res.plot(ignore_prior="yes")
+
+
+def test_plot_overlays_the_prior_density_only_with_prior_draws(conjugate_fit):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = conjugate_fit.hypothesis(["Intercept = 0", "Intercept > 0.5"])
+    prior = conjugate_fit.prior_draws()["b_Intercept"].to_numpy()
+    post = conjugate_fit.draws()["b_Intercept"].to_numpy()
+    np.testing.assert_allclose(res.prior_samples["H2"], prior - 0.5)
+    fig = res.plot()
+    for ax, shift in zip(fig.axes, (0.0, 0.5)):
+        shown = curves(ax)
+        assert sorted(shown) == ["Posterior", "Prior"]
+        for what, draws in (("Posterior", post - shift), ("Prior", prior - shift)):
+            x, y = shown[what]
+            assert x[0] == pytest.approx(draws.min()) and x[-1] == pytest.approx(draws.max())
+            np.testing.assert_allclose(y, kde_nrd0(draws, x), rtol=1e-8)
+        # the prior (sd 1.5) is wider and lower than the posterior (sd ~0.4)
+        assert shown["Prior"][1].max() < shown["Posterior"][1].max()
+    plt.close(fig)
+    fig = res.plot(ignore_prior=True)
+    assert all(list(curves(ax)) == ["Posterior"] for ax in fig.axes)
+    plt.close(fig)
+    # a flat prior leaves NaN prior draws: no prior curve, as brms
+    draws = conjugate_fit.draws()
+    flat = hypothesis(draws, "Intercept = 0", prior=draws.assign(b_Intercept=np.nan))
+    assert flat.prior_samples["H1"].isna().all()
+    fig = flat.plot()
+    assert list(curves(fig.axes[0])) == ["Posterior"]
+    plt.close(fig)
+
+
+def test_infinite_evidence_ratio_prints_as_r_does():
+    d = fake_draws()
+    res = hypothesis(d, ["Days > 0", "Days < 0"])
+    assert np.isinf(res.table.loc[0, "Evid.Ratio"]) and res.table.loc[1, "Evid.Ratio"] == 0.0
+    text = str(res)
+    line = text.splitlines()[2]
+    assert "Inf" in line and "inf" not in line.replace("Inf", "")
+    assert "inf" not in text.replace("Inf", "")

@@ -380,3 +380,169 @@ def test_plot_errors_name_the_argument(effects_fit, effects_data):
     without = replace(effects_fit, design=replace(effects_fit.design, predictor_rows=None))
     with pytest.raises(lb.FitError, match="include_groups=False"):
         without.plot_predictions(condition="x")
+
+
+# -- emmeans's contrast families and formula specs ------------------------------------------------
+
+
+def check_contrasts(table: pd.DataFrame, column: str, labels: list[str], draws: np.ndarray, prob: float) -> None:
+    """A contrast table against hand-made contrast draws: labels, median, HPD (arviz-stats's hdi)."""
+    assert list(table["contrast"]) == labels
+    np.testing.assert_allclose(table[column], np.median(draws, axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(table[["lower.HPD", "upper.HPD"]].to_numpy(),
+                               np.asarray([hdi(draws[:, k], prob=prob) for k in range(draws.shape[1])]),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_emmeans_contrast_families_as_emmeans_names_and_computes_them(effects_fit, effects_data):
+    """revpairwise, trt.vs.ctrl (ref), consec and eff against differences of the hand grid's means."""
+    grid, eta = reference_grid(effects_fit, effects_data)
+    a, b, c = (eta[:, (grid.cat == k).to_numpy()].mean(axis=1) for k in "abc")
+    res = effects_fit.emmeans("cat", prob=0.9)
+    mean = (a + b + c) / 3
+    cases = {
+        "revpairwise": (["b - a", "c - a", "c - b"], [b - a, c - a, c - b]),
+        "trt.vs.ctrl": (["b - a", "c - a"], [b - a, c - a]),
+        "consec": (["b - a", "c - b"], [b - a, c - b]),
+        "eff": (["a effect", "b effect", "c effect"], [a - mean, b - mean, c - mean]),
+        "pairwise": (["a - b", "a - c", "b - c"], [a - b, a - c, b - c]),
+    }
+    for method, (labels, cols) in cases.items():
+        table = res.contrast(method)
+        assert list(table.columns) == ["contrast", "estimate", "lower.HPD", "upper.HPD"]
+        check_contrasts(table, "estimate", labels, np.column_stack(cols), 0.9)
+        # contrast= carries the same table, as emmeans's $contrasts; the means are unchanged
+        both = effects_fit.emmeans("cat", prob=0.9, contrast=method)
+        pd.testing.assert_frame_equal(both.contrasts, table)
+        pd.testing.assert_frame_equal(both.table, res.table)
+    check_contrasts(res.contrast("trt.vs.ctrl", ref="b"), "estimate", ["a - b", "c - b"],
+                    np.column_stack([a - b, c - b]), 0.9)
+    with_ref = effects_fit.emmeans("cat", contrast="trt.vs.ctrl", ref="c", prob=0.9)
+    check_contrasts(with_ref.contrasts, "estimate", ["a - c", "b - c"], np.column_stack([a - c, b - c]), 0.9)
+    assert res.contrasts is None and "$contrasts" not in str(res)
+    text = str(with_ref)
+    assert text.startswith("$emmeans") and "$contrasts" in text and "a - c" in text
+
+
+def test_emmeans_formula_specs_are_by_and_contrasts(effects_fit, effects_data):
+    """'~ cat | trt' is by='trt'; 'consec ~ cat | trt' adds contrasts within trt; '~ cat + trt' two specs."""
+    grid, eta = reference_grid(effects_fit, effects_data)
+    cell = list(zip(grid.cat, grid.trt))
+    want = eta[:, [cell.index((k, t)) for t in "CT" for k in "abc"]]  # cat fastest, trt slowest
+    formula = effects_fit.emmeans("~ cat | trt", prob=0.9)
+    np.testing.assert_allclose(formula.draws, want, rtol=1e-10)
+    pd.testing.assert_frame_equal(formula.table, effects_fit.emmeans("cat", by="trt", prob=0.9).table)
+    assert formula.by == ("trt",) and formula.contrasts is None
+    consec = effects_fit.emmeans("consec ~ cat | trt", prob=0.9)
+    pd.testing.assert_frame_equal(consec.table, formula.table)
+    table = consec.contrasts
+    assert list(table.columns) == ["contrast", "trt", "estimate", "lower.HPD", "upper.HPD"]
+    assert list(table["trt"].astype(str)) == ["C", "C", "T", "T"]
+    check_contrasts(table, "estimate", ["b - a", "c - b"] * 2,
+                    np.column_stack([want[:, 1] - want[:, 0], want[:, 2] - want[:, 1],
+                                     want[:, 4] - want[:, 3], want[:, 5] - want[:, 4]]), 0.9)
+    eff = effects_fit.emmeans("eff~cat|trt", prob=0.9).contrasts  # spaces are optional
+    check_contrasts(eff, "estimate", ["a effect", "b effect", "c effect"] * 2,
+                    np.column_stack([want[:, k] - want[:, 3 * (k // 3):3 * (k // 3) + 3].mean(axis=1)
+                                     for k in range(6)]), 0.9)
+    pairwise = effects_fit.emmeans("pairwise ~ cat")
+    pd.testing.assert_frame_equal(pairwise.contrasts, effects_fit.emmeans("cat").pairs())
+    two = effects_fit.emmeans(["cat", "trt"])
+    for spec in ("~ cat + trt", "~ cat * trt", "~ cat:trt"):
+        np.testing.assert_allclose(effects_fit.emmeans(spec).draws, two.draws, rtol=1e-12)
+    ctrl = effects_fit.emmeans("trt.vs.ctrl ~ trt | cat", ref="T").contrasts
+    assert list(ctrl["contrast"]) == ["C - T"] * 3 and list(ctrl["cat"].astype(str)) == list("abc")
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("cat ~ trt", "the left side must be one of"),
+    ("~", "predictor names joined by"),
+    ("~ cat |", "predictor names joined by"),
+    ("~ cat | trt | x", "more than one '|'"),
+    ("~ cat ~ trt", "exactly one '~'"),
+    ("cat | trt", "exactly one '~'"),
+    ("~ cat + (trt)", "'\\(' at position"),
+    ("pairwise ~ __import__('os').system('x')", "is not allowed"),
+    ("~ cat trt", "predictor names joined by"),
+])
+def test_emmeans_bad_formula_specs_name_the_spec_and_the_forms(effects_fit, spec, needle):
+    with pytest.raises(lb.DataError, match=needle) as err:
+        effects_fit.emmeans(spec)
+    assert repr(spec) in str(err.value) and "Valid forms" in str(err.value) and "'pairwise ~ f1'" in str(err.value)
+
+
+def test_emmeans_contrast_argument_errors(effects_fit):
+    with pytest.raises(lb.DataError, match=r"Unknown contrast 'poly'; choose one of \['pairwise', 'revpairwise'"):
+        effects_fit.emmeans("cat", contrast="poly")
+    with pytest.raises(lb.DataError, match=r"Unknown contrast method 'tukey'"):
+        effects_fit.emmeans("cat").contrast("tukey")
+    with pytest.raises(lb.DataError, match="ref= chooses the reference level"):
+        effects_fit.emmeans("cat", contrast="pairwise", ref="a")
+    with pytest.raises(lb.DataError, match="method 'consec' takes no ref"):
+        effects_fit.emmeans("cat").contrast("consec", ref="a")
+    with pytest.raises(lb.DataError, match=r"ref must be the label of one of the means, one of \['a', 'b', 'c'\]"):
+        effects_fit.emmeans("cat", contrast="trt.vs.ctrl", ref="d")
+    with pytest.raises(lb.DataError, match="give them one way"):
+        effects_fit.emmeans("~ cat | trt", by="trt")
+    with pytest.raises(lb.DataError, match="asks for 'pairwise' contrasts and contrast='eff'"):
+        effects_fit.emmeans("pairwise ~ cat", contrast="eff")
+    with pytest.raises(lb.DataError, match=r"no predictor 'nope'"):
+        effects_fit.emmeans("~ nope")
+    with pytest.raises(lb.LmmbayesError, match="contrast\\('consec'\\) needs at least two"):
+        effects_fit.emmeans("cat", at={"cat": ["a"]}, contrast="consec")
+
+
+def test_poisson_response_scale_contrast_families_are_ratios(poisson_effects_fit):
+    """On the response scale of a log link every family is exp of the link-scale contrast (emmeans's ratios)."""
+    fit = poisson_effects_fit
+    b = fit.draws()
+    xbar = fit.design.predictors.get("x").mean
+    a, bb, c = (b["b_Intercept"].to_numpy() + b["b_x"].to_numpy() * xbar
+                + (b[f"b_cat{k}"].to_numpy() if k != "a" else 0.0) for k in "abc")
+    res = fit.emmeans("cat", type="response")
+    mean = (a + bb + c) / 3
+    check_contrasts(res.contrast("revpairwise"), "ratio", ["b / a", "c / a", "c / b"],
+                    np.exp(np.column_stack([bb - a, c - a, c - bb])), 0.95)
+    check_contrasts(res.contrast("consec"), "ratio", ["b / a", "c / b"], np.exp(np.column_stack([bb - a, c - bb])),
+                    0.95)
+    check_contrasts(res.contrast("eff"), "ratio", ["a effect", "b effect", "c effect"],
+                    np.exp(np.column_stack([a - mean, bb - mean, c - mean])), 0.95)
+    text = str(fit.emmeans("trt.vs.ctrl ~ cat", type="response"))
+    assert "b / a" in text and "ratios" in text
+
+
+@pytest.fixture(scope="module")
+def bernoulli_fit():
+    """A small logistic regression (logit link) with a factor of three levels."""
+    from conftest import quiet_fit
+
+    rng = np.random.default_rng(11)
+    n = 300
+    x, cat = rng.normal(size=n), rng.choice(["a", "b", "c"], size=n)
+    eta = -0.3 + 0.8 * x + 1.0 * (cat == "b") - 0.7 * (cat == "c")
+    data = pd.DataFrame({"y": (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int), "x": x, "cat": cat})
+    return quiet_fit("y ~ x + cat", data, family="bernoulli", chains=2, draws=200, tune=200, seed=4)
+
+
+def test_logit_response_scale_probabilities_and_odds_ratios(bernoulli_fit):
+    """prob = inverse logit of each draw's mean; contrasts are odds ratios exp(eta_i - eta_j) ("b / a")."""
+    fit = bernoulli_fit
+    b = fit.draws()
+    xbar = fit.design.predictors.get("x").mean
+    a, bb, c = (b["b_Intercept"].to_numpy() + b["b_x"].to_numpy() * xbar
+                + (b[f"b_cat{k}"].to_numpy() if k != "a" else 0.0) for k in "abc")
+    res = fit.emmeans("pairwise ~ cat", type="response", prob=0.9)
+    assert list(res.table.columns) == ["cat", "prob", "lower.HPD", "upper.HPD"]
+    probs = 1 / (1 + np.exp(-np.column_stack([a, bb, c])))
+    np.testing.assert_allclose(res.table["prob"], np.median(probs, axis=0), rtol=1e-9)
+    pairs = res.contrasts
+    assert list(pairs.columns) == ["contrast", "odds.ratio", "lower.HPD", "upper.HPD"]
+    # the odds ratio is the ratio of the odds p / (1 - p), per draw
+    odds = probs / (1 - probs)
+    check_contrasts(pairs, "odds.ratio", ["a / b", "a / c", "b / c"],
+                    np.column_stack([odds[:, 0] / odds[:, 1], odds[:, 0] / odds[:, 2], odds[:, 1] / odds[:, 2]]), 0.9)
+    check_contrasts(res.contrast("trt.vs.ctrl", ref="c"), "odds.ratio", ["a / c", "b / c"],
+                    np.column_stack([odds[:, 0] / odds[:, 2], odds[:, 1] / odds[:, 2]]), 0.9)
+    text = str(res)
+    assert "back-transformed from the logit scale" in text and "odds.ratios" in text
+    assert list(fit.emmeans("cat").pairs().columns)[1] == "estimate"
