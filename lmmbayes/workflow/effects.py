@@ -22,6 +22,7 @@ design's known variables: nothing is evaluated.
 
 from __future__ import annotations
 
+import html
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +37,7 @@ from ..design.frame import as_frame
 from ..design.predictors import Predictor, Predictors
 from ..errors import DataError, FitError, LmmbayesError, LmmbayesWarning, warn
 from ..results.model import FitResult
+from .display import table_html
 from .predict import groups, posterior_epred, posterior_linpred, posterior_predict
 
 if TYPE_CHECKING:
@@ -46,6 +48,8 @@ METHODS = ("posterior_epred", "posterior_linpred", "posterior_predict")
 #: R's ``mad()`` constant: the MAD of a normal sample estimates its SD.
 MAD_CONSTANT = 1.4826
 SUMMARY_COLUMNS = ("estimate__", "se__", "lower__", "upper__")
+#: Rows of a table a notebook shows (its first and last half); a numeric effect has `resolution` rows.
+HTML_ROWS = 20
 
 
 def predictors_of(fit: FitResult, what: str) -> Predictors:
@@ -281,6 +285,11 @@ class ConditionalEffects(Mapping[str, pd.DataFrame]):
 
     def __repr__(self) -> str:
         return f"<ConditionalEffects of {list(self.tables)} ({self.method}, {self.prob:g} intervals)>"
+
+    def _repr_html_(self) -> str:
+        # one table per effect, long ones (a numeric effect's 100 grid points) cut to their ends
+        return "".join(f"<h4>{html.escape(name)}</h4>{table_html(table, max_rows=HTML_ROWS)}"
+                       for name, table in self.tables.items())
 
     def plot(self, *, ncol: int | None = None) -> dict[str, Figure]:
         """One figure per effect, as brms's ``plot(conditional_effects(...))``.

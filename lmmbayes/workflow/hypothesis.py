@@ -32,6 +32,7 @@ import pandas as pd
 
 from .. import _validate as check
 from ..errors import FormulaError
+from .display import pre_html
 
 #: Functions a hypothesis may call.
 FUNCTIONS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs}
@@ -240,7 +241,7 @@ class HypothesisResult:
         ])
 
     def _repr_html_(self) -> str:
-        return f"<pre>{self}</pre>"
+        return pre_html(self)
 
 
 def density_at(x: np.ndarray, point: float = 0.0) -> float:

@@ -47,6 +47,7 @@ from ..design.frame import as_frame
 from ..design.predictors import Predictor, Predictors
 from ..errors import DataError, FitError, LmmbayesError
 from ..results.model import FitResult
+from .display import pre_html
 from .effects import column, defaults, lookup, predictors_of, valid_variables
 from .predict import groups, posterior_epred, posterior_linpred
 
@@ -413,7 +414,7 @@ class Emmeans:
                 f"HPD interval probability: {self.prob:g}{scale}")
 
     def _repr_html_(self) -> str:
-        return f"<pre>{self}</pre>"
+        return pre_html(self)
 
 
 def _grid_values(pr: Predictors, at: dict[str, Any]) -> dict[str, list[Any]]:
