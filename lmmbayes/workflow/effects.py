@@ -10,8 +10,9 @@ level when categorical. Every other predictor is held at its mean (numeric) or
 reference level (categorical), or at the values of a row of ``conditions``
 (one facet per row). ``trials()`` columns are set to 1, as brms does.
 Group-level effects are left out unless ``include_groups`` asks for them
-(brms's ``re_formula = NA``), in which case ``conditions`` must give the
-grouping columns.
+(brms's ``re_formula = NA``); a grouping column that ``conditions`` does not
+give is then a new level, whose effects are simulated per draw (brms leaves it
+NA, a new level under ``allow_new_levels = TRUE``).
 
 The draws of the grid's predictions are summarised as brms does with
 ``robust = TRUE``: ``estimate__`` the median, ``se__`` the MAD (R's ``mad``),
@@ -191,10 +192,9 @@ def effect_grid(fit: FitResult, pr: Predictors, effect: tuple[Predictor, ...], c
     names = [p.name for p in effect]
     needed_groups = [v for f in include for v in f.variables]
     missing = [v for v in needed_groups if v not in cond.columns and v not in names]
-    if missing:
-        raise DataError(f"include_groups asks for group-level effects, so conditions must give the grouping "
-                        f"column(s) {missing} (a DataFrame with one row per facet); or pass include_groups=False.")
     base = defaults(pr)
+    if missing:  # as brms: a grouping column left unset is a new level, its effects drawn per draw
+        base.update(dict.fromkeys(missing, new_level(include)))
     blocks = []
     for j in range(len(cond)):
         row = dict(base)
@@ -207,6 +207,18 @@ def effect_grid(fit: FitResult, pr: Predictors, effect: tuple[Predictor, ...], c
         frame["cond__"] = labels[j]
         blocks.append(frame)
     return pd.concat(blocks, ignore_index=True)
+
+
+def new_level(include: tuple[Any, ...]) -> str:
+    """A grouping value no factor in ``include`` has (nor holds within a joined label): a new level.
+
+    brms's ``prepare_conditions`` gives grouping variables no default, and their NA is a new
+    level (``allow_new_levels = TRUE``); the encoder refuses missing values, so a label stands in.
+    """
+    label = "new__"
+    while any(label in str(level) for f in include for level in f.levels):
+        label += "_"
+    return label
 
 
 # -- summaries ------------------------------------------------------------------------------
@@ -398,8 +410,10 @@ def conditional_effects(fit: FitResult, effects: str | Sequence[str] | None = No
     include_groups : bool, str or list of str
         False (default, brms's ``re_formula = NA``): population-level
         predictions only. True or factor names: include those group-level
-        effects; ``conditions`` must then give the grouping columns (levels
-        absent from the data are simulated, as brms's ``allow_new_levels``).
+        effects, at the grouping levels ``conditions`` gives (levels absent
+        from the data are simulated, as brms's ``allow_new_levels``); a
+        grouping column it does not give is a new level, as in brms, so the
+        intervals include the spread between groups.
     prob : float
         Mass of the equal-tailed intervals ``lower__`` and ``upper__``.
     method : {"posterior_epred", "posterior_linpred", "posterior_predict"}
