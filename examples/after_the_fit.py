@@ -34,11 +34,8 @@ SAMPLING = dict(chains=2, draws=1000, tune=1000, seed=1, progress=False)
 DPI = 100
 
 
-def save(fig: plt.Figure, out: Path, name: str, width: float | None = None) -> None:
-    """Save a figure as ``after_<name>.png`` at a moderate size."""
-    if width is not None:  # the effect plots default to 5 inches per panel; some are shown narrower
-        w, h = fig.get_size_inches()
-        fig.set_size_inches(width, h * width / w)
+def save(fig: plt.Figure, out: Path, name: str) -> None:
+    """Save a figure as ``after_<name>.png`` (dpi 100: small files for the repository)."""
     fig.savefig(out / f"after_{name}.png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     print(f"  wrote {out / ('after_' + name)}.png")
