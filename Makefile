@@ -29,10 +29,12 @@ validate: $(STAMP)
 	$(BIN)/python validation/sbc.py
 	$(BIN)/python -m pytest -q -m slow -o addopts=""
 
-# The documentation site: regenerate the tutorial's figures from the example, then build
-# with mkdocs in strict mode (broken references fail). No network needed. Output: site/.
+# The documentation site: regenerate the tutorial's and the after-the-fit page's figures from
+# the examples, then build with mkdocs in strict mode (broken references fail). No network
+# needed. Output: site/.
 docs: $(STAMP)
 	$(BIN)/python examples/bounce_times_workflow.py docs/figures
+	$(BIN)/python examples/after_the_fit.py docs/figures
 	$(BIN)/mkdocs build --strict
 
 # What CI runs (tests/test_docs.py): strict build on the committed figures.

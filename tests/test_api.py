@@ -34,7 +34,7 @@ def test_summary_prints_brms_layout(bounce_slope_fit):
     assert lines[0] == " Family: gaussian"
     assert lines[1] == "  Links: mu = identity; sigma = identity"
     assert lines[2] == f"Formula: {SLOPE}"
-    assert lines[3] == "   Data: data (Number of observations: 613)"
+    assert lines[3] == "   Data: bounce_times (Number of observations: 613)"  # load_bounce_times names its frame
     assert lines[4].startswith("  Draws: 2 chains, each with iter = 800; warmup = 400; thin = 1;")
     assert "total post-warmup draws = 800" in lines[5]
     order = ["Multilevel Hyperparameters:", "~county (Number of levels: 8)", "sd(Intercept)",

@@ -24,3 +24,7 @@ def test_docs_build_strict(tmp_path):
     assert (tmp_path / "site" / "tutorial" / "index.html").is_file()
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "register_distribution" in api and "posterior_summary" in api
+    # every figure examples/after_the_fit.py writes is shown on the after-the-fit page
+    page = (tmp_path / "site" / "after-the-fit" / "index.html").read_text()
+    figures = sorted(p.name for p in (ROOT / "docs" / "figures").glob("after_*.png"))
+    assert figures and [f for f in figures if f"figures/{f}" not in page] == []

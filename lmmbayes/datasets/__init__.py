@@ -20,9 +20,12 @@ BOUNCE_AGE_MEAN = 49.00979
 BOUNCE_AGE_SD = 22.46217
 
 
-def _read(name: str) -> pd.DataFrame:
+def _read(name: str, label: str) -> pd.DataFrame:
+    """A bundled CSV as a new frame named ``label`` (``attrs["name"]``: the summary's ``Data:`` line)."""
     with resources.files(__name__).joinpath("data", name).open("r", encoding="utf-8") as fh:
-        return pd.read_csv(fh)
+        df = pd.read_csv(fh)
+    df.attrs["name"] = label
+    return df
 
 
 def load_bounce_times() -> pd.DataFrame:
@@ -33,16 +36,17 @@ def load_bounce_times() -> pd.DataFrame:
     pandas.DataFrame
         Columns ``bounce_time`` (seconds), ``age`` (years, uncleaned),
         ``county`` (8 levels) and ``std_age = (age - mean) / sd`` with the
-        sample SD (ddof = 1).
+        sample SD (ddof = 1). Named ``"bounce_times"`` (``attrs["name"]``),
+        which the fit's summary prints as its data.
     """
-    df = _read("bounce_rates_sim.csv")
+    df = _read("bounce_rates_sim.csv", "bounce_times")
     df["std_age"] = (df["age"] - df["age"].mean()) / df["age"].std(ddof=1)
     return df
 
 
 def load_radon() -> pd.DataFrame:
-    """Minnesota radon: ``log_radon``, ``floor`` (0/1), ``log_uppm``, ``county``."""
-    return _read("radon_mn.csv")
+    """Minnesota radon: ``log_radon``, ``floor`` (0/1), ``log_uppm``, ``county``; named ``"radon"``."""
+    return _read("radon_mn.csv", "radon")
 
 
 def license_text(dataset: str) -> str:

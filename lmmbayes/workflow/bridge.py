@@ -49,6 +49,7 @@ from .. import _validate as check
 from ..errors import DataError, FitError, PriorError
 from ..results.model import FitResult
 from ..results.posterior import dpar_names
+from .display import pre_html
 
 #: bridgesampling's defaults: the starting ratio, the tolerance on its relative change, and at most this many steps.
 R0, TOL, MAXITER = 0.5, 1e-10, 1000
@@ -518,6 +519,9 @@ class BridgeResult:
                 f"Estimate obtained in {self.niter} iteration(s) via method \"{self.method}\".\n"
                 f"Approximate percentage error: {self.percentage} ({self.dimension} dimension(s): {over}).")
 
+    def _repr_html_(self) -> str:
+        return pre_html(self)
+
 
 @dataclass(frozen=True)
 class BayesFactor:
@@ -549,6 +553,9 @@ class BayesFactor:
         return f"Estimated {what} in favor of {self.names[0]} over {self.names[1]}: {value:.5f}"
 
     __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        return pre_html(self)
 
 
 def _neff(draws: np.ndarray) -> float:

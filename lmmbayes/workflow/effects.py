@@ -10,8 +10,9 @@ level when categorical. Every other predictor is held at its mean (numeric) or
 reference level (categorical), or at the values of a row of ``conditions``
 (one facet per row). ``trials()`` columns are set to 1, as brms does.
 Group-level effects are left out unless ``include_groups`` asks for them
-(brms's ``re_formula = NA``), in which case ``conditions`` must give the
-grouping columns.
+(brms's ``re_formula = NA``); a grouping column that ``conditions`` does not
+give is then a new level, whose effects are simulated per draw (brms leaves it
+NA, a new level under ``allow_new_levels = TRUE``).
 
 The draws of the grid's predictions are summarised as brms does with
 ``robust = TRUE``: ``estimate__`` the median, ``se__`` the MAD (R's ``mad``),
@@ -22,6 +23,7 @@ design's known variables: nothing is evaluated.
 
 from __future__ import annotations
 
+import html
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +38,7 @@ from ..design.frame import as_frame
 from ..design.predictors import Predictor, Predictors
 from ..errors import DataError, FitError, LmmbayesError, LmmbayesWarning, warn
 from ..results.model import FitResult
+from .display import table_html
 from .predict import groups, posterior_epred, posterior_linpred, posterior_predict
 
 if TYPE_CHECKING:
@@ -46,6 +49,8 @@ METHODS = ("posterior_epred", "posterior_linpred", "posterior_predict")
 #: R's ``mad()`` constant: the MAD of a normal sample estimates its SD.
 MAD_CONSTANT = 1.4826
 SUMMARY_COLUMNS = ("estimate__", "se__", "lower__", "upper__")
+#: Rows of a table a notebook shows (its first and last half); a numeric effect has `resolution` rows.
+HTML_ROWS = 20
 
 
 def predictors_of(fit: FitResult, what: str) -> Predictors:
@@ -187,10 +192,9 @@ def effect_grid(fit: FitResult, pr: Predictors, effect: tuple[Predictor, ...], c
     names = [p.name for p in effect]
     needed_groups = [v for f in include for v in f.variables]
     missing = [v for v in needed_groups if v not in cond.columns and v not in names]
-    if missing:
-        raise DataError(f"include_groups asks for group-level effects, so conditions must give the grouping "
-                        f"column(s) {missing} (a DataFrame with one row per facet); or pass include_groups=False.")
     base = defaults(pr)
+    if missing:  # as brms: a grouping column left unset is a new level, its effects drawn per draw
+        base.update(dict.fromkeys(missing, new_level(include)))
     blocks = []
     for j in range(len(cond)):
         row = dict(base)
@@ -203,6 +207,18 @@ def effect_grid(fit: FitResult, pr: Predictors, effect: tuple[Predictor, ...], c
         frame["cond__"] = labels[j]
         blocks.append(frame)
     return pd.concat(blocks, ignore_index=True)
+
+
+def new_level(include: tuple[Any, ...]) -> str:
+    """A grouping value no factor in ``include`` has (nor holds within a joined label): a new level.
+
+    brms's ``prepare_conditions`` gives grouping variables no default, and their NA is a new
+    level (``allow_new_levels = TRUE``); the encoder refuses missing values, so a label stands in.
+    """
+    label = "new__"
+    while any(label in str(level) for f in include for level in f.levels):
+        label += "_"
+    return label
 
 
 # -- summaries ------------------------------------------------------------------------------
@@ -281,6 +297,11 @@ class ConditionalEffects(Mapping[str, pd.DataFrame]):
 
     def __repr__(self) -> str:
         return f"<ConditionalEffects of {list(self.tables)} ({self.method}, {self.prob:g} intervals)>"
+
+    def _repr_html_(self) -> str:
+        # one table per effect, long ones (a numeric effect's 100 grid points) cut to their ends
+        return "".join(f"<h4>{html.escape(name)}</h4>{table_html(table, max_rows=HTML_ROWS)}"
+                       for name, table in self.tables.items())
 
     def plot(self, *, ncol: int | None = None) -> dict[str, Figure]:
         """One figure per effect, as brms's ``plot(conditional_effects(...))``.
@@ -404,8 +425,10 @@ def conditional_effects(fit: FitResult, effects: str | Sequence[str] | None = No
     include_groups : bool, str or list of str
         False (default, brms's ``re_formula = NA``): population-level
         predictions only. True or factor names: include those group-level
-        effects; ``conditions`` must then give the grouping columns (levels
-        absent from the data are simulated, as brms's ``allow_new_levels``).
+        effects, at the grouping levels ``conditions`` gives (levels absent
+        from the data are simulated, as brms's ``allow_new_levels``); a
+        grouping column it does not give is a new level, as in brms, so the
+        intervals include the spread between groups.
     prob : float
         Mass of the equal-tailed intervals ``lower__`` and ``upper__``.
     method : {"posterior_epred", "posterior_linpred", "posterior_predict"}

@@ -38,6 +38,7 @@ import pandas as pd
 
 from .. import _validate as check
 from ..errors import FormulaError
+from .display import pre_html
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -254,7 +255,7 @@ class HypothesisResult:
         ])
 
     def _repr_html_(self) -> str:
-        return f"<pre>{self}</pre>"
+        return pre_html(self)
 
     def plot(self, *, ignore_prior: bool = False, points: int = 512) -> Figure:
         """brms's ``plot(hypothesis(...))``: each hypothesis's posterior density, its prior's overlaid.

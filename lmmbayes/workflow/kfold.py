@@ -28,6 +28,7 @@ from scipy.special import logsumexp
 from .. import _validate as check
 from ..errors import FitError
 from ..results.model import FitResult
+from .display import pre_html
 from .linpred import linear_predictor, params
 from .loglik import evaluator
 from .refit import fitted_data, user_priors
@@ -82,6 +83,9 @@ class KFold:
 
     def __repr__(self) -> str:
         return str(self)
+
+    def _repr_html_(self) -> str:
+        return pre_html(self)
 
 
 def split_random(K: int, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -58,6 +58,7 @@ from ..design.frame import as_frame
 from ..design.predictors import Predictor, Predictors
 from ..errors import DataError, FitError, LmmbayesError
 from ..results.model import FitResult
+from .display import pre_html
 from .effects import (_values, column, defaults, dodge, draw_line, draw_points, lookup, predictors_of,
                       valid_variables)
 from .linpred import SAMPLE_NEW_LEVELS
@@ -752,7 +753,7 @@ class Emmeans:
         return "\n\n".join(blocks)
 
     def _repr_html_(self) -> str:
-        return f"<pre>{self}</pre>"
+        return pre_html(self)
 
 
 def _contrast_terms(method: str, labels: list[str], ref: str | None,

@@ -123,4 +123,6 @@ def update(fit: FitResult, newdata: Any = None, formula: str | None = None, prio
                 warn(f"update(): the new formula has no parameter for {', '.join(dropped)}; dropped.", DataWarning)
     else:
         chosen = list(as_prior_set(priors))
-    return pipeline.run(new_formula, data, chosen, options, data_name=fit.data_name)
+    # new data carry their own name (or none): the old name would mislabel the summary
+    name = fit.data_name if newdata is None else pipeline.data_name_of(newdata)
+    return pipeline.run(new_formula, data, chosen, options, data_name=name)

@@ -26,6 +26,7 @@ from .. import _validate as check
 from ..design.frame import as_frame
 from ..errors import LmmbayesError
 from ..results.model import FitResult
+from .display import table_html
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -68,7 +69,7 @@ def _png(fig: Figure) -> str:
 
 def _table(frame: pd.DataFrame, css: str) -> str:
     """An HTML table without pandas's index column: every column a table shows is a named one."""
-    return frame.to_html(classes=css, float_format=lambda v: f"{v:.3f}", border=0, index=False)
+    return table_html(frame, css)
 
 
 def _figure(title: str, make: Callable[[], Figure]) -> str:

@@ -7,7 +7,6 @@ arviz-stats (`lmmbayes.workflow.diagnostics.convergence`).
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ from ..design import Design
 from ..results.model import ENGINE_LABELS, FitResult
 from ..results.posterior import dpar_names, flat_draws, pair_label
 from .diagnostics import convergence, fit_warnings, format_table
+from .display import pre_html
 
 
 def quantile_label(p: float) -> str:
@@ -96,7 +96,7 @@ class Summary:
         p.text(str(self))  # type: ignore[attr-defined]
 
     def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(str(self))}</pre>"
+        return pre_html(self)
 
     def to_frame(self) -> pd.DataFrame:
         """Every row of the summary in one DataFrame."""

@@ -89,8 +89,13 @@ def test_conditions_are_facets_and_groups_come_from_them(effects_fit, effects_da
     assert list(t["z"]) == [-1.0] * 3 + [1.0] * 3 and list(t["trt"]) == ["T"] * 3 + ["C"] * 3
     labelled = effects_fit.conditional_effects("cat", conditions=cond.assign(cond__=["low", "high"]))
     assert list(labelled["cat"]["cond__"].cat.categories) == ["low", "high"]
-    with pytest.raises(lb.DataError, match=r"grouping column\(s\) \['g'\]"):
-        effects_fit.conditional_effects("cat", include_groups=True)
+    # no grouping column given: a new level, as brms's NA (its effects simulated per draw)
+    new = effects_fit.conditional_effects("cat", include_groups=True, seed=5)["cat"]
+    assert new["g"].nunique() == 1 and new["g"].iloc[0] not in set(effects_data["g"])
+    grid = new[["x", "cat", "z", "trt"]].assign(g="elsewhere")
+    assert_summaries(new, effects_fit.posterior_epred(grid, allow_new_levels=True, seed=5))
+    population = effects_fit.conditional_effects("cat")["cat"]
+    assert ((new["upper__"] - new["lower__"]) > (population["upper__"] - population["lower__"])).all()
     with_g = effects_fit.conditional_effects("cat", conditions=pd.DataFrame({"g": ["g03"]}), include_groups=True)
     grid = with_g["cat"][["x", "cat", "z", "trt", "g"]]
     assert_summaries(with_g["cat"], effects_fit.posterior_epred(grid))

@@ -71,6 +71,22 @@ def test_update_formula_data_priors_and_sampling(bounce_fit):
     assert table.loc[table["class"] == "b", "prior"].iloc[0] == "flat"  # replaced, not merged
 
 
+def test_update_names_the_data_it_was_given(bounce_fit):
+    data, fit = bounce_fit
+    # fitting neither changed the user's frame nor its name (witness: a fresh load)
+    fresh = lb.datasets.load_bounce_times()
+    assert data.equals(fresh) and data.attrs == fresh.attrs
+    assert "Data: bounce_times (" in str(fit.summary())
+    assert "Data: bounce_times (" in str(fit.update(seed=2).summary())  # the same data keep their name
+    renamed = data.iloc[:300].copy()
+    renamed.attrs["name"] = "first_300"
+    assert "Data: first_300 (" in str(fit.update(newdata=renamed).summary())
+    unnamed = data.iloc[:300].copy()
+    unnamed.attrs.clear()
+    assert "Data: data (" in str(fit.update(newdata=unnamed).summary())  # not the old name
+    assert data.attrs == fresh.attrs
+
+
 def test_update_errors(bounce_fit):
     _, fit = bounce_fit
     with pytest.raises(lb.FitError, match="unknown option"):
