@@ -7,8 +7,9 @@
    (by colour); posterior predictive checks (ECDF overlay, the mean by county).
 2. A simulated count data set (Poisson, a random intercept per site, a treatment and
    a numeric covariate; simulated here with a fixed seed): conditional effects on the
-   response scale, marginal means of the treatment as rates and their ratio, a
-   hypothesis test, PSIS-LOO, k-fold and Bayes factor comparisons of two models, and posterior
+   response scale, marginal means of the treatment as rates and their ratio (and their
+   plot), a hypothesis test (and its posterior density), marginaleffects's plots of
+   predictions, comparisons and slopes, PSIS-LOO, k-fold and Bayes factor comparisons of two models, and posterior
    predictive checks (intervals, LOO-PIT).
 
 Figures go to OUTDIR (default: docs/figures), named ``after_*.png``.
@@ -91,7 +92,15 @@ def counts(out: Path) -> None:
     emm = fit.emmeans("treatment", type="response")
     print(emm)
     print(emm.pairs().round(3).to_string())
-    print(fit.hypothesis("treatmenttreated > 0"))
+    save(emm.plot(), out, "count_emmeans")
+    hyp = fit.hypothesis("treatmenttreated > 0")
+    print(hyp)
+    save(hyp.plot(), out, "count_hypothesis")
+
+    # marginaleffects's plots: predictions on a grid, and comparisons and slopes along x
+    save(fit.plot_predictions(condition=["x", "treatment"], seed=1), out, "count_plot_predictions")
+    save(fit.plot_comparisons("treatment", condition="x", seed=1), out, "count_plot_comparisons")
+    save(fit.plot_slopes("x", by="treatment", seed=1), out, "count_plot_slopes")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pareto k warnings are shown in the table's n_high_k

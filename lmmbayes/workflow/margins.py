@@ -755,6 +755,33 @@ class Emmeans:
     def _repr_html_(self) -> str:
         return pre_html(self)
 
+    def plot(self) -> Figure:
+        """emmeans's ``plot(emm)``: each marginal mean as a point with its HPD interval, one row per level.
+
+        The estimates are on the table's scale (``type``); with ``by``, one panel per ``by`` level.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        import matplotlib.pyplot as plt
+
+        groups = self._by_groups()
+        estimate = self.table.columns[len(self.specs) + len(self.by)]
+        fig, axes = plt.subplots(len(groups), 1, figsize=(6, 0.5 + 0.45 * len(self.table) + 0.6 * len(groups)),
+                                 squeeze=False, sharex=True, layout="constrained")
+        labels = self.labels
+        for ax, (key, rows) in zip(axes[:, 0], groups):
+            sub = self.table.iloc[rows]
+            est, lo, hi = (sub[c].to_numpy(dtype=float) for c in (estimate, "lower.HPD", "upper.HPD"))
+            pos = np.arange(len(rows))
+            ax.errorbar(est, pos, xerr=np.vstack([est - lo, hi - est]), fmt="o", capsize=4)
+            ax.set_yticks(pos, [labels[i] for i in rows])
+            if key:
+                ax.set_title(", ".join(f"{n} = {v}" for n, v in zip(self.by, key)))
+        axes[-1, 0].set_xlabel(f"{estimate} ({self.prob:.0%} HPD)")
+        return fig
+
 
 def _contrast_terms(method: str, labels: list[str], ref: str | None,
                     op: str) -> list[tuple[str, int, int | None]]:

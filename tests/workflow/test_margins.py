@@ -546,3 +546,21 @@ def test_logit_response_scale_probabilities_and_odds_ratios(bernoulli_fit):
     text = str(res)
     assert "back-transformed from the logit scale" in text and "odds.ratios" in text
     assert list(fit.emmeans("cat").pairs().columns)[1] == "estimate"
+
+
+def test_emmeans_plot_draws_each_mean_and_its_hpd(effects_fit):
+    """emmeans's plot(emm): one point per mean at its estimate, bars to the HPD bounds, one panel per by level."""
+    import matplotlib.pyplot as plt
+
+    emm = effects_fit.emmeans("cat", by="trt", prob=0.9)
+    fig = emm.plot()
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2
+    for ax, level in zip(axes, ["C", "T"]):
+        sub = emm.table[emm.table["trt"].astype(str) == level]
+        points, bars = ax.containers[0].lines[0], ax.containers[0].lines[2][0]
+        np.testing.assert_allclose(points.get_xdata(), sub["emmean"])
+        spans = np.array([seg[:, 0] for seg in bars.get_segments()])
+        np.testing.assert_allclose(spans, sub[["lower.HPD", "upper.HPD"]].to_numpy())
+        assert [t.get_text() for t in ax.get_yticklabels()] == list(sub["cat"].astype(str))
+    plt.close(fig)
