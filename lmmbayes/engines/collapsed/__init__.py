@@ -109,8 +109,7 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
         return False
     if lay.kind == "quadrature":
         q = design.factors[0].q
-        return (sampler == "nutpie" and q <= glmm.AUTO_MAX_TERMS.get(glmm.code(design), 0)
-                and (plan is None or kernel.param_arrays(plan, q) is not None))
+        return sampler == "nutpie" and (plan is None or kernel.param_arrays(plan, q) is not None)
     if lay.kind == "dense":
         return n_effects(design) <= DENSE_AUTO_MAX
     if lay.kind == "partial":

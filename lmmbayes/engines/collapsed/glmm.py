@@ -65,11 +65,6 @@ LARGE_GROUP_ROWS = 50
 LARGE_NODES = {1: 1, 2: 1}
 #: The large groups' rules `choose_nodes` tries, in order (the last is taken where none matches).
 LARGE_CANDIDATES = (1, 2, 3)
-#: Most terms per group for which ``method="auto"`` picks this engine, by kernel code. Count families
-#: with a correlated random slope are left to the joint engine: SBC of poisson ``(1 + x | g)`` (200
-#: simulations, docs/validation.md) found ``b_x`` too narrow (spread p 0.001, 90% coverage 0.805), cause
-#: not yet found; ``method="collapsed"`` still fits them.
-AUTO_MAX_TERMS = {1: 2, 2: 1, 3: 1}
 #: Largest number of correlated terms per group the quadrature handles (the cost grows as K^q).
 MAX_TERMS = 2
 #: The accuracy rule: the SD over posterior draws of log p_2K − log p_K at most this.
