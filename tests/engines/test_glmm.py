@@ -160,6 +160,17 @@ def test_fewer_nodes_are_chosen_only_where_they_integrate_as_well():
     assert glmm.choose_nodes(counts, seed=1).nodes_per_dim < glmm.NODES[2]
 
 
+def test_the_pilot_refuses_rules_whose_gradient_disagrees(monkeypatch):
+    """300 groups of 10 bernoulli rows, two terms: 4 x 4 nodes match the value to the pilot's SD, but their
+    gradient (Fisher's identity) differs from 12 x 12's by about 0.1 posterior SDs, and with that NUTS's step
+    size collapsed (0.02 against 0.56 at 5 x 5, 28 times the gradients per draw, on the benchmark's 1,000
+    groups). The pilot takes 5 x 5; on the value alone it took 4 x 4."""
+    k, _, _ = kernel_of("bernoulli", 2, groups=300, per=10, sd=1.0)
+    assert glmm.choose_nodes(k, seed=1).nodes_per_dim == 5
+    monkeypatch.setattr(glmm, "GRADIENT_SD", np.inf)
+    assert glmm.choose_nodes(k, seed=1).nodes_per_dim == 4
+
+
 def test_the_check_takes_equal_rules_as_perfect():
     """Where both rules agree exactly at every draw (all weights equal, or a tail of equal ones), the check
     passes with k = 0 instead of failing inside PSIS (found by SBC of a poisson slope model)."""
