@@ -134,6 +134,42 @@ def test_fit_never_returns_fewer_draws_than_promised(bounce):
     assert fit.idata["posterior"]["b"].shape[:2] == (2, 37)
 
 
+SWALLOWED_CTRL_C = """
+import gc, os, signal, sys, time, weakref
+import lmmbayes.api
+from lmmbayes.app.cli import entry
+
+class Lock:
+    pass
+
+def long_fit(*args, **kwargs):
+    # The Ctrl-C lands while a weakref callback runs (as when the import system drops a module lock):
+    # CPython reports the KeyboardInterrupt as "Exception ignored" and goes on.
+    lock = Lock()
+    ref = weakref.ref(lock, lambda r: (os.kill(os.getpid(), signal.SIGINT), sum(range(1000))))
+    del lock
+    gc.collect()
+    end = time.monotonic() + 60
+    while time.monotonic() < end:  # sampling
+        sum(range(1000))
+    print("finished", flush=True)
+
+lmmbayes.api.fit = long_fit
+sys.argv = ["lmmbayes", "fit", "y ~ x", sys.argv[1]]
+entry()
+"""
+
+
+def test_a_ctrl_c_python_would_swallow_still_stops_the_cli(tmp_path):
+    csv = tmp_path / "d.csv"
+    pd.DataFrame({"y": [1.0, 2.0, 3.0], "x": [0.0, 1.0, 2.0]}).to_csv(csv, index=False)
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED_CTRL_C, str(csv)], capture_output=True, text=True,
+                          timeout=120, preexec_fn=as_from_a_shell)
+    assert "finished" not in proc.stdout
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "interrupted"
+
+
 INTERRUPTED_PYMC = """
 import warnings, lmmbayes as lb
 warnings.simplefilter("ignore")

@@ -20,12 +20,15 @@ rows, collinear columns) are printed as one ``warning:`` line each.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
 import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,22 +181,52 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)  # one line, whatever the message
 
 
+@contextmanager
+def _interrupts_never_lost() -> Iterator[None]:
+    """Make one Ctrl-C stop the command even where Python would swallow it.
+
+    CPython cannot raise an exception out of a weakref callback or a
+    ``__del__``: it reports it through `sys.unraisablehook` ("Exception
+    ignored in ...") and goes on, so a Ctrl-C that lands while the import
+    system drops a module lock was lost and the fit ran to its end. While the
+    command runs, such a KeyboardInterrupt is raised again in the main thread,
+    where the command handles it: from a thread, a moment later, because an
+    interrupt raised inside the hook would be swallowed again.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            again = threading.Timer(0.05, _thread.interrupt_main, (signal.SIGINT,))
+            again.daemon = True
+            again.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    try:
-        args = _parser().parse_args(argv)
-        previous = warnings.showwarning
-        warnings.showwarning = _one_line_warning
+    with _interrupts_never_lost():
         try:
-            COMMANDS[args.command](args)
-        finally:
-            warnings.showwarning = previous
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except LmmbayesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+            args = _parser().parse_args(argv)
+            previous = warnings.showwarning
+            warnings.showwarning = _one_line_warning
+            try:
+                COMMANDS[args.command](args)
+            finally:
+                warnings.showwarning = previous
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except LmmbayesError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
