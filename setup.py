@@ -7,4 +7,4 @@ the collapsed engine compiles a PyTensor graph per fit instead.
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("lmmbayes.engines.collapsed._kernel", ["lmmbayes/engines/collapsed/_kernel.c"],
-                             extra_compile_args=["-O2", "-std=c11", "-fno-fast-math"], optional=True)])
+                             extra_compile_args=["-O2", "-std=c11", "-fno-fast-math", "-fno-strict-aliasing"], optional=True)])

@@ -19,6 +19,7 @@ import lmmbayes as lb
 from lmmbayes import pipeline
 from lmmbayes.engines import collapsed as cl
 from lmmbayes.engines.collapsed import kernel
+from lmmbayes.engines.collapsed.algebra import DenseEffects
 from lmmbayes.engines.plan import plan as make_plan
 from lmmbayes.engines.pymc_model import param_groups
 from lmmbayes.priors import as_prior_set, resolve_priors
@@ -242,3 +243,190 @@ def test_without_the_c_kernel_collapsed_fits_take_the_graph_route(data, monkeypa
     assert parts(formula, priors, data)[3] is None
     fit = quiet_fit(formula, data, priors, chains=1, draws=30, tune=30, seed=1, method="collapsed")
     assert fit.engine == "collapsed" and fit.timings["compile"] > 0
+
+
+# -- crossed factors: the largest integrated out, the others sampled (FactorsKernel) -----------------------
+
+
+def crossed_data(seed: int = 5, n: int = 600) -> pd.DataFrame:
+    """120 levels of g crossed with 10 of h and 6 of k: more effects than the dense algebra takes."""
+    rng = np.random.default_rng(seed)
+    g, h, k = rng.integers(0, 120, n), rng.integers(0, 10, n), rng.integers(0, 6, n)
+    x = rng.normal(size=n)
+    a, c = rng.normal(0, 0.8, (120, 2)), rng.multivariate_normal([0, 0], [[1.0, 0.4], [0.4, 0.6]], 10)
+    y = 2.0 + 0.5 * x + a[g, 0] + a[g, 1] * x + c[h, 0] + c[h, 1] * x + rng.normal(0, 0.5, 6)[k] + rng.normal(size=n)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{v}" for v in g], "h": [f"h{v}" for v in h],
+                         "k": [f"k{v}" for v in k]})
+
+
+CROSSED = {
+    # g's slopes are integrated out, h's intercepts sampled
+    "two_factors": ("y ~ x + (1 + x | g) + (1 | h)", [lb.prior("student_t(3, 0, 2)", class_="b"),
+                                                      lb.prior("gamma(2, 1)", class_="sd", group="h")]),
+    # h's correlated intercepts and slopes and k's intercepts sampled, and their cross-products with each other
+    "three_factors": ("y ~ x + (1 | g) + (1 + x | h) + (1 | k)", [lb.prior("lkj(2)", class_="cor"),
+                                                                  lb.prior("exponential(1)", class_="sigma"),
+                                                                  lb.prior("normal(2, 3)", class_="Intercept")]),
+}
+
+#: Few effects in all: every one integrated out by a dense Cholesky (DenseEffects), in C up to DENSE_C_MAX.
+DENSE = {
+    "dense_slopes": ("y ~ x + (1 + x | h) + (1 | k)", [lb.prior("lkj(1.5)", class_="cor"),
+                                                     lb.prior("gamma(2, 2)", class_="sd", group="k")]),
+    "dense_three": ("y ~ x + (1 | h) + (1 + x | k) + (1 | h:k)", [lb.prior("normal(0, 1)", class_="sd", lb=0),
+                                                                  lb.prior("normal(0, 2)", class_="b")]),
+}
+
+
+@pytest.fixture(scope="module")
+def crossed():
+    return crossed_data()
+
+
+def crossed_point(model, pl, x: np.ndarray, k: kernel.FactorsKernel) -> tuple[dict, np.ndarray]:
+    """`pymc_point` for a crossed model: the plan's parameters, then the sampled effects z."""
+    u, _ = k.constrained(x)
+    z = k.effects(x)
+    point, order = {}, []
+    groups = param_groups(pl)
+    n_cor, first_z = 0, {}
+    c = k.params.n_dim
+    for name, G, q in k.sampled:
+        first_z[name] = c
+        c += G * q
+    for rv in model.free_RVs:
+        if rv.name.startswith("z__"):
+            name = rv.name[3:]
+            value, idx = z[name], list(range(first_z[name], first_z[name] + z[name].size))
+        elif rv.name.startswith("u"):
+            idx = groups[int(rv.name[1:])]
+            value = u[idx]
+        else:
+            idx = [k.n_beta + 1 + k.params.q + n_cor]
+            n_cor += 1
+            value = 1 / (1 + np.exp(-x[idx[0]]))
+        transform = model.rvs_to_transforms[rv]
+        point[model.rvs_to_values[rv].name] = (transform.forward(value, *rv.owner.inputs).eval()
+                                               if transform is not None else np.asarray(value))
+        order.extend(idx)
+    return point, np.array(order)
+
+
+def test_crossed_models_take_the_crossed_kernel(crossed):
+    for formula, priors in CROSSED.values():
+        design, pl, collapsed, k = parts(formula, priors, crossed)
+        assert isinstance(collapsed, cl.PartlyCollapsed) and collapsed.big.name == "g"
+        assert isinstance(k, kernel.FactorsKernel)
+        assert k.n_dim == k.params.n_dim + sum(G * q for _, G, q in k.sampled)
+
+
+@pytest.mark.parametrize("case", ["three_factors", pytest.param("two_factors", marks=pytest.mark.slow)])
+def test_crossed_kernel_matches_the_pytensor_density_and_gradient(case, crossed):
+    formula, priors = CROSSED[case]
+    design, pl, collapsed, k = parts(formula, priors, crossed)
+    model, _ = cl.build_model(design, pl, collapsed)
+    logp, dlogp = model.compile_logp(), model.compile_dlogp()
+    rng = np.random.default_rng(1)
+    got, want = [], []
+    for _ in range(4):
+        x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
+        point, order = crossed_point(model, pl, x, k)
+        assert sorted(order) == list(range(k.n_dim))
+        value, grad = k.logp(x)
+        got.append((value, grad[order]))
+        want.append((logp(point), dlogp(point)))
+    for (v, g), (w, h) in zip(got, want):
+        assert v - got[0][0] == pytest.approx(w - want[0][0], rel=1e-9, abs=1e-8)
+        np.testing.assert_allclose(g, h, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", sorted(CROSSED))
+def test_crossed_kernel_gradient_matches_finite_differences(case, crossed):
+    k = parts(*CROSSED[case], crossed)[3]
+    rng = np.random.default_rng(2)
+    x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
+    value, grad = k.logp(x)
+    assert np.isfinite(value)
+    h = 1e-6
+    numeric = np.array([(k.logp(x + h * e)[0] - k.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case,route", [("three_factors", "C kernel; h, k sampled, g integrated out"),
+                                        pytest.param("dense_three", "C kernel", marks=pytest.mark.slow)])
+def test_crossed_fits_through_the_kernel_and_through_the_graph_agree(case, route, crossed, monkeypatch):
+    """Three crossed factors, the largest integrated out (or, with few effects, all of them): every
+    parameter's posterior mean and SD within 4 combined MCSE (random effects too: the integrated ones are
+    drawn given each draw's sampled ones), and the kernel compiles nothing."""
+    from arviz_stats.base import array_stats
+
+    from lmmbayes.results.posterior import flat_draws
+
+    formula, priors = {**CROSSED, **DENSE}[case]
+    kw = dict(chains=2, draws=1000, tune=1000, seed=5, method="collapsed")
+    fast = quiet_fit(formula, crossed, priors, **kw)
+    monkeypatch.setattr(kernel, "build", lambda *a: None)
+    graph = quiet_fit(formula, crossed, priors, **kw)
+    assert fast.info["route"] == route
+    assert graph.info["route"].startswith("PyTensor graph")
+    assert "compile" not in fast.timings and graph.timings["compile"] > 0
+    (names, a), (names_g, b) = flat_draws(fast.posterior, fast.design), flat_draws(graph.posterior, graph.design)
+    assert names == names_g
+    mc = {"chain_axis": 0, "draw_axis": 1}
+    tol = 4 * np.hypot(array_stats.mcse(a, method="mean", **mc), array_stats.mcse(b, method="mean", **mc))
+    gap = np.abs(a.mean(axis=(0, 1)) - b.mean(axis=(0, 1)))
+    far = [n for n, g, t in zip(names, gap, tol) if g > t]
+    assert len(far) <= 0.01 * len(names), far  # about 140 random effects: one may stray by chance
+    # SDs within 4 combined MCSE of the SD (sd's heavy tail with 6 levels of k makes all six r_k's SDs move
+    # together by 10% or so between two fits of 2 x 1000 draws)
+    tol_sd = 4 * np.hypot(array_stats.mcse(a, method="sd", **mc), array_stats.mcse(b, method="sd", **mc))
+    gap_sd = np.abs(a.std(axis=(0, 1)) - b.std(axis=(0, 1)))
+    far_sd = [n for n, g, t in zip(names, gap_sd, tol_sd) if g > t]
+    assert len(far_sd) <= 0.01 * len(names), far_sd
+
+
+def test_dense_models_take_the_dense_kernel(crossed):
+    for formula, priors in DENSE.values():
+        design, pl, collapsed, k = parts(formula, priors, crossed)
+        assert isinstance(collapsed, DenseEffects) and collapsed.ZtZ.shape[0] <= kernel.DENSE_C_MAX
+        assert isinstance(k, kernel.FactorsKernel) and k.function == "dense" and k.sampled == ()
+
+
+@pytest.mark.parametrize("case", ["dense_three", pytest.param("dense_slopes", marks=pytest.mark.slow)])
+def test_dense_kernel_matches_the_pytensor_density_and_gradient(case, crossed):
+    formula, priors = DENSE[case]
+    design, pl, collapsed, k = parts(formula, priors, crossed)
+    model, _ = cl.build_model(design, pl, collapsed)
+    logp, dlogp = model.compile_logp(), model.compile_dlogp()
+    rng = np.random.default_rng(1)
+    got, want = [], []
+    for _ in range(4):
+        x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
+        point, order = crossed_point(model, pl, x, k)
+        assert sorted(order) == list(range(k.n_dim))
+        value, grad = k.logp(x)
+        got.append((value, grad[order]))
+        want.append((logp(point), dlogp(point)))
+    for (v, g), (w, h) in zip(got, want):
+        assert v - got[0][0] == pytest.approx(w - want[0][0], rel=1e-9, abs=1e-8)
+        np.testing.assert_allclose(g, h, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", sorted(DENSE))
+def test_dense_kernel_gradient_matches_finite_differences(case, crossed):
+    k = parts(*DENSE[case], crossed)[3]
+    rng = np.random.default_rng(2)
+    x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
+    value, grad = k.logp(x)
+    assert np.isfinite(value)
+    h = 1e-6
+    numeric = np.array([(k.logp(x + h * e)[0] - k.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+
+
+def test_more_dense_effects_than_the_c_kernel_takes_use_the_graph(crossed, monkeypatch):
+    """Dask designs reach the dense algebra with up to 500 effects; past DENSE_C_MAX the graph fits them."""
+    formula, priors = DENSE["dense_slopes"]
+    monkeypatch.setattr(kernel, "DENSE_C_MAX", 20)
+    design, pl, collapsed, k = parts(formula, priors, crossed)
+    assert isinstance(collapsed, DenseEffects) and collapsed.ZtZ.shape[0] == 26 and k is None

@@ -252,10 +252,17 @@ def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
         model = kernel.nutpie_model(fast)
         t_load = time.perf_counter() - t1
         trace = sample_compiled(model, config, ["x"])
-        u, L = fast.constrained(trace.posterior["x"])
-        lcorr = {design.factors[0].name: L}
-        trace = RawTrace({}, trace.sample_stats, {"load": t_load, **trace.timings})
+        x = trace.posterior["x"]
+        u, L = fast.constrained(x)
+        offsets = kernel.sd_offsets(plan)
+        lcorr = {f.name: L[..., offsets[f.name]:offsets[f.name] + f.q, offsets[f.name]:offsets[f.name] + f.q]
+                 for f in design.factors}
+        z = {f"z__{name}": v for name, v in fast.effects(x).items()} if isinstance(fast, kernel.FactorsKernel) else {}
+        trace = RawTrace(z, trace.sample_stats, {"load": t_load, **trace.timings})
         route = "C kernel"
+        if isinstance(collapsed, PartlyCollapsed):
+            route += "; " + ", ".join(o.name for o in collapsed.others) + " sampled, " + collapsed.big.name \
+                + " integrated out"
     else:
         model, hyper = build_model(design, plan, collapsed)
         t1 = time.perf_counter()

@@ -95,12 +95,15 @@ static int cholesky_inplace(double *A, int q) {
 
 /* log p(y | beta, sigma, Lam) from the cross-products (see kernel.py for the algebra).
  * Writes dl/dbeta into g_beta, dl/dLam into g_lam and dl/dsigma into *g_sigma;
- * returns -inf where some A_g is not positive definite (overflow only). */
+ * returns -inf where some A_g is not positive definite (overflow only).
+ * For crossed factors (pc_log_density) the other factors' effects are known: r_adj (G x q) is then
+ * subtracted from each level's Z'(y - W beta), rr_extra added to the residual sum of squares, and dl/dr
+ * (r = Z'(y - W beta) - r_adj, per level) written to g_r; plain models pass NULL, 0 and NULL. */
 static double marginal_loglik(int p, int G, int q, const double *beta, double sigma, const double *Lam,
                               double n, const double *WtW, const double *Wty, double yty, const double *ZtZ,
-                              const double *ZtW, const double *Zty, double *g_beta, double *g_lam,
-                              double *g_sigma) {
-    double s2 = sigma * sigma, s4 = s2 * s2, rr = yty, g_s2 = 0.0, logdet = 0.0, quad = 0.0;
+                              const double *ZtW, const double *Zty, const double *r_adj, double rr_extra,
+                              double *g_beta, double *g_lam, double *g_sigma, double *g_r) {
+    double s2 = sigma * sigma, s4 = s2 * s2, rr = yty + rr_extra, g_s2 = 0.0, logdet = 0.0, quad = 0.0;
     double r[q], c[q], v[q], m[q], lg[q], M[q * q], A[q * q], Linv[q * q], P[q * q], GA[q * q];
     for (int i = 0; i < p; i++) {
         double wb = 0.0;
@@ -114,7 +117,7 @@ static double marginal_loglik(int p, int G, int q, const double *beta, double si
         for (int i = 0; i < q; i++) {
             double t = Zty[(size_t)g * q + i];
             for (int j = 0; j < p; j++) t -= ZtW_g[i * p + j] * beta[j];
-            r[i] = t;
+            r[i] = r_adj ? t - r_adj[(size_t)g * q + i] : t;
         }
         for (int j = 0; j < q; j++) { /* c = Lam'r, M = Z'Z_g Lam */
             double t = 0.0;
@@ -166,6 +169,7 @@ static double marginal_loglik(int p, int G, int q, const double *beta, double si
         for (int i = 0; i < q; i++) { /* dl/dc = m/s4; dl/dbeta -= Z'W_g' Lam dl/dc */
             lg[i] = 0.0;
             for (int j = 0; j < q; j++) lg[i] += Lam[i * q + j] * m[j] / s4;
+            if (g_r) g_r[(size_t)g * q + i] = lg[i];
         }
         for (int j = 0; j < p; j++) {
             double t = 0.0;
@@ -319,10 +323,254 @@ double lmm_log_density(const double *x, double *grad, const double *buf) {
     double g_sigma;
     double lp = prior_part(&P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
     for (int k = 0; k < n_beta; k++) beta[k] = vals[k] - shift[k];
-    double ll = marginal_loglik(n_beta, G, q, beta, vals[n_beta], Lam, n, WtW, Wty, yty, ZtZ, ZtW, Zty, g_beta,
-                                g_lam, &g_sigma);
+    double ll = marginal_loglik(n_beta, G, q, beta, vals[n_beta], Lam, n, WtW, Wty, yty, ZtZ, ZtW, Zty, NULL, 0.0,
+                                g_beta, g_lam, &g_sigma, NULL);
     chain_back(&P, vals, dxdz, Lcorr, cpc, g_beta, &g_sigma, g_lam, grad);
     return lp + ll;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Crossed factors (kernel.py's CrossedKernel documents the buffer): the factor with the most effects
+ * integrated out as above, given the other factors' effects b_k = z_k Lam_k' (z_k ~ N(0, I), sampled).
+ * Their effects enter through the residual sum of squares (rr_extra) and through each integrated level's
+ * Z'r (r_adj = sum_k M_k b_k, M_k the sparse cross-products of the integrated factor with factor k);
+ * the gradient goes back the same way. Sparse matrices are CSR (row pointers, columns, values), the indices
+ * stored as int64 bit patterns in the float64 buffer (read as doubles, every pass would convert 10^5 of them). */
+#define MAX_SAMPLED 15
+
+typedef struct {
+    int64_t n_rows;
+    const int64_t *ptr, *cols; /* CSR; int64 bit patterns in the float64 buffer (kernel.py's _csr) */
+    const double *vals;
+} Csr;
+
+typedef struct {
+    int off, q, G; /* the factor's first sd among all sds, its terms, its levels */
+    const double *ZtZ, *ZtW, *Zty;
+} FactorSums;
+
+static const double *read_factor(FactorSums *f, const double *o, int p) {
+    f->off = (int)o[0]; f->q = (int)o[1]; f->G = (int)o[2];
+    o += 3;
+    f->ZtZ = o; o += (size_t)f->G * f->q * f->q;
+    f->ZtW = o; o += (size_t)f->G * f->q * p;
+    f->Zty = o; o += (size_t)f->G * f->q;
+    return o;
+}
+
+static const double *read_csr(Csr *t, const double *o) {
+    t->n_rows = (int64_t)o[0];
+    const int64_t nnz = (int64_t)o[1];
+    t->ptr = (const int64_t *)(o + 2);
+    t->cols = (const int64_t *)(o + 3 + t->n_rows);
+    t->vals = o + 3 + t->n_rows + nnz;
+    return t->vals + nnz;
+}
+
+/* The q x q diagonal block of the Q x Q matrix A starting at off, into B. */
+static void sub_block(const double *A, int Q, int off, int q, double *B) {
+    for (int i = 0; i < q; i++)
+        for (int j = 0; j < q; j++) B[i * q + j] = A[(off + i) * Q + off + j];
+}
+
+double pc_log_density(const double *x, double *grad, const double *buf) {
+    const int n_beta = (int)buf[2], Q = (int)buf[3], n_cor = (int)buf[5];
+    const double n = buf[6], yty = buf[7];
+    Priors P;
+    const double *o = read_priors(&P, buf + HEADER, n_beta, 1, Q, n_cor);
+    const double *shift = o; o += n_beta;
+    const double *WtW = o; o += (size_t)n_beta * n_beta;
+    const double *Wty = o; o += n_beta;
+    FactorSums big, oth[MAX_SAMPLED];
+    Csr with_big[MAX_SAMPLED], pairs[MAX_SAMPLED * (MAX_SAMPLED - 1) / 2];
+    int pair_k[MAX_SAMPLED * (MAX_SAMPLED - 1) / 2], pair_l[MAX_SAMPLED * (MAX_SAMPLED - 1) / 2];
+    o = read_factor(&big, o, n_beta);
+    const int n_oth = (int)o[0];
+    o += 1;
+    for (int k = 0; k < n_oth; k++) {
+        o = read_factor(&oth[k], o, n_beta);
+        o = read_csr(&with_big[k], o);
+    }
+    const int n_pairs = (int)o[0];
+    o += 1;
+    for (int t = 0; t < n_pairs; t++) {
+        pair_k[t] = (int)o[0]; pair_l[t] = (int)o[1];
+        o = read_csr(&pairs[t], o + 2);
+    }
+
+    const int nb = n_beta > 0 ? n_beta : 1, nc = n_cor > 0 ? 2 * n_cor : 1, qb = big.q;
+    double vals[P.k], dxdz[P.k], beta[nb], g_beta[nb], cpc[nc];
+    double Lcorr[Q * Q], Lam[Q * Q], g_lam[Q * Q], lam_big[qb * qb], g_lam_big[qb * qb];
+    double g_sigma;
+    double lp = prior_part(&P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
+    for (int k = 0; k < n_beta; k++) beta[k] = vals[k] - shift[k];
+    const double sigma = vals[n_beta], s2 = sigma * sigma;
+
+    /* the sampled effects b_k (levels x q_k, all factors one after another) and their gradient */
+    size_t n_b = 0, start[MAX_SAMPLED + 1];
+    for (int k = 0; k < n_oth; k++) { start[k] = n_b; n_b += (size_t)oth[k].G * oth[k].q; }
+    start[n_oth] = n_b;
+    const size_t n_r = (size_t)big.G * qb;
+    double *b = malloc(sizeof(double) * (2 * n_b + 2 * n_r + 1));
+    if (!b) return NAN;
+    double *g_b = b + n_b, *r_adj = g_b + n_b, *g_r = r_adj + n_r;
+    const double *z = x + P.k + n_cor;
+    double *g_z = grad + P.k + n_cor;
+    double rr_extra = 0.0;
+    for (size_t i = 0; i < n_r; i++) r_adj[i] = 0.0;
+    for (int k = 0; k < n_oth; k++) {
+        const FactorSums *f = &oth[k];
+        const int q = f->q;
+        for (int g = 0; g < f->G; g++) {
+            const double *zg = z + start[k] + (size_t)g * q;
+            double *bg = b + start[k] + (size_t)g * q, *gg = g_b + start[k] + (size_t)g * q;
+            for (int i = 0; i < q; i++) { /* b_g = Lam_k z_g */
+                double t = 0.0;
+                for (int j = 0; j < q; j++) t += Lam[(f->off + i) * Q + f->off + j] * zg[j];
+                bg[i] = t;
+            }
+            for (int i = 0; i < q; i++) { /* rr += b'Z'Z_g b - 2 b'(Z'y - Z'W beta)_g; its derivative by b */
+                double res = f->Zty[(size_t)g * q + i], zb = 0.0;
+                for (int j = 0; j < n_beta; j++) res -= f->ZtW[((size_t)g * q + i) * n_beta + j] * beta[j];
+                for (int j = 0; j < q; j++) zb += f->ZtZ[((size_t)g * q + i) * q + j] * bg[j];
+                rr_extra += bg[i] * (zb - 2.0 * res);
+                gg[i] = 2.0 * (zb - res);
+            }
+            for (int j = 0; j < q; j++) lp -= 0.5 * zg[j] * zg[j];
+        }
+        const Csr *M = &with_big[k];
+        const double *bk = b + start[k];
+        for (int64_t i = 0; i < M->n_rows; i++) { /* row by row: one store per row, not per entry */
+            double t = 0.0;
+            for (int64_t e = M->ptr[i]; e < M->ptr[i + 1]; e++) t += M->vals[e] * bk[M->cols[e]];
+            r_adj[i] += t;
+        }
+    }
+    for (int t = 0; t < n_pairs; t++) { /* rr += 2 b_k' M b_l */
+        const Csr *M = &pairs[t];
+        const double *bk = b + start[pair_k[t]], *bl = b + start[pair_l[t]];
+        double *gk = g_b + start[pair_k[t]], *gl = g_b + start[pair_l[t]];
+        for (int64_t i = 0; i < M->n_rows; i++) {
+            double t_k = 0.0;
+            for (int64_t e = M->ptr[i]; e < M->ptr[i + 1]; e++) {
+                const int64_t j = M->cols[e];
+                t_k += M->vals[e] * bl[j];
+                gl[j] += 2.0 * M->vals[e] * bk[i];
+            }
+            rr_extra += 2.0 * bk[i] * t_k;
+            gk[i] += 2.0 * t_k;
+        }
+    }
+
+    sub_block(Lam, Q, big.off, qb, lam_big);
+    double ll = marginal_loglik(n_beta, big.G, qb, beta, sigma, lam_big, n, WtW, Wty, yty, big.ZtZ, big.ZtW,
+                                big.Zty, r_adj, rr_extra, g_beta, g_lam_big, &g_sigma, g_r);
+    /* dl/db_k: through rr (dl/drr = -1/(2 s2)) and through r = ... - M_k b_k */
+    for (size_t i = 0; i < n_b; i++) g_b[i] *= -0.5 / s2;
+    for (int k = 0; k < n_oth; k++) {
+        const Csr *M = &with_big[k];
+        double *gk = g_b + start[k];
+        for (int64_t i = 0; i < M->n_rows; i++)
+            for (int64_t e = M->ptr[i]; e < M->ptr[i + 1]; e++) gk[M->cols[e]] -= M->vals[e] * g_r[i];
+    }
+    for (int i = 0; i < Q * Q; i++) g_lam[i] = 0.0;
+    for (int i = 0; i < qb; i++)
+        for (int j = 0; j < qb; j++) g_lam[(big.off + i) * Q + big.off + j] = g_lam_big[i * qb + j];
+    for (int k = 0; k < n_oth; k++) {
+        const FactorSums *f = &oth[k];
+        const int q = f->q;
+        for (int g = 0; g < f->G; g++) {
+            const double *zg = z + start[k] + (size_t)g * q, *bg = b + start[k] + (size_t)g * q;
+            const double *gg = g_b + start[k] + (size_t)g * q;
+            double *gzg = g_z + start[k] + (size_t)g * q;
+            for (int j = 0; j < n_beta; j++) { /* rr's -2 b'(Z'y - Z'W beta) depends on beta */
+                double t = 0.0;
+                for (int i = 0; i < q; i++) t += f->ZtW[((size_t)g * q + i) * n_beta + j] * bg[i];
+                g_beta[j] -= t / s2;
+            }
+            for (int j = 0; j < q; j++) { /* b = Lam_k z: dl/dz = Lam_k' dl/db, dl/dLam_k += dl/db z' */
+                double t = 0.0;
+                for (int i = 0; i < q; i++) {
+                    t += Lam[(f->off + i) * Q + f->off + j] * gg[i];
+                    g_lam[(f->off + i) * Q + f->off + j] += gg[i] * zg[j];
+                }
+                gzg[j] = t - zg[j];
+            }
+        }
+    }
+    free(b);
+    chain_back(&P, vals, dxdz, Lcorr, cpc, g_beta, &g_sigma, g_lam, grad);
+    return lp + ll;
+}
+
+int64_t pc_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+    if (dim != (uint64_t)buf[1]) return -1;
+    double value = pc_log_density(x, out, buf);
+    *logp = value;
+    for (uint64_t i = 0; i < dim; i++)
+        if (!isfinite(out[i])) return 3;
+    if (!isfinite(value)) return 4;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Any set of factors with few effects in all (kernel.py's FactorsKernel, DenseEffects): every random effect
+ * integrated out with one dense m x m Cholesky. Lam_full is block diagonal, each factor's Lam repeated once
+ * per level; the one-factor code runs on it as a single "level" of m terms, and its gradient by Lam_full
+ * is folded back onto each factor's Lam. The effects are ordered factor by factor, level by level, term by
+ * term; scratch space is O(m^2) on the stack (kernel.py keeps m <= DENSE_C_MAX). */
+double dense_log_density(const double *x, double *grad, const double *buf) {
+    const int n_beta = (int)buf[2], Q = (int)buf[3], m = (int)buf[4], n_cor = (int)buf[5];
+    const double n = buf[6], yty = buf[7];
+    Priors P;
+    const double *o = read_priors(&P, buf + HEADER, n_beta, 1, Q, n_cor);
+    const double *shift = o; o += n_beta;
+    const double *WtW = o; o += (size_t)n_beta * n_beta;
+    const double *Wty = o; o += n_beta;
+    const int n_f = (int)o[0];
+    const double *spec = o + 1; /* per factor: sd offset, q, levels */
+    o += 1 + 3 * n_f;
+    const double *ZtZ = o; o += (size_t)m * m;
+    const double *ZtW = o; o += (size_t)m * n_beta;
+    const double *Zty = o;
+
+    const int nb = n_beta > 0 ? n_beta : 1, nc = n_cor > 0 ? 2 * n_cor : 1;
+    double vals[P.k], dxdz[P.k], beta[nb], g_beta[nb], cpc[nc];
+    double Lcorr[Q * Q], Lam[Q * Q], g_lam[Q * Q];
+    double g_sigma;
+    double lp = prior_part(&P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
+    for (int k = 0; k < n_beta; k++) beta[k] = vals[k] - shift[k];
+    double *full = calloc(2 * (size_t)m * m, sizeof(double));
+    if (!full) return NAN;
+    double *g_full = full + (size_t)m * m;
+    for (int f = 0, s = 0; f < n_f; f++) {
+        const int off = (int)spec[3 * f], q = (int)spec[3 * f + 1], G = (int)spec[3 * f + 2];
+        for (int g = 0; g < G; g++, s += q)
+            for (int i = 0; i < q; i++)
+                for (int j = 0; j < q; j++) full[(size_t)(s + i) * m + s + j] = Lam[(off + i) * Q + off + j];
+    }
+    double ll = marginal_loglik(n_beta, 1, m, beta, vals[n_beta], full, n, WtW, Wty, yty, ZtZ, ZtW, Zty, NULL,
+                                0.0, g_beta, g_full, &g_sigma, NULL);
+    for (int i = 0; i < Q * Q; i++) g_lam[i] = 0.0;
+    for (int f = 0, s = 0; f < n_f; f++) {
+        const int off = (int)spec[3 * f], q = (int)spec[3 * f + 1], G = (int)spec[3 * f + 2];
+        for (int g = 0; g < G; g++, s += q)
+            for (int i = 0; i < q; i++)
+                for (int j = 0; j < q; j++) g_lam[(off + i) * Q + off + j] += g_full[(size_t)(s + i) * m + s + j];
+    }
+    free(full);
+    chain_back(&P, vals, dxdz, Lcorr, cpc, g_beta, &g_sigma, g_lam, grad);
+    return lp + ll;
+}
+
+int64_t dense_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+    if (dim != (uint64_t)buf[1]) return -1;
+    double value = dense_log_density(x, out, buf);
+    *logp = value;
+    for (uint64_t i = 0; i < dim; i++)
+        if (!isfinite(out[i])) return 3;
+    if (!isfinite(value)) return 4;
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------

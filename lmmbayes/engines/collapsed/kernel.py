@@ -67,6 +67,9 @@ def _library() -> ctypes.CDLL | None:
     f64p = ctypes.POINTER(ctypes.c_double)
     lib.lmm_log_density.restype = ctypes.c_double
     lib.lmm_log_density.argtypes = [f64p, f64p, f64p]
+    for name in ("pc_log_density", "dense_log_density"):
+        getattr(lib, name).restype = ctypes.c_double
+        getattr(lib, name).argtypes = [f64p, f64p, f64p]
     lib.glmm_log_density.restype = ctypes.c_double
     lib.glmm_log_density.argtypes = [f64p, f64p, f64p]
     lib.glmm_draw.restype = ctypes.c_int64
@@ -196,8 +199,20 @@ def cholesky_corr(y: np.ndarray, m: int) -> np.ndarray:
     return L
 
 
+def sd_offsets(plan: Plan) -> dict[str, int]:
+    """Each factor's first sd among all the plan's sds (they come factor by factor)."""
+    offsets: dict[str, int] = {}
+    for k, p in enumerate(p for p in plan.params if p.kind == "sd"):
+        offsets.setdefault(str(p.slot.group), k)
+    return offsets
+
+
 def param_arrays(plan: Plan, q: int) -> ParamArrays | None:
-    """The plan's parameters for the C code, or None where a prior is one the C code does not evaluate."""
+    """The plan's parameters for the C code, or None where a prior is one the C code does not evaluate.
+
+    ``q`` is the number of sds (all factors'); a correlation block's terms are
+    numbered among them, so one ``q × q`` block-diagonal Λ serves every factor.
+    """
     priors = [p.prior for p in plan.params]
     if any(not p.family.builtin or p.family.kernel < 0 for p in priors):
         return None
@@ -207,7 +222,9 @@ def param_arrays(plan: Plan, q: int) -> ParamArrays | None:
     arr = lambda name: np.array([getattr(p, name) for p in plan.params], dtype=float)  # noqa: E731
     return ParamArrays(q=q, fam=np.array([p.family.kernel for p in priors], dtype=np.int64), args=args,
                        lo=arr("lo"), hi=arr("hi"), a=arr("a"), b=arr("b"), alpha=arr("alpha"), beta=arr("beta"),
-                       start_values=arr("start"), blocks=tuple((tuple(b.terms), float(b.eta)) for b in plan.cor))
+                       start_values=arr("start"),
+                       blocks=tuple((tuple(sd_offsets(plan)[b.factor] + t for t in b.terms), float(b.eta))
+                                    for b in plan.cor))
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,6 +266,127 @@ class Kernel:
         return self.params.constrained(x)
 
 
+#: Most factors whose effects a crossed `FactorsKernel` samples (``MAX_SAMPLED`` in ``_kernel.c``).
+MAX_SAMPLED = 15
+#: Most random effects for which the dense route runs in C: its scratch space, O(m²), lives on the stack
+#: of nutpie's sampling threads (5 m² floats: 400 KB at 100).
+DENSE_C_MAX = 100
+
+
+@dataclass(frozen=True, eq=False)
+class FactorsKernel:
+    """The numbers of a model with several grouping factors for ``_kernel.c``.
+
+    ``function`` is ``"pc"`` for a `PartlyCollapsed` model (crossed factors,
+    the largest integrated out, ``pc_log_density``) or ``"dense"`` for a
+    `DenseEffects` one (every effect integrated out by one dense Cholesky,
+    ``dense_log_density``). ``x`` is the plan's parameters and correlation
+    coordinates (as `Kernel`'s, with the sds and blocks of every factor: Λ
+    is block diagonal), then the non-centred effects ``z_k`` (levels ×
+    terms, row major) of each factor that is sampled, in ``sampled``'s
+    order, under N(0, 1) priors; ``b_k = z_k Λ_k'``.
+
+    The buffer after the priors: shift, W'W, W'y; then for ``"pc"`` the
+    integrated factor's (sd offset, q, levels, Z'Z, Z'W, Z'y), the number of
+    sampled factors and, per factor, the same six fields and its sparse
+    cross-products with the integrated factor (CSR, see `_csr`), the number
+    of pairs of sampled factors and, per pair, (k, l, CSR); for ``"dense"``
+    the number of factors, (sd offset, q, levels) per factor, and the dense
+    Z'Z, Z'W and Z'y of all m effects.
+    """
+
+    function: str
+    n_beta: int
+    params: ParamArrays
+    sampled: tuple[tuple[str, int, int], ...]  # (name, levels, q) per sampled factor, in x's order
+    n: float
+    yty: float
+    size: int  # the header's fifth number: the integrated factor's levels ("pc") or m ("dense")
+    body: tuple[np.ndarray, ...]  # everything after the priors, in the buffer's order
+
+    @property
+    def callback(self) -> str:
+        """nutpie's log-density callback in ``_kernel.c``."""
+        return f"{self.function}_logp"
+
+    @property
+    def n_dim(self) -> int:
+        return self.params.n_dim + sum(G * q for _, G, q in self.sampled)
+
+    @functools.cached_property
+    def buffer(self) -> np.ndarray:
+        """Everything the C function reads, packed into one float64 array (not to be modified)."""
+        body = np.concatenate([np.asarray(p, dtype=float).ravel() for p in self.params.packed() + list(self.body)])
+        header = [_HEADER + body.size, self.n_dim, self.n_beta, self.params.q, self.size, self.params.n_cor,
+                  self.n, self.yty]
+        return np.ascontiguousarray(np.concatenate([np.asarray(header, dtype=float), body]))
+
+    def logp(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        grad = np.empty(self.n_dim)
+        value = log_density(np.ascontiguousarray(x, dtype=float), grad, self.buffer, f"{self.function}_log_density")
+        return value, grad
+
+    def unconstrain_start(self) -> np.ndarray:
+        return np.concatenate([self.params.unconstrain_start(), np.zeros(self.n_dim - self.params.n_dim)])
+
+    def constrained(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The plan's ``u`` and the (..., Q, Q) block-diagonal Cholesky factor of all factors' correlations."""
+        return self.params.constrained(x[..., :self.params.n_dim])
+
+    def effects(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The sampled factors' non-centred effects ``z`` (..., levels, q) in ``x``."""
+        out, c = {}, self.params.n_dim
+        for name, G, q in self.sampled:
+            out[name] = x[..., c:c + G * q].reshape(x.shape[:-1] + (G, q))
+            c += G * q
+        return out
+
+
+def _csr(M: Any) -> list[np.ndarray]:
+    """A sparse matrix for ``_kernel.c``: rows, nnz, then the CSR row pointers and columns as int64 bit
+    patterns, then the values (rows in order, so that a row's sum stays in a register)."""
+    csr = M.matrix()
+    index = lambda a: np.ascontiguousarray(a, dtype=np.int64).view(np.float64)  # noqa: E731
+    return [np.array([float(csr.shape[0]), float(csr.nnz)]), index(csr.indptr), index(csr.indices),
+            np.asarray(csr.data, dtype=float)]
+
+
+def build_factors(design: Design, plan: Plan, collapsed: Any) -> FactorsKernel | None:
+    """The C kernel of a `PartlyCollapsed` or `DenseEffects` model, or None where it does not apply (as `build`)."""
+    from .algebra import PartlyCollapsed
+
+    crossed = isinstance(collapsed, PartlyCollapsed)
+    if not available() or plan.dpars != ("sigma",):
+        return None
+    if (len(collapsed.others) > MAX_SAMPLED) if crossed else (collapsed.ZtZ.shape[0] > DENSE_C_MAX):
+        return None
+    offsets = sd_offsets(plan)
+    params = param_arrays(plan, len(plan.indices("sd")))
+    if params is None:
+        return None
+    fixed = collapsed.fixed
+    body: list[np.ndarray] = [fixed.shift, fixed.WtW, fixed.Wty]
+    if not crossed:
+        spec = [[offsets[name], q, G] for name, (G, q) in zip(collapsed.names, collapsed.shapes)]
+        body += [np.array([float(len(spec))]), np.array(spec, dtype=float), collapsed.ZtZ, collapsed.ZtW,
+                 collapsed.Zty]
+        return FactorsKernel("dense", len(plan.params) - 1 - params.q, params, (), float(fixed.n),
+                             float(fixed.yty), collapsed.ZtZ.shape[0], tuple(body))
+
+    def factor(f: Any) -> list[np.ndarray]:
+        return [np.array([offsets[f.name], f.q, f.n_levels], dtype=float), f.ZtZ, f.ZtW, f.Zty]
+
+    body += factor(collapsed.big) + [np.array([float(len(collapsed.others))])]
+    for o, M in zip(collapsed.others, collapsed.big_other):
+        body += factor(o) + _csr(M)
+    body.append(np.array([float(len(collapsed.other_pairs))]))
+    for k, l, M in collapsed.other_pairs:
+        body += [np.array([k, l], dtype=float)] + _csr(M)
+    return FactorsKernel("pc", len(plan.params) - 1 - params.q, params,
+                         tuple((o.name, o.n_levels, o.q) for o in collapsed.others), float(fixed.n),
+                         float(fixed.yty), collapsed.big.n_levels, tuple(body))
+
+
 def constrain(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The bounded values of unconstrained ``z`` (the kernel's transforms)."""
     low, high = np.isfinite(lo), np.isfinite(hi)
@@ -270,15 +408,20 @@ def unconstrain(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return z
 
 
-def build(design: Design, plan: Plan, collapsed: Any) -> Kernel | None:
+def build(design: Design, plan: Plan, collapsed: Any) -> Kernel | FactorsKernel | None:
     """The kernel for ``design`` and its plan, or None where it does not apply.
 
     It applies, where the C kernel is installed, to one grouping factor
-    (``collapsed`` is a ``OneFactor``) with correlated blocks of any size, a
-    Gaussian response with σ, and built-in priors.
+    (``collapsed`` is a ``OneFactor``: `Kernel`), to crossed factors with the
+    largest integrated out (a ``PartlyCollapsed``) and to any factors with at
+    most `DENSE_C_MAX` effects in all (a ``DenseEffects``; both
+    `FactorsKernel`), with correlated blocks of any size, a Gaussian
+    response with σ, and built-in priors. Nested factors use the PyTensor graph.
     """
-    from .algebra import OneFactor
+    from .algebra import DenseEffects, OneFactor, PartlyCollapsed
 
+    if isinstance(collapsed, PartlyCollapsed | DenseEffects):
+        return build_factors(design, plan, collapsed)
     if not available() or not isinstance(collapsed, OneFactor) or len(design.factors) != 1:
         return None
     if plan.dpars != ("sigma",):
