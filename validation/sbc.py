@@ -40,6 +40,8 @@ SHAPES = {  # name: (formula, engine, family)
     "correlated random slope": ("y ~ x + (1 + x | g)", "joint", "gaussian"),
     "crossed intercepts": ("y ~ x + (1 | g) + (1 | h)", "joint", "gaussian"),
     "correlated random slope, collapsed engine": ("y ~ x + (1 + x | g)", "collapsed", "gaussian"),
+    # every effect of both factors integrated out by the C kernel's dense Cholesky (issue 14)
+    "crossed intercepts, collapsed engine": ("y ~ x + (1 | g) + (1 | h)", "collapsed", "gaussian"),
     **{f"{fam} random intercept": (("y | trials(n)" if fam == "binomial" else "y") + " ~ x + (1 | g)", "joint", fam)
        for fam in ("bernoulli", "binomial", "poisson", "negbinomial", "student", "lognormal", "gamma", "beta",
                    "cumulative")},

@@ -491,6 +491,28 @@ def test_large_crossed_designs_integrate_the_largest_factor_when_asked():
     assert lay is not None and lay.kind == "partial" and not cl.preferred(design)
 
 
+def test_auto_integrates_crossed_factors_out_wherever_the_c_kernel_runs_them():
+    """No compile, so the partly collapsed engine wins at any size (docs/benchmarks.md: 9.6x the joint
+    engine's min-ESS/s at 5,000 rows); where the graph would compile (PyMC's sampler, a custom prior
+    family) auto keeps the joint engine below 20,000 rows."""
+    import pymc as pm
+
+    from lmmbayes.engines.plan import plan as make_plan
+    from lmmbayes.priors import as_prior_set, resolve_priors
+
+    data = _crossed_rows(subjects=90, items=40, n=600)
+    design = design_of("y ~ x + (1 | s) + (1 | i)", data)
+    plan = make_plan(design, resolve_priors(design, as_prior_set(None)))
+    assert cl.preferred(design, plan, "nutpie") and not cl.preferred(design, plan, "pymc")
+    lb.register_distribution("crossed_auto_normal", lambda name, mu, s, **kw: pm.Normal(name, mu, s, **kw), n_args=2)
+    custom = make_plan(design, resolve_priors(design, as_prior_set([lb.prior("crossed_auto_normal(0, 1)",
+                                                                               class_="b")])))
+    assert not cl.preferred(design, custom, "nutpie")
+    fit = quiet_fit("y ~ x + (1 | s) + (1 | i)", data, chains=1, draws=100, tune=100, seed=1)
+    assert fit.engine == "collapsed" and fit.info["route"] == "C kernel; i sampled, s integrated out"
+    assert "compile" not in fit.timings
+
+
 @pytest.mark.slow  # two compiles and 4 x 1500 draws each (about 2 minutes): `make validate`
 def test_partly_collapsed_crossed_fit_agrees_with_the_joint_engine():
     """70 subjects x 40 items (110 effects, so method="collapsed" integrates the subjects out and samples the

@@ -85,9 +85,10 @@ def applies(design: Design) -> tuple[bool, str]:
 #: per gradient costs O(m³) and overtakes the joint engine's O(N) gathers soon after 100.
 DENSE_AUTO_MAX = 100
 #: Fewest rows for which ``auto`` fits crossed factors with more effects by `PartlyCollapsed` (the largest
-#: factor integrated out). Measured end to end, min-ESS/s against the joint engine: 0.47x at 5,000 rows
-#: (its 35 s compile dominates), 1.4x at 20,000 (200 x 100 crossed intercepts), 1.75x on lme4's InstEval
-#: (73,421 rows; 106 s against 182 s, 0 divergences for both).
+#: factor integrated out) where the C kernel does not apply and its PyTensor graph compiles. Measured end to
+#: end, min-ESS/s against the joint engine: 0.47x at 5,000 rows (its 35 s compile dominates), 1.4x at 20,000
+#: (200 x 100 crossed intercepts), 1.75x on lme4's InstEval (73,421 rows; 106 s against 182 s). Through
+#: the C kernel (no compile) it wins at every size measured, so there ``auto`` takes it whatever the rows.
 PARTIAL_AUTO_MIN_ROWS = 20_000
 
 
@@ -97,8 +98,9 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
     True for one grouping factor and for two nested ones, where an evaluation
     costs O(levels × q³) whatever N is; for crossed factors with at most
     `DENSE_AUTO_MAX` random effects in all (a dense Cholesky per gradient);
-    and for crossed factors with more from `PARTIAL_AUTO_MIN_ROWS` rows
-    (the largest factor integrated out, the others sampled). For
+    and for crossed factors with more (the largest factor integrated out,
+    the others sampled) where the C kernel runs them (nutpie, built-in
+    priors: ``plan``, where known), else from `PARTIAL_AUTO_MIN_ROWS` rows. For
     non-Gaussian families with one grouping factor (adaptive quadrature,
     `.glmm`) where nutpie runs and the C code evaluates every prior (``plan``,
     where known); the pipeline refits on the joint engine if its accuracy
@@ -113,7 +115,8 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
     if lay.kind == "dense":
         return n_effects(design) <= DENSE_AUTO_MAX
     if lay.kind == "partial":
-        return design.n_obs >= PARTIAL_AUTO_MIN_ROWS
+        return design.n_obs >= PARTIAL_AUTO_MIN_ROWS or (sampler == "nutpie" and plan is not None
+                                                         and kernel.factors_kernel_applies(design, plan))
     return lay.kind in ("one", "nested")
 
 

@@ -351,19 +351,22 @@ def _csr(M: Any) -> list[np.ndarray]:
             np.asarray(csr.data, dtype=float)]
 
 
+def factors_kernel_applies(design: Design, plan: Plan) -> bool:
+    """Whether `build_factors` will run a crossed model of ``design`` in C (before the cross-products exist)."""
+    return (available() and plan.dpars == ("sigma",) and len(design.factors) - 1 <= MAX_SAMPLED
+            and param_arrays(plan, len(plan.indices("sd"))) is not None)
+
+
 def build_factors(design: Design, plan: Plan, collapsed: Any) -> FactorsKernel | None:
     """The C kernel of a `PartlyCollapsed` or `DenseEffects` model, or None where it does not apply (as `build`)."""
     from .algebra import PartlyCollapsed
 
     crossed = isinstance(collapsed, PartlyCollapsed)
-    if not available() or plan.dpars != ("sigma",):
-        return None
-    if (len(collapsed.others) > MAX_SAMPLED) if crossed else (collapsed.ZtZ.shape[0] > DENSE_C_MAX):
+    if not factors_kernel_applies(design, plan) or (not crossed and collapsed.ZtZ.shape[0] > DENSE_C_MAX):
         return None
     offsets = sd_offsets(plan)
     params = param_arrays(plan, len(plan.indices("sd")))
-    if params is None:
-        return None
+    assert params is not None
     fixed = collapsed.fixed
     body: list[np.ndarray] = [fixed.shift, fixed.WtW, fixed.Wty]
     if not crossed:
