@@ -515,21 +515,35 @@ int64_t pc_logp(uint64_t dim, const double *x, double *out, double *logp, const 
 
 /* ---------------------------------------------------------------------------------------------
  * Any set of factors with few effects in all (kernel.py's FactorsKernel, DenseEffects): every random effect
- * integrated out with one dense m x m Cholesky. Lam_full is block diagonal, each factor's Lam repeated once
- * per level; the one-factor code runs on it as a single "level" of m terms, and its gradient by Lam_full
- * is folded back onto each factor's Lam. The effects are ordered factor by factor, level by level, term by
- * term; scratch space is O(m^2) on the stack (kernel.py keeps m <= DENSE_C_MAX). */
+ * integrated out with one dense m x m Cholesky, the one-factor algebra with a single "level" of m effects,
+ * ordered factor by factor, level by level, term by term. Lam_full is block diagonal (each factor's Lam
+ * once per level), so its products cost O(m^2 q), and the gradient by Lam needs only the diagonal blocks
+ * of dl/dLam_full: what is left is the Cholesky and A^-1 (2 m^3 / 3). Scratch space, 4 m^2 floats, is on
+ * the heap. */
+typedef struct {
+    int m, n_f;
+    const double *spec; /* per factor: sd offset, q, levels */
+} DenseLayout;
+
+/* Each effect's block start, block size and Lam row index (sd offset + term), from the layout. */
+static void dense_index(const DenseLayout *D, int *bs, int *bq, int *lam) {
+    for (int f = 0, e = 0; f < D->n_f; f++) {
+        const int off = (int)D->spec[3 * f], q = (int)D->spec[3 * f + 1], G = (int)D->spec[3 * f + 2];
+        for (int g = 0; g < G; g++)
+            for (int t = 0; t < q; t++, e++) { bs[e] = e - t; bq[e] = q; lam[e] = off + t; }
+    }
+}
+
 double dense_log_density(const double *x, double *grad, const double *buf) {
-    const int n_beta = (int)buf[2], Q = (int)buf[3], m = (int)buf[4], n_cor = (int)buf[5];
+    const int n_beta = (int)buf[2], Q = (int)buf[3], m = (int)buf[4], n_cor = (int)buf[5], p = n_beta;
     const double n = buf[6], yty = buf[7];
     Priors P;
     const double *o = read_priors(&P, buf + HEADER, n_beta, 1, Q, n_cor);
     const double *shift = o; o += n_beta;
     const double *WtW = o; o += (size_t)n_beta * n_beta;
     const double *Wty = o; o += n_beta;
-    const int n_f = (int)o[0];
-    const double *spec = o + 1; /* per factor: sd offset, q, levels */
-    o += 1 + 3 * n_f;
+    DenseLayout D = {m, (int)o[0], o + 1};
+    o += 1 + 3 * D.n_f;
     const double *ZtZ = o; o += (size_t)m * m;
     const double *ZtW = o; o += (size_t)m * n_beta;
     const double *Zty = o;
@@ -537,30 +551,99 @@ double dense_log_density(const double *x, double *grad, const double *buf) {
     const int nb = n_beta > 0 ? n_beta : 1, nc = n_cor > 0 ? 2 * n_cor : 1;
     double vals[P.k], dxdz[P.k], beta[nb], g_beta[nb], cpc[nc];
     double Lcorr[Q * Q], Lam[Q * Q], g_lam[Q * Q];
-    double g_sigma;
     double lp = prior_part(&P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
     for (int k = 0; k < n_beta; k++) beta[k] = vals[k] - shift[k];
-    double *full = calloc(2 * (size_t)m * m, sizeof(double));
-    if (!full) return NAN;
-    double *g_full = full + (size_t)m * m;
-    for (int f = 0, s = 0; f < n_f; f++) {
-        const int off = (int)spec[3 * f], q = (int)spec[3 * f + 1], G = (int)spec[3 * f + 2];
-        for (int g = 0; g < G; g++, s += q)
-            for (int i = 0; i < q; i++)
-                for (int j = 0; j < q; j++) full[(size_t)(s + i) * m + s + j] = Lam[(off + i) * Q + off + j];
+    const double sigma = vals[n_beta], s2 = sigma * sigma, s4 = s2 * s2;
+    const size_t mm = (size_t)m * m;
+    double *M = malloc(sizeof(double) * (4 * mm + 4 * (size_t)m) + sizeof(int) * 3 * (size_t)m);
+    if (!M) return NAN;
+    double *A = M + mm, *B = A + mm, *GA = B + mm, *r = GA + mm, *c = r + m, *v = c + m, *mv = v + m;
+    int *bs = (int *)(mv + m), *bq = bs + m, *lam = bq + m;
+    dense_index(&D, bs, bq, lam);
+#define LAM(i, j) Lam[lam[i] * Q + lam[j]] /* Lam_full[i][j] for i, j in one block */
+
+    double rr = yty, g_s2 = 0.0, logdet = 0.0, quad = 0.0;
+    for (int i = 0; i < p; i++) {
+        double wb = 0.0;
+        for (int j = 0; j < p; j++) wb += WtW[i * p + j] * beta[j];
+        rr += beta[i] * (wb - 2.0 * Wty[i]);
+        g_beta[i] = (Wty[i] - wb) / s2;
     }
-    double ll = marginal_loglik(n_beta, 1, m, beta, vals[n_beta], full, n, WtW, Wty, yty, ZtZ, ZtW, Zty, NULL,
-                                0.0, g_beta, g_full, &g_sigma, NULL);
+    for (int e = 0; e < m; e++) {
+        double t = Zty[e];
+        for (int j = 0; j < p; j++) t -= ZtW[(size_t)e * p + j] * beta[j];
+        r[e] = t;
+    }
+    for (int e = 0; e < m; e++) { /* c = Lam_full' r */
+        double t = 0.0;
+        for (int k = bs[e]; k < bs[e] + bq[e]; k++) t += LAM(k, e) * r[k];
+        c[e] = t;
+    }
+    for (int i = 0; i < m; i++) /* M = Z'Z Lam_full */
+        for (int e = 0; e < m; e++) {
+            double t = 0.0;
+            for (int k = bs[e]; k < bs[e] + bq[e]; k++) t += ZtZ[(size_t)i * m + k] * LAM(k, e);
+            M[(size_t)i * m + e] = t;
+        }
+    for (int i = 0; i < m; i++) /* B = Lam_full' M / s2 = A - I; A's lower triangle, factored in place */
+        for (int j = 0; j <= i; j++) {
+            double t = 0.0;
+            for (int k = bs[i]; k < bs[i] + bq[i]; k++) t += LAM(k, i) * M[(size_t)k * m + j];
+            B[(size_t)i * m + j] = B[(size_t)j * m + i] = t / s2;
+            A[(size_t)i * m + j] = t / s2 + (i == j ? 1.0 : 0.0);
+        }
+    if (!cholesky_inplace(A, m)) { free(M); return -INFINITY; }
+    for (int i = 0; i < m; i++) logdet += 2.0 * log(A[(size_t)i * m + i]);
+    for (int i = 0; i < m; i++) { /* v = L^-1 c */
+        double t = c[i];
+        for (int k = 0; k < i; k++) t -= A[(size_t)i * m + k] * v[k];
+        v[i] = t / A[(size_t)i * m + i];
+        quad += v[i] * v[i];
+    }
+    for (int i = m - 1; i >= 0; i--) { /* mv = L'^-1 v = A^-1 c */
+        double t = v[i];
+        for (int k = i + 1; k < m; k++) t -= A[(size_t)k * m + i] * mv[k];
+        mv[i] = t / A[(size_t)i * m + i];
+    }
+    /* L^-1 into A's upper triangle's mirror: Li (lower) overwrites L column by column from the right */
+    for (int j = m - 1; j >= 0; j--) {
+        /* column j of L^-1: Li[j][j] = 1 / L[j][j]; Li[i][j] = -(sum_{k=j}^{i-1} L[i][k] Li[k][j]) / L[i][i] */
+        double *Li = GA; /* GA holds L^-1 for now (lower triangle) */
+        Li[(size_t)j * m + j] = 1.0 / A[(size_t)j * m + j];
+        for (int i = j + 1; i < m; i++) {
+            double t = 0.0;
+            for (int k = j; k < i; k++) t -= A[(size_t)i * m + k] * Li[(size_t)k * m + j];
+            Li[(size_t)i * m + j] = t / A[(size_t)i * m + i];
+        }
+    }
+    /* GA = -(A^-1 + mv mv' / s4) / 2 with A^-1 = Li' Li, into A (no longer needed), symmetric */
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j <= i; j++) {
+            double t = 0.0;
+            for (int k = i; k < m; k++) t += GA[(size_t)k * m + i] * GA[(size_t)k * m + j];
+            A[(size_t)i * m + j] = A[(size_t)j * m + i] = -0.5 * (t + mv[i] * mv[j] / s4);
+        }
+    double trace = 0.0;
+    for (size_t i = 0; i < mm; i++) trace += A[i] * B[i]; /* both symmetric */
+    g_s2 -= trace / s2;
+    for (int e = 0; e < m; e++) { /* dl/dc = mv / s4; dl/dbeta -= Z'W' Lam_full dl/dc */
+        double t = 0.0;
+        for (int k = bs[e]; k < bs[e] + bq[e]; k++) t += LAM(e, k) * mv[k];
+        for (int j = 0; j < p; j++) g_beta[j] -= ZtW[(size_t)e * p + j] * t / s4;
+    }
     for (int i = 0; i < Q * Q; i++) g_lam[i] = 0.0;
-    for (int f = 0, s = 0; f < n_f; f++) {
-        const int off = (int)spec[3 * f], q = (int)spec[3 * f + 1], G = (int)spec[3 * f + 2];
-        for (int g = 0; g < G; g++, s += q)
-            for (int i = 0; i < q; i++)
-                for (int j = 0; j < q; j++) g_lam[(off + i) * Q + off + j] += g_full[(size_t)(s + i) * m + s + j];
-    }
-    free(full);
+    for (int e = 0; e < m; e++) /* the diagonal blocks of dl/dLam_full = 2 M GA / s2 + r (dl/dc)' */
+        for (int f = bs[e]; f < bs[e] + bq[e]; f++) {
+            double t = 0.0;
+            for (int k = 0; k < m; k++) t += M[(size_t)e * m + k] * A[(size_t)k * m + f];
+            g_lam[lam[e] * Q + lam[f]] += 2.0 * t / s2 + r[e] * mv[f] / s4;
+        }
+#undef LAM
+    free(M);
+    g_s2 += -0.5 * n / s2 + 0.5 * rr / s4 - quad / (s4 * s2);
+    double g_sigma = 2.0 * sigma * g_s2;
     chain_back(&P, vals, dxdz, Lcorr, cpc, g_beta, &g_sigma, g_lam, grad);
-    return lp + ll;
+    return lp + -0.5 * (n * (LOG_2PI + log(s2)) + logdet + (rr - quad / s2) / s2);
 }
 
 int64_t dense_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {

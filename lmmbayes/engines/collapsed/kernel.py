@@ -268,8 +268,9 @@ class Kernel:
 
 #: Most factors whose effects a crossed `FactorsKernel` samples (``MAX_SAMPLED`` in ``_kernel.c``).
 MAX_SAMPLED = 15
-#: Most random effects for which the dense route runs in C: its scratch space, O(m²), lives on the stack
-#: of nutpie's sampling threads (5 m² floats: 400 KB at 100).
+#: Most random effects for which the dense route runs in C. Only Dask designs reach the dense algebra with
+#: more (up to 500); these plain O(m³) loops have not been measured there against the graph's LAPACK
+#: Cholesky, so the graph fits them.
 DENSE_C_MAX = 100
 
 
