@@ -320,9 +320,11 @@ def test_crossed_models_take_the_crossed_kernel(crossed):
         assert k.n_dim == k.params.n_dim + sum(G * q for _, G, q in k.sampled)
 
 
-@pytest.mark.parametrize("case", ["three_factors", pytest.param("two_factors", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("case", ["three_factors", "dense_three", pytest.param("two_factors", marks=pytest.mark.slow),
+                                  pytest.param("dense_slopes", marks=pytest.mark.slow)])
 def test_crossed_kernel_matches_the_pytensor_density_and_gradient(case, crossed):
-    formula, priors = CROSSED[case]
+    """Both routes of FactorsKernel: crossed factors partly collapsed, and few effects all integrated out."""
+    formula, priors = {**CROSSED, **DENSE}[case]
     design, pl, collapsed, k = parts(formula, priors, crossed)
     model, _ = cl.build_model(design, pl, collapsed)
     logp, dlogp = model.compile_logp(), model.compile_dlogp()
@@ -340,9 +342,9 @@ def test_crossed_kernel_matches_the_pytensor_density_and_gradient(case, crossed)
         np.testing.assert_allclose(g, h, rtol=1e-8, atol=1e-8)
 
 
-@pytest.mark.parametrize("case", sorted(CROSSED))
+@pytest.mark.parametrize("case", sorted(CROSSED) + sorted(DENSE))
 def test_crossed_kernel_gradient_matches_finite_differences(case, crossed):
-    k = parts(*CROSSED[case], crossed)[3]
+    k = parts(*{**CROSSED, **DENSE}[case], crossed)[3]
     rng = np.random.default_rng(2)
     x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
     value, grad = k.logp(x)
@@ -390,38 +392,6 @@ def test_dense_models_take_the_dense_kernel(crossed):
         design, pl, collapsed, k = parts(formula, priors, crossed)
         assert isinstance(collapsed, DenseEffects) and collapsed.ZtZ.shape[0] <= kernel.DENSE_C_MAX
         assert isinstance(k, kernel.FactorsKernel) and k.function == "dense" and k.sampled == ()
-
-
-@pytest.mark.parametrize("case", ["dense_three", pytest.param("dense_slopes", marks=pytest.mark.slow)])
-def test_dense_kernel_matches_the_pytensor_density_and_gradient(case, crossed):
-    formula, priors = DENSE[case]
-    design, pl, collapsed, k = parts(formula, priors, crossed)
-    model, _ = cl.build_model(design, pl, collapsed)
-    logp, dlogp = model.compile_logp(), model.compile_dlogp()
-    rng = np.random.default_rng(1)
-    got, want = [], []
-    for _ in range(4):
-        x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
-        point, order = crossed_point(model, pl, x, k)
-        assert sorted(order) == list(range(k.n_dim))
-        value, grad = k.logp(x)
-        got.append((value, grad[order]))
-        want.append((logp(point), dlogp(point)))
-    for (v, g), (w, h) in zip(got, want):
-        assert v - got[0][0] == pytest.approx(w - want[0][0], rel=1e-9, abs=1e-8)
-        np.testing.assert_allclose(g, h, rtol=1e-8, atol=1e-8)
-
-
-@pytest.mark.parametrize("case", sorted(DENSE))
-def test_dense_kernel_gradient_matches_finite_differences(case, crossed):
-    k = parts(*DENSE[case], crossed)[3]
-    rng = np.random.default_rng(2)
-    x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
-    value, grad = k.logp(x)
-    assert np.isfinite(value)
-    h = 1e-6
-    numeric = np.array([(k.logp(x + h * e)[0] - k.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
-    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
 
 
 def test_more_dense_effects_than_the_c_kernel_takes_use_the_graph(crossed, monkeypatch):

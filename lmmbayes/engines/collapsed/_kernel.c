@@ -503,14 +503,22 @@ double pc_log_density(const double *x, double *grad, const double *buf) {
     return lp + ll;
 }
 
-int64_t pc_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+/* nutpie's log-density callback around a log density: 0 on success, nonzero codes as nutpie's numba callbacks
+ * use them. */
+typedef double (*LogDensity)(const double *x, double *grad, const double *buf);
+static int64_t callback(uint64_t dim, const double *x, double *out, double *logp, const double *buf,
+                        LogDensity f) {
     if (dim != (uint64_t)buf[1]) return -1;
-    double value = pc_log_density(x, out, buf);
+    double value = f(x, out, buf);
     *logp = value;
     for (uint64_t i = 0; i < dim; i++)
         if (!isfinite(out[i])) return 3;
     if (!isfinite(value)) return 4;
     return 0;
+}
+
+int64_t pc_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+    return callback(dim, x, out, logp, buf, pc_log_density);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -647,13 +655,7 @@ double dense_log_density(const double *x, double *grad, const double *buf) {
 }
 
 int64_t dense_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
-    if (dim != (uint64_t)buf[1]) return -1;
-    double value = dense_log_density(x, out, buf);
-    *logp = value;
-    for (uint64_t i = 0; i < dim; i++)
-        if (!isfinite(out[i])) return 3;
-    if (!isfinite(value)) return 4;
-    return 0;
+    return callback(dim, x, out, logp, buf, dense_log_density);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1232,15 +1234,8 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
     return 0;
 }
 
-/* nutpie's log-density callback: 0 on success, nonzero codes as nutpie's numba callbacks use them. */
 int64_t lmm_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
-    if (dim != (uint64_t)buf[1]) return -1;
-    double value = lmm_log_density(x, out, buf);
-    *logp = value;
-    for (uint64_t i = 0; i < dim; i++)
-        if (!isfinite(out[i])) return 3;
-    if (!isfinite(value)) return 4;
-    return 0;
+    return callback(dim, x, out, logp, buf, lmm_log_density);
 }
 
 /* nutpie's expand callback: the draws are the unconstrained vector itself. */
