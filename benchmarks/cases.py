@@ -53,6 +53,22 @@ def crossed_intercepts(subjects: int, items: int, seed: int = 21) -> pd.DataFram
     return pd.DataFrame({"y": y, "x": x, "subject": [f"s{k:04d}" for k in s], "item": [f"i{k:04d}" for k in i]})
 
 
+def maximal_2x2(subjects: int = 60, items: int = 40, seed: int = 23) -> pd.DataFrame:
+    """A 2 x 2 within-subject, within-item design (issue 14): every subject answers every item once, the four
+    conditions rotated over items by a Latin square; sum-coded a and b (±0.5); correlated intercepts and
+    effects of a, b and a:b on both factors (q = 4), sigma 1."""
+    rng = np.random.default_rng(seed)
+    s, i = np.repeat(np.arange(subjects), items), np.tile(np.arange(items), subjects)
+    cond = (s + i) % 4
+    a, b = np.where(cond % 2 == 0, -0.5, 0.5), np.where(cond < 2, -0.5, 0.5)
+    X = np.column_stack([np.ones(s.size), a, b, a * b])
+    cor = np.full((4, 4), 0.3) + 0.7 * np.eye(4)
+    subj = rng.multivariate_normal(np.zeros(4), cor * np.outer([1.0, 0.5, 0.5, 0.3], [1.0, 0.5, 0.5, 0.3]), subjects)
+    item = rng.multivariate_normal(np.zeros(4), cor * np.outer([0.8, 0.4, 0.4, 0.2], [0.8, 0.4, 0.4, 0.2]), items)
+    y = X @ [0.5, 0.4, 0.2, 0.1] + (X * subj[s]).sum(axis=1) + (X * item[i]).sum(axis=1) + rng.normal(size=s.size)
+    return pd.DataFrame({"y": y, "a": a, "b": b, "subject": [f"s{k:03d}" for k in s], "item": [f"i{k:03d}" for k in i]})
+
+
 def penicillin() -> pd.DataFrame:
     """lme4's Penicillin (GPL: read from ../shared, never shipped): 24 plates x 6 samples, crossed."""
     from pathlib import Path
@@ -106,6 +122,13 @@ CASES["insteval"] = (
      ("normal(0, 2)", "sd", "", "")],
     {"Intercept": ("Normal", {"mu": 3, "sigma": 2}), "service": ("Normal", {"mu": 0, "sigma": 2}),
      "sigma": ("HalfNormal", {"sigma": 2}), "sd": 2})
+CASES["maximal_2x2"] = (
+    "y ~ a + b + a:b + (1 + a + b + a:b | subject) + (1 + a + b + a:b | item)", maximal_2x2,
+    [("normal(0, 5)", "Intercept", "", ""), ("normal(0, 5)", "b", "", ""), ("normal(0, 5)", "sigma", "", ""),
+     ("normal(0, 5)", "sd", "", "")],
+    {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "a": ("Normal", {"mu": 0, "sigma": 5}),
+     "b": ("Normal", {"mu": 0, "sigma": 5}), "a:b": ("Normal", {"mu": 0, "sigma": 5}),
+     "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
 for n_s, n_i in [(40, 20), (100, 50), (200, 100)]:
     CASES[f"crossed_S{n_s}_I{n_i}"] = (
         "y ~ x + (1 | subject) + (1 | item)", (lambda a=n_s, b=n_i: crossed_intercepts(a, b)),

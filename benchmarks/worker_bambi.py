@@ -7,6 +7,7 @@ bambi cannot correlate group-level terms: (1 + x | g) is fitted with independent
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sys
 import time
@@ -29,10 +30,10 @@ def main() -> None:
     formula, make, _, spec = CASES[case]
     data = make()
     priors = {k: bmb.Prior(v[0], **v[1]) for k, v in spec.items() if k != "sd"}
-    group_terms = [t.strip(" ()") for t in formula.split("~")[1].split("+") if "|" in t]
-    lhs, factor = [s.strip() for s in group_terms[0].split("|")]
-    for term in [t.strip() for t in lhs.split("+")] or ["1"]:
-        priors[f"{term}|{factor}"] = bmb.Prior("Normal", mu=0, sigma=bmb.Prior("HalfNormal", sigma=spec["sd"]))
+    for group_term in re.findall(r"\(([^()|]*)\|([^()]*)\)", formula.split("~")[1]):
+        lhs, factor = (part.strip() for part in group_term)
+        for term in [t.strip() for t in lhs.split("+")] or ["1"]:
+            priors[f"{term}|{factor}"] = bmb.Prior("Normal", mu=0, sigma=bmb.Prior("HalfNormal", sigma=spec["sd"]))
     _, family, bambi_formula, _ = FAMILIES.get(case, ("gaussian", "gaussian", None, None))
     t0 = time.perf_counter()
     model = bmb.Model(bambi_formula or formula, data, priors=priors, family=family)

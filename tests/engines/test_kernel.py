@@ -8,6 +8,7 @@ through the PyTensor graph, and the starting point of both routes.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -326,6 +327,7 @@ def test_crossed_kernel_matches_the_pytensor_density_and_gradient(case, crossed)
     """Both routes of FactorsKernel: crossed factors partly collapsed, and few effects all integrated out."""
     formula, priors = {**CROSSED, **DENSE}[case]
     design, pl, collapsed, k = parts(formula, priors, crossed)
+    k = plain_kernel(k)  # the graph's coordinates (the sampler's own: the test below)
     model, _ = cl.build_model(design, pl, collapsed)
     logp, dlogp = model.compile_logp(), model.compile_dlogp()
     rng = np.random.default_rng(1)
@@ -342,16 +344,63 @@ def test_crossed_kernel_matches_the_pytensor_density_and_gradient(case, crossed)
         np.testing.assert_allclose(g, h, rtol=1e-8, atol=1e-8)
 
 
+def plain_kernel(k: kernel.FactorsKernel) -> kernel.FactorsKernel:
+    """``k`` in the PyTensor graph's coordinates: β and every sampled factor's z."""
+    return dataclasses.replace(k, maps=(), centred=(False,) * len(k.sampled))
+
+
+def with_centring(k: kernel.FactorsKernel, centred: bool) -> kernel.FactorsKernel:
+    """``k`` with every sampled factor centred or none (as `kernel.centring` would choose them)."""
+    pattern = (centred,) * len(k.sampled)
+    return dataclasses.replace(k, centred=pattern)
+
+
+@pytest.mark.parametrize("centred", [False, True], ids=["z", "centred"])
+@pytest.mark.parametrize("case", sorted(CROSSED))
+def test_sampled_coordinates_are_the_plain_density_up_to_their_jacobian(case, centred, crossed):
+    """The sampler's coordinates (FactorsKernel): β' = β + c(b), and each sampled factor's effects (centred) or
+    z. The density at x is the plain coordinates' density at plain(x) plus log|d plain / dx| (−G_k log|Λ_k| per
+    centred factor, 0 otherwise), and β' − β is the sampled effects' least-squares projection on W,
+    recomputed here from the rows."""
+    design, pl, collapsed, k = parts(*CROSSED[case], crossed)
+    k, plain = with_centring(k, centred), plain_kernel(k)
+    assert k.maps and k.buffer.size > plain.buffer.size
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
+        back = k.plain(x)
+        assert k.logp(x)[0] == pytest.approx(plain.logp(back)[0] + k.log_jacobian(x), rel=1e-12, abs=1e-9)
+        assert (k.log_jacobian(x) != 0) == centred
+        assert np.array_equal(back[k.n_beta:k.params.n_dim], x[k.n_beta:k.params.n_dim])
+        assert not np.allclose(back[:k.n_beta], x[:k.n_beta])
+    rows = design.require_rows("test", "")
+    u, L = k.constrained(x)
+    std = pl.std
+    W = np.column_stack([np.ones(rows.X.shape[0]), (rows.X - std.x_centre) / std.x_scale])
+    fitted = np.zeros(W.shape[0])
+    for name, z in k.effects(x).items():
+        f = next(i for i, fa in enumerate(design.factors) if fa.name == name)
+        sd = pl.to_std(u)[pl.indices("sd", name)]
+        off = kernel.sd_offsets(pl)[name]
+        lam = sd[:, None] * L[off:off + z.shape[1], off:off + z.shape[1]]
+        b = z @ lam.T
+        fitted += np.einsum("ni,ni->n", rows.factors[f].Z / std.z_scale[f], b[rows.factors[f].index])
+    c = np.linalg.solve(W.T @ W, W.T @ fitted)
+    np.testing.assert_allclose((x - back)[:k.n_beta] * k.params.beta[:k.n_beta], c, rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize("case", sorted(CROSSED) + sorted(DENSE))
 def test_crossed_kernel_gradient_matches_finite_differences(case, crossed):
+    """Both routes, and for crossed factors both parameterisations of the sampled factors."""
     k = parts(*{**CROSSED, **DENSE}[case], crossed)[3]
     rng = np.random.default_rng(2)
     x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
-    value, grad = k.logp(x)
-    assert np.isfinite(value)
-    h = 1e-6
-    numeric = np.array([(k.logp(x + h * e)[0] - k.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
-    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+    for each in [k] if case in DENSE else [with_centring(k, c) for c in (False, True)]:
+        value, grad = each.logp(x)
+        assert np.isfinite(value)
+        h = 1e-6
+        numeric = np.array([(each.logp(x + h * e)[0] - each.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case,route", [("three_factors", "C kernel; h, k sampled, g integrated out"),

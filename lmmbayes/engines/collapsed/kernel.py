@@ -294,6 +294,25 @@ class FactorsKernel:
     of pairs of sampled factors and, per pair, (k, l, CSR); for ``"dense"``
     the number of factors, (sd offset, q, levels) per factor, and the dense
     Z'Z, Z'W and Z'y of all m effects.
+
+    Coordinates of the sampled factors (``"pc"``; see ``pc_log_density``).
+    A factor whose levels the data determine well is sampled centred
+    (`centring`): ``x`` holds its effects b, under N(0, Λ_k Λ_k'); the
+    others hold ``z`` (b = Λ_k z). With ``maps`` (``A_k = Z_k'W (W'W)⁺``
+    per sampled factor, levels·q × p, over the unbounded β), ``x`` holds
+    β' = β + Σ_k A_k' b_k in place of β: the sampled effects' least-squares
+    projection on W. The likelihood then depends on β' and on the part of
+    the effects W cannot absorb, not on a direction tying β to the effects'
+    mean (on InstEval, the intercept to the lecturers' mean), which NUTS's
+    diagonal mass matrix cannot follow. The likelihood then cannot see a
+    factor's effects all moving together; only their prior places that
+    direction, so each term's coordinates over the levels are rotated
+    (`householder`) to make it one coordinate of its own. The map and the
+    rotation have unit Jacobian; centring −G_k log|Λ_k|. `plain` undoes
+    all three. Measured (4 chains x 1000 draws): on InstEval, the
+    intercept's bulk ESS went from 353 to 1,479 and sd(lecturer)'s from 511
+    to 4,352; on 200 x 100 crossed intercepts the smallest ESS of any
+    parameter from 80 to 3,880, in the same time.
     """
 
     function: str
@@ -304,6 +323,9 @@ class FactorsKernel:
     yty: float
     size: int  # the header's fifth number: the integrated factor's levels ("pc") or m ("dense")
     body: tuple[np.ndarray, ...]  # everything after the priors, in the buffer's order
+    centred: tuple[bool, ...] = ()  # "pc": per sampled factor, whether x holds its effects (else z)
+    offsets: tuple[int, ...] = ()  # "pc": per sampled factor, its first sd among all sds
+    maps: tuple[np.ndarray, ...] = ()  # "pc": A_k per sampled factor (levels·q × p), or none
 
     @property
     def callback(self) -> str:
@@ -317,7 +339,10 @@ class FactorsKernel:
     @functools.cached_property
     def buffer(self) -> np.ndarray:
         """Everything the C function reads, packed into one float64 array (not to be modified)."""
-        body = np.concatenate([np.asarray(p, dtype=float).ravel() for p in self.params.packed() + list(self.body)])
+        tail = [np.array(self.centred, dtype=float), np.array([float(bool(self.maps))]), *self.maps] \
+            if self.function == "pc" else []
+        body = np.concatenate([np.asarray(p, dtype=float).ravel()
+                               for p in self.params.packed() + list(self.body) + tail])
         header = [_HEADER + body.size, self.n_dim, self.n_beta, self.params.q, self.size, self.params.n_cor,
                   self.n, self.yty]
         return np.ascontiguousarray(np.concatenate([np.asarray(header, dtype=float), body]))
@@ -330,23 +355,83 @@ class FactorsKernel:
     def unconstrain_start(self) -> np.ndarray:
         return np.concatenate([self.params.unconstrain_start(), np.zeros(self.n_dim - self.params.n_dim)])
 
-    def constrained(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The plan's ``u`` and the (..., Q, Q) block-diagonal Cholesky factor of all factors' correlations."""
-        return self.params.constrained(x[..., :self.params.n_dim])
+    def _lams(self, x: np.ndarray) -> list[np.ndarray]:
+        """Λ_k = diag(sd_k) Lcorr_k (..., q, q) of each sampled factor at ``x`` (in standardised units)."""
+        pa, nb = self.params, self.n_beta
+        u, L = pa.constrained(x[..., :pa.n_dim])  # the sds and correlations do not depend on β
+        sd = pa.alpha[nb + 1:nb + 1 + pa.q] + pa.beta[nb + 1:nb + 1 + pa.q] * u[..., nb + 1:nb + 1 + pa.q]
+        return [sd[..., off:off + q, None] * L[..., off:off + q, off:off + q]
+                for off, (_, _, q) in zip(self.offsets, self.sampled)]
 
-    def effects(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The sampled factors' non-centred effects ``z`` (..., levels, q) in ``x``."""
-        out, c = {}, self.params.n_dim
-        for name, G, q in self.sampled:
-            out[name] = x[..., c:c + G * q].reshape(x.shape[:-1] + (G, q))
+    def _blocks(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each sampled factor's coordinates in ``x`` (..., levels, q), rotated back where β is decoupled
+        (`householder`): its effects b if centred, else z."""
+        out, c = [], self.params.n_dim
+        for _, G, q in self.sampled:
+            v = x[..., c:c + G * q].reshape(x.shape[:-1] + (G, q))
+            out.append(householder(v) if self.maps else v)
             c += G * q
         return out
 
+    def natural(self, x: np.ndarray) -> np.ndarray:
+        """Draws ``x`` (..., n_dim) with β' mapped back to β = β' − Σ_k A_k' b_k (see the class)."""
+        if not self.maps:
+            return x
+        nb = self.n_beta
+        c = np.zeros(x.shape[:-1] + (nb,))
+        for A, b in zip(self.maps, self._effects(x)):
+            c += np.einsum("...gj,gjp->...p", b, A.reshape(b.shape[-2:] + (nb,)))
+        out = np.array(x, dtype=float, copy=True)
+        out[..., :nb] -= c / self.params.beta[:nb]
+        return out
+
+    def _effects(self, x: np.ndarray) -> list[np.ndarray]:
+        """The sampled factors' effects b (..., levels, q) at ``x``, in standardised units."""
+        return [v if centred else np.einsum("...gi,...ji->...gj", v, lam)
+                for v, lam, centred in zip(self._blocks(x), self._lams(x), self.centred)]
+
+    def plain(self, x: np.ndarray) -> np.ndarray:
+        """Draws ``x`` in the plain coordinates: β and every sampled factor's ``z`` (the PyTensor graph's)."""
+        return np.concatenate([self.natural(x)[..., :self.params.n_dim]]
+                              + [z.reshape(x.shape[:-1] + (-1,)) for z in self.effects(x).values()], axis=-1)
+
+    def log_jacobian(self, x: np.ndarray) -> np.ndarray:
+        """log |d plain(x) / dx|: −G_k log |Λ_k| per centred factor (Λ_k in standardised units)."""
+        out = np.zeros(x.shape[:-1])
+        for lam, (_, G, _), centred in zip(self._lams(x), self.sampled, self.centred):
+            if centred:
+                out -= G * np.log(np.diagonal(lam, axis1=-2, axis2=-1)).sum(axis=-1)
+        return out
+
+    def constrained(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The plan's ``u`` (β mapped back, see `natural`) and the (..., Q, Q) block-diagonal Cholesky factor of
+        all factors' correlations."""
+        return self.params.constrained(self.natural(x)[..., :self.params.n_dim])
+
+    def effects(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The sampled factors' non-centred effects ``z`` (..., levels, q) at ``x`` (b = z Λ_k')."""
+        blocks = self._blocks(x)
+        if any(self.centred):
+            blocks = [np.linalg.solve(lam[..., None, :, :], v[..., None])[..., 0] if centred else v
+                      for v, lam, centred in zip(blocks, self._lams(x), self.centred)]
+        return {name: v for (name, _, _), v in zip(self.sampled, blocks)}
+
+
+def householder(v: np.ndarray) -> np.ndarray:
+    """H v over the levels axis of ``v`` (..., G, q): the reflection swapping e_1 and 1/√G, as ``householder`` in
+    ``_kernel.c`` (with β decoupled, the effects' common shift becomes the first coordinate, see there)."""
+    G = v.shape[-2]
+    if G < 2:
+        return v
+    h = np.full(G, -1.0 / np.sqrt(G))
+    h[0] += 1.0
+    return v - (2.0 / (h @ h)) * h[:, None] * np.einsum("g,...gq->...q", h, v)[..., None, :]
+
 
 def _csr(M: Any) -> list[np.ndarray]:
-    """A sparse matrix for ``_kernel.c``: rows, nnz, then the CSR row pointers and columns as int64 bit
+    """A scipy sparse matrix for ``_kernel.c``: rows, nnz, then the CSR row pointers and columns as int64 bit
     patterns, then the values (rows in order, so that a row's sum stays in a register)."""
-    csr = M.matrix()
+    csr = M.tocsr()
     index = lambda a: np.ascontiguousarray(a, dtype=np.int64).view(np.float64)  # noqa: E731
     return [np.array([float(csr.shape[0]), float(csr.nnz)]), index(csr.indptr), index(csr.indices),
             np.asarray(csr.data, dtype=float)]
@@ -356,6 +441,17 @@ def factors_kernel_applies(design: Design, plan: Plan) -> bool:
     """Whether `build_factors` will run a crossed model of ``design`` in C (before the cross-products exist)."""
     return (available() and plan.dpars == ("sigma",) and len(design.factors) - 1 <= MAX_SAMPLED
             and param_arrays(plan, len(plan.indices("sd"))) is not None)
+
+
+def maps(collapsed: Any, params: ParamArrays, n_beta: int) -> tuple[np.ndarray, ...]:
+    """``A_k = Z_k'W (W'W)⁺`` per sampled factor of a `PartlyCollapsed` (levels·q × p), over the unbounded β only
+    (a bound would not survive the shift; the other columns are 0): `FactorsKernel`'s decoupled β'."""
+    free = np.flatnonzero(~np.isfinite(params.lo[:n_beta]) & ~np.isfinite(params.hi[:n_beta]))
+    if free.size == 0:
+        return ()
+    H = np.zeros((n_beta, n_beta))
+    H[np.ix_(free, free)] = np.linalg.pinv(collapsed.fixed.WtW[np.ix_(free, free)], hermitian=True)
+    return tuple(np.ascontiguousarray(o.ZtW.reshape(-1, n_beta) @ H) for o in collapsed.others)
 
 
 def build_factors(design: Design, plan: Plan, collapsed: Any) -> FactorsKernel | None:
@@ -382,13 +478,41 @@ def build_factors(design: Design, plan: Plan, collapsed: Any) -> FactorsKernel |
 
     body += factor(collapsed.big) + [np.array([float(len(collapsed.others))])]
     for o, M in zip(collapsed.others, collapsed.big_other):
-        body += factor(o) + _csr(M)
+        body += factor(o) + _csr(M.matrix()) + _csr(M.matrix().T)
     body.append(np.array([float(len(collapsed.other_pairs))]))
     for k, l, M in collapsed.other_pairs:
-        body += [np.array([k, l], dtype=float)] + _csr(M)
-    return FactorsKernel("pc", len(plan.params) - 1 - params.q, params,
-                         tuple((o.name, o.n_levels, o.q) for o in collapsed.others), float(fixed.n),
-                         float(fixed.yty), collapsed.big.n_levels, tuple(body))
+        body += [np.array([k, l], dtype=float)] + _csr(M.matrix())
+    n_beta = len(plan.params) - 1 - params.q
+    centred = centring(collapsed)
+    return FactorsKernel("pc", n_beta, params, tuple((o.name, o.n_levels, o.q) for o in collapsed.others),
+                         float(fixed.n), float(fixed.yty), collapsed.big.n_levels, tuple(body), centred,
+                         tuple(offsets[o.name] for o in collapsed.others), maps(collapsed, params, n_beta))
+
+
+def centring(collapsed: Any) -> tuple[bool, ...]:
+    """Whether to sample each of a `PartlyCollapsed`'s sampled factors centred (its effects) or not (z).
+
+    Centred where the data determine most of its levels better than the
+    prior does: the median over levels of κ_g = n_g ŝd² / σ̂² is above 1,
+    with n_g the level's weight on its first term (Z'Z_g[0, 0]), σ̂² the
+    residual variance of y on the population-level effects alone (an
+    overestimate, so centring is chosen only where clearly better) and ŝd²
+    the moment estimate of the first term's variance from the levels' mean
+    residuals. Measured (InstEval, 4 chains x 1000 draws): sd(lecturer)'s
+    bulk ESS 489 non-centred, 4,711 centred. The choice changes the
+    coordinates NUTS moves in, not the posterior.
+    """
+    fx = collapsed.fixed
+    beta = np.linalg.pinv(fx.WtW, hermitian=True) @ fx.Wty
+    sigma2 = max(fx.yty - beta @ fx.Wty, 0.0) / max(fx.n - beta.size, 1.0)
+    out = []
+    for o in collapsed.others:
+        n_g = o.ZtZ[:, 0, 0]
+        seen = n_g > 0
+        mean = (o.Zty[seen, 0] - o.ZtW[seen, 0, :] @ beta) / n_g[seen]
+        sd2 = max(float(np.mean(mean**2) - np.mean(sigma2 / n_g[seen])), 0.0)
+        out.append(bool(sigma2 > 0 and np.median(n_g[seen] * sd2 / sigma2) > 1.0))
+    return tuple(out)
 
 
 def constrain(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
