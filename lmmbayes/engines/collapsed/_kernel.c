@@ -438,12 +438,17 @@ double pc_log_density(const double *x, double *grad, const double *buf) {
         pair_k[t] = (int)o[0]; pair_l[t] = (int)o[1];
         o = read_csr(&pairs[t], o + 2);
     }
-    /* How each sampled factor is parameterised (kernel.py's FactorsKernel): centred or not; then whether beta is
-     * decoupled from the sampled effects (off only to test against the plain coordinates) and, if so, per factor
-     * its A_k = Z_k'W (W'W)^+ (levels x q x n_beta). */
-    int centred[MAX_SAMPLED];
-    for (int k = 0; k < n_oth; k++) centred[k] = o[k] != 0.0;
-    o += n_oth;
+    /* How each sampled factor is parameterised (kernel.py's FactorsKernel): per term, centred or not; then whether
+     * beta is decoupled from the sampled effects (off only to test against the plain coordinates) and, if so, per
+     * factor its A_k = Z_k'W (W'W)^+ (levels x q x n_beta). */
+    const double *cent[MAX_SAMPLED];
+    int centred[MAX_SAMPLED]; /* any term centred */
+    for (int k = 0; k < n_oth; k++) {
+        cent[k] = o;
+        centred[k] = 0;
+        for (int i = 0; i < oth[k].q; i++) centred[k] |= o[i] != 0.0;
+        o += oth[k].q;
+    }
     const int mapped = o[0] != 0.0;
     o += 1;
     const double *proj[MAX_SAMPLED];
@@ -467,27 +472,27 @@ double pc_log_density(const double *x, double *grad, const double *buf) {
     double *g_z = grad + P.k + n_cor, log_jac = 0.0;
     for (size_t i = 0; i < n_b; i++) xe[i] = x[P.k + n_cor + i];
     for (int k = 0; mapped && k < n_oth; k++) householder(xe + start[k], oth[k].G, oth[k].q);
-    /* b_g = Lam_k z_g (Lam_k lower triangular). A non-centred factor's x holds z_g. A centred one's holds b_g, and
-     * z_g = Lam_k^-1 b_g (forward substitution) with Jacobian -G_k log|Lam_k|: its density is N(0, Lam_k Lam_k')
-     * per level. Centring suits a factor whose levels the data determine well (the sd then barely moves them). */
+    /* b_g = Lam_k z_g (Lam_k lower triangular). For a non-centred term x holds z_gi; for a centred one b_gi, and
+     * z_gi = (b_gi - sum_{j<i} Lam_ij z_gj) / Lam_ii (forward substitution: z = M^-1 x, M's row i Lam's if centred,
+     * else e_i), with Jacobian -log Lam_ii per level. Centring suits a term whose levels the data determine well
+     * (the sd then barely moves them); a fully centred factor's density is N(0, Lam_k Lam_k') per level. */
     for (int k = 0; k < n_oth; k++) {
         const FactorSums *f = &oth[k];
         const double *L = Lam + f->off * Q + f->off;
         for (size_t at = start[k]; at < start[k + 1]; at += f->q)
             for (int i = 0; i < f->q; i++) {
                 double t = 0.0;
-                if (centred[k]) {
-                    for (int j = 0; j < i; j++) t += L[i * Q + j] * z[at + j];
+                for (int j = 0; j < i; j++) t += L[i * Q + j] * z[at + j];
+                if (cent[k][i] != 0.0) {
                     z[at + i] = (xe[at + i] - t) / L[i * Q + i];
                     b[at + i] = xe[at + i];
                 } else {
-                    for (int j = 0; j <= i; j++) t += L[i * Q + j] * xe[at + j];
                     z[at + i] = xe[at + i];
-                    b[at + i] = t;
+                    b[at + i] = t + L[i * Q + i] * xe[at + i];
                 }
             }
-        if (centred[k])
-            for (int i = 0; i < f->q; i++) log_jac -= f->G * log(L[i * Q + i]);
+        for (int i = 0; i < f->q; i++)
+            if (cent[k][i] != 0.0) log_jac -= f->G * log(L[i * Q + i]);
     }
     /* The sampled effects tie beta to their projection on W (on InstEval, the intercept to the lecturers' mean),
      * a direction a diagonal mass matrix cannot follow. So x holds beta' = beta + c, c = sum_k A_k' b_k that
@@ -607,16 +612,18 @@ double pc_log_density(const double *x, double *grad, const double *buf) {
                 gzg[j] = t - zg[j];
             }
             if (!centred[k]) continue;
-            for (int i = q - 1; i >= 0; i--) { /* z = Lam_k^-1 b: dl/db = Lam_k^-T dl/dz, dl/dLam_k -= (dl/db) z' */
+            const double *ck = cent[k];
+            for (int i = q - 1; i >= 0; i--) { /* z = M^-1 x: dl/dx = M^-T dl/dz, dl/dLam_k -= (dl/dx) z' on M's Lam rows */
                 double t = gzg[i];
-                for (int j = i + 1; j < q; j++) t -= L[j * Q + i] * gzg[j];
-                gzg[i] = t / L[i * Q + i];
+                for (int j = i + 1; j < q; j++)
+                    if (ck[j] != 0.0) t -= L[j * Q + i] * gzg[j];
+                gzg[i] = ck[i] != 0.0 ? t / L[i * Q + i] : t;
             }
             for (int i = 0; i < q; i++)
-                for (int j = 0; j <= i; j++) gL[i * Q + j] -= gzg[i] * zg[j];
+                for (int j = 0; ck[i] != 0.0 && j <= i; j++) gL[i * Q + j] -= gzg[i] * zg[j];
         }
-        if (centred[k])
-            for (int i = 0; i < q; i++) gL[i * Q + i] -= f->G / L[i * Q + i];
+        for (int i = 0; i < q; i++)
+            if (cent[k][i] != 0.0) gL[i * Q + i] -= f->G / L[i * Q + i];
     }
     for (int k = 0; mapped && k < n_oth; k++) householder(g_z + start[k], oth[k].G, oth[k].q); /* H' = H */
     free(b);
