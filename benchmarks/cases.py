@@ -69,6 +69,17 @@ def maximal_2x2(subjects: int = 60, items: int = 40, seed: int = 23) -> pd.DataF
     return pd.DataFrame({"y": y, "a": a, "b": b, "subject": [f"s{k:03d}" for k in s], "item": [f"i{k:03d}" for k in i]})
 
 
+def users_items(users: int = 10_000, items: int = 1_000, per_user: int = 100, seed: int = 24) -> pd.DataFrame:
+    """Ratings data (issue 14): every user rates ``per_user`` distinct random items (10^6 rows by default);
+    y ~ x + (1 | user) + (1 | item) with sds 0.5 and 0.8, sigma 1."""
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(users), per_user)
+    item = np.argsort(rng.random((users, items)), axis=1)[:, :per_user].ravel()
+    x = rng.normal(size=user.size)
+    y = 3.0 + 0.2 * x + rng.normal(0, 0.5, users)[user] + rng.normal(0, 0.8, items)[item] + rng.normal(size=user.size)
+    return pd.DataFrame({"y": y, "x": x, "user": pd.Categorical(user), "item": pd.Categorical(item)})
+
+
 def penicillin() -> pd.DataFrame:
     """lme4's Penicillin (GPL: read from ../shared, never shipped): 24 plates x 6 samples, crossed."""
     from pathlib import Path
@@ -128,6 +139,12 @@ CASES["maximal_2x2"] = (
      ("normal(0, 5)", "sd", "", "")],
     {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "a": ("Normal", {"mu": 0, "sigma": 5}),
      "b": ("Normal", {"mu": 0, "sigma": 5}), "a:b": ("Normal", {"mu": 0, "sigma": 5}),
+     "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
+CASES["users_items"] = (
+    "y ~ x + (1 | user) + (1 | item)", users_items,
+    [("normal(0, 5)", "Intercept", "", ""), ("normal(0, 5)", "b", "", ""), ("normal(0, 5)", "sigma", "", ""),
+     ("normal(0, 5)", "sd", "", "")],
+    {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "x": ("Normal", {"mu": 0, "sigma": 5}),
      "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
 for n_s, n_i in [(40, 20), (100, 50), (200, 100)]:
     CASES[f"crossed_S{n_s}_I{n_i}"] = (
