@@ -389,6 +389,24 @@ def test_sampled_coordinates_are_the_plain_density_up_to_their_jacobian(case, ce
     np.testing.assert_allclose((x - back)[:k.n_beta] * k.params.beta[:k.n_beta], c, rtol=1e-8, atol=1e-10)
 
 
+def test_centring_follows_how_well_the_data_determine_each_term():
+    """kernel.centring: a term whose levels have many rows and a wide sd is sampled centred, one with a narrow
+    sd (or few rows per level) is not; a correlated block may mix both."""
+    rng = np.random.default_rng(8)
+
+    def data(n, levels, sds):
+        g, h, x = rng.integers(0, 150, n), rng.integers(0, levels, n), rng.normal(size=n)
+        b = rng.normal(size=(levels, 2)) * sds
+        y = 1.0 + 0.5 * x + rng.normal(size=150)[g] + b[h, 0] + b[h, 1] * x + rng.normal(size=n)
+        return pd.DataFrame({"y": y, "x": x, "g": [f"g{v}" for v in g], "h": [f"h{v}" for v in h]})
+
+    many = parts("y ~ x + (1 | g) + (1 + x | h)", [], data(2400, 8, [1.0, 0.05]))  # 300 rows per level of h
+    few = parts("y ~ x + (1 | g) + (1 | h)", [], data(240, 60, [0.2, 0.0]))  # 4 rows per level of h
+    assert isinstance(many[2], cl.PartlyCollapsed) and many[2].big.name == "g"
+    assert kernel.centring(many[2]) == ((True, False),) and many[3].centred == ((True, False),)
+    assert kernel.centring(few[2]) == ((False,),)
+
+
 @pytest.mark.parametrize("case", sorted(CROSSED) + sorted(DENSE))
 def test_crossed_kernel_gradient_matches_finite_differences(case, crossed):
     """Both routes, and for crossed factors both parameterisations of the sampled factors."""

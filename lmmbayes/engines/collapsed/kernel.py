@@ -512,9 +512,12 @@ def centring(collapsed: Any) -> tuple[tuple[bool, ...], ...]:
         for t in range(o.q):
             n_g = o.ZtZ[:, t, t]
             seen = n_g > 0
+            if sigma2 <= 0 or not seen.any():  # an exact fit, or a term that is 0 on every row
+                terms.append(False)
+                continue
             slope = (o.Zty[seen, t] - o.ZtW[seen, t, :] @ beta) / n_g[seen]
             sd2 = max(float(np.mean(slope**2) - np.mean(sigma2 / n_g[seen])), 0.0)
-            terms.append(bool(sigma2 > 0 and seen.any() and np.median(n_g[seen] * sd2 / sigma2) > 1.0))
+            terms.append(bool(np.median(n_g[seen] * sd2 / sigma2) > 1.0))
         out.append(tuple(terms))
     return tuple(out)
 
