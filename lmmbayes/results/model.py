@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from ..design import Design
@@ -93,3 +94,15 @@ class FitResult:
         """Total number of posterior draws (chains times draws per chain)."""
         sizes = self.idata["posterior"].sizes
         return int(sizes["chain"] * sizes["draw"])
+
+
+def same_data(a: FitResult, b: FitResult) -> bool:
+    """Whether two fits were fitted to the same observations: the same response values in the same order.
+
+    Every design keeps a fingerprint of its response (`lmmbayes.design.fingerprint`, the same for rows
+    in memory and on Dask, and saved in fit files); fits in memory also compare the values themselves.
+    """
+    da, db = a.design, b.design
+    if da.n_obs != db.n_obs or da.stats.fingerprint != db.stats.fingerprint:
+        return False
+    return da.rows is None or db.rows is None or bool(np.array_equal(da.y, db.y))

@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import _validate as check
 from ..errors import DataError, FitError, PriorError
-from ..results.model import FitResult
+from ..results.model import FitResult, same_data
 from ..results.posterior import dpar_names
 from .display import pre_html
 
@@ -707,7 +707,6 @@ def bayes_factor(fit1: FitResult, fit2: FitResult, *, log: bool = False, names: 
     PriorError, FitError
         As `bridge_sampler`.
     """
-    from .compare import same_data
 
     log = check.flag(log, "log", error=FitError)
     if names is None:

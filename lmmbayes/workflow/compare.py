@@ -31,7 +31,7 @@ from ..errors import (
     WAICWarning,
     warn,
 )
-from ..results.model import FitResult
+from ..results.model import FitResult, same_data
 from .loglik import PointwiseLogLik, evaluator, log_lik
 from .psis import loo_pointwise
 
@@ -295,18 +295,6 @@ def _named(fits: tuple[Any, ...], names: Any) -> tuple[list[str], list[Any]]:
     if len(labels) != len(fits_list) or len(set(labels)) != len(labels) or not all(isinstance(n, str) for n in labels):
         raise LmmbayesError(f"names must give one distinct string per fit ({len(fits_list)} fits), got {names!r}.")
     return labels, fits_list
-
-
-def same_data(a: FitResult, b: FitResult) -> bool:
-    """Whether two fits were fitted to the same observations: the same response values in the same order.
-
-    Every design keeps a fingerprint of its response (`lmmbayes.design.fingerprint`, the same for rows
-    in memory and on Dask, and saved in fit files); fits in memory also compare the values themselves.
-    """
-    da, db = a.design, b.design
-    if da.n_obs != db.n_obs or da.stats.fingerprint != db.stats.fingerprint:
-        return False
-    return da.rows is None or db.rows is None or bool(np.array_equal(da.y, db.y))
 
 
 def loo_compare(*fits: Any, names: list[str] | None = None, moment_match: bool = False) -> pd.DataFrame:
