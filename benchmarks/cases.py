@@ -133,26 +133,22 @@ CASES["insteval"] = (
      ("normal(0, 2)", "sd", "", "")],
     {"Intercept": ("Normal", {"mu": 3, "sigma": 2}), "service": ("Normal", {"mu": 0, "sigma": 2}),
      "sigma": ("HalfNormal", {"sigma": 2}), "sd": 2})
-CASES["maximal_2x2"] = (
-    "y ~ a + b + a:b + (1 + a + b + a:b | subject) + (1 + a + b + a:b | item)", maximal_2x2,
-    [("normal(0, 5)", "Intercept", "", ""), ("normal(0, 5)", "b", "", ""), ("normal(0, 5)", "sigma", "", ""),
-     ("normal(0, 5)", "sd", "", "")],
-    {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "a": ("Normal", {"mu": 0, "sigma": 5}),
-     "b": ("Normal", {"mu": 0, "sigma": 5}), "a:b": ("Normal", {"mu": 0, "sigma": 5}),
-     "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
-CASES["users_items"] = (
-    "y ~ x + (1 | user) + (1 | item)", users_items,
-    [("normal(0, 5)", "Intercept", "", ""), ("normal(0, 5)", "b", "", ""), ("normal(0, 5)", "sigma", "", ""),
-     ("normal(0, 5)", "sd", "", "")],
-    {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "x": ("Normal", {"mu": 0, "sigma": 5}),
-     "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
+
+
+def wide_priors(*coefs: str) -> tuple[list, dict]:
+    """normal(0, 5) on the intercept, every coefficient, sigma and the sds: brms's spelling, then bambi's for
+    the named coefficients."""
+    normal = ("Normal", {"mu": 0, "sigma": 5})
+    return ([("normal(0, 5)", c, "", "") for c in ("Intercept", "b", "sigma", "sd")],
+            {"Intercept": normal, **{c: normal for c in coefs}, "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
+
+
+CASES["maximal_2x2"] = ("y ~ a + b + a:b + (1 + a + b + a:b | subject) + (1 + a + b + a:b | item)", maximal_2x2,
+                        *wide_priors("a", "b", "a:b"))
+CASES["users_items"] = ("y ~ x + (1 | user) + (1 | item)", users_items, *wide_priors("x"))
 for n_s, n_i in [(40, 20), (100, 50), (200, 100)]:
     CASES[f"crossed_S{n_s}_I{n_i}"] = (
-        "y ~ x + (1 | subject) + (1 | item)", (lambda a=n_s, b=n_i: crossed_intercepts(a, b)),
-        [("normal(0, 5)", "Intercept", "", ""), ("normal(0, 5)", "b", "", ""), ("normal(0, 5)", "sigma", "", ""),
-         ("normal(0, 5)", "sd", "", "")],
-        {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "x": ("Normal", {"mu": 0, "sigma": 5}),
-         "sigma": ("HalfNormal", {"sigma": 5}), "sd": 5})
+        "y ~ x + (1 | subject) + (1 | item)", (lambda a=n_s, b=n_i: crossed_intercepts(a, b)), *wide_priors("x"))
 for n, g in [(10_000, 10), (10_000, 1000), (100_000, 10), (100_000, 1000), (1_000_000, 10), (1_000_000, 1000)]:
     CASES[f"sim_N{n}_G{g}"] = (
         "y ~ x + (x | g)", (lambda n=n, g=g: simulated(n, g)),
