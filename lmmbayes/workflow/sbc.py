@@ -53,6 +53,9 @@ class SBCResult:
     level : float
     divergences : numpy.ndarray
         (n_sims,) divergent transitions per simulation.
+    rules : tuple of str
+        Per simulation, how the collapsed engine integrated the random effects out of a non-Gaussian model
+        (its quadrature rule, chosen per fit); empty strings elsewhere.
     """
 
     parameters: tuple[str, ...]
@@ -61,6 +64,7 @@ class SBCResult:
     covered: np.ndarray
     level: float
     divergences: np.ndarray
+    rules: tuple[str, ...] = ()
 
     def uniformity(self, bins: int = 10) -> pd.DataFrame:
         """Tests of uniform ranks per parameter.
@@ -164,7 +168,7 @@ def simulation_based_calibration(
         names = ["u_std"] + [f"Lcorr__{f.name}" for f in design.factors] + [f"z__{f.name}" for f in design.factors]
         compiled = compile_nutpie(model, names, hyper.start)
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    ranks, covered, divergences = [], [], []
+    ranks, covered, divergences, rules = [], [], [], []
     for i in range(n_sims):
         config = replace(opts.config, seed=seed + 1 + i)
         if method == "joint":
@@ -182,6 +186,8 @@ def simulation_based_calibration(
                 fitted = pipeline.run(formula, frame, priors, replace(opts, config=config))
             _, post = flat_draws(fitted.posterior, fitted.design, random=False)
             n_div = int(np.asarray(fitted.idata["sample_stats"]["diverging"].values).sum())
+            rule = fitted.info.get("quadrature_rule", "")
+            rules.append(rule if isinstance(rule, str) else "")
         post = post.reshape(-1, post.shape[-1])[::thin]
         truth = truths[0, i]
         ranks.append((post < truth).sum(axis=0))
@@ -189,4 +195,5 @@ def simulation_based_calibration(
         covered.append((lo <= truth) & (truth <= hi))
         divergences.append(n_div)
     n_kept = len(range(0, chains * draws, thin))
-    return SBCResult(tuple(params), np.array(ranks), n_kept, np.array(covered), level, np.array(divergences))
+    return SBCResult(tuple(params), np.array(ranks), n_kept, np.array(covered), level, np.array(divergences),
+                     tuple(rules) if rules else ("",) * n_sims)

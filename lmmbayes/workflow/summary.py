@@ -129,8 +129,8 @@ def engine_label(fit: FitResult) -> str:
         return f"collapsed ({integrated} integrated out, then drawn exactly; {sampled} sampled by NUTS)"
     rule = fit.info.get("quadrature_rule")
     if fit.engine == "collapsed" and isinstance(rule, str):
-        return (f"collapsed (random effects integrated out by adaptive Gauss-Hermite quadrature, {rule}, then "
-                "drawn from their exact conditional)")
+        how = "Gauss-Hermite quadrature" if "precomputed" in rule else "adaptive Gauss-Hermite quadrature"
+        return f"collapsed (random effects integrated out by {how}, {rule}, then drawn from their exact conditional)"
     if "fallback" in fit.info:
         return f"{ENGINE_LABELS.get(fit.engine, fit.engine)}; {fit.info['fallback']}"
     return ENGINE_LABELS.get(fit.engine, fit.engine)

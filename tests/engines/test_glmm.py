@@ -108,6 +108,27 @@ def exact_loglik(family: str, data: pd.DataFrame, beta: np.ndarray, Lam: np.ndar
 CASES = [("bernoulli", 1), ("binomial", 1), ("poisson", 1), ("negbinomial", 1), ("bernoulli", 2), ("poisson", 2)]
 
 
+def kernel_and_exact(k: glmm.GlmmKernel, pl, family: str, data: pd.DataFrame, x: np.ndarray) -> tuple[float, float]:
+    """The kernel's value at ``x`` with flat priors, less the log Jacobians, and log p(y | theta) by scipy."""
+    u, L = k.constrained(x)
+    std = pl.to_std(u)
+    bounded = np.isfinite(k.params.lo) & ~np.isfinite(k.params.hi)
+    jac = x[:bounded.size][bounded].sum()  # log-transform Jacobians of the sd (and shape)
+    # LKJ(1) on the correlation's coordinate y (rho = tanh(y / 2)): its log density, log(1 - rho^2) up to a
+    # constant the kernel drops, stays in the value
+    rho = np.tanh(0.5 * x[bounded.size:])
+    jac += np.log1p(-rho**2).sum()
+    beta_std = std[:k.n_beta]
+    sd_std = std[k.n_beta + k.n_dpar:]
+    # back to the data's units: W is standardised x with a ones column (centred intercept)
+    sx, cx = pl.std.x_scale[0], pl.std.x_centre[0]
+    beta = np.array([beta_std[0] - beta_std[1] * cx / sx, beta_std[1] / sx])
+    z = pl.std.z_scale[0]
+    Lam = np.diag(sd_std / z) @ L
+    phi = std[k.n_beta] if k.n_dpar else None
+    return k.logp(x)[0] - jac, exact_loglik(family, data, beta, Lam, phi)
+
+
 @pytest.mark.parametrize("family,q", CASES)
 def test_quadrature_is_the_marginal_likelihood(family, q):
     """The kernel's value with flat priors, less the log Jacobians, is log p(y | theta) computed by scipy."""
@@ -117,24 +138,88 @@ def test_quadrature_is_the_marginal_likelihood(family, q):
     rng = np.random.default_rng(0)
     for _ in range(2):
         x = k.unconstrain_start() + rng.uniform(-0.5, 0.5, k.n_dim)
-        u, L = k.constrained(x)
-        std = pl.to_std(u)
-        bounded = np.isfinite(k.params.lo) & ~np.isfinite(k.params.hi)
-        jac = x[:bounded.size][bounded].sum()  # log-transform Jacobians of the sd (and shape)
-        # LKJ(1) on the correlation's coordinate y (rho = tanh(y / 2)): its log density, log(1 - rho^2) up to a
-        # constant the kernel drops, stays in the value
-        rho = np.tanh(0.5 * x[bounded.size:])
-        jac += np.log1p(-rho**2).sum()
-        beta_std = std[:k.n_beta]
-        sd_std = std[k.n_beta + k.n_dpar:]
-        # back to the data's units: W is standardised x with a ones column (centred intercept)
-        sx, cx = pl.std.x_scale[0], pl.std.x_centre[0]
-        beta = np.array([beta_std[0] - beta_std[1] * cx / sx, beta_std[1] / sx])
-        z = pl.std.z_scale[0]
-        Lam = np.diag(sd_std / z) @ L
-        phi = std[k.n_beta] if k.n_dpar else None
-        value = k.logp(x)[0] - jac
-        assert value == pytest.approx(exact_loglik(family, data, beta, Lam, phi), abs=2e-3 if q == 2 else 1e-4)
+        value, exact = kernel_and_exact(k, pl, family, data, x)
+        assert value == pytest.approx(exact, abs=2e-3 if q == 2 else 1e-4)
+
+
+# -- nodes precomputed once per fit ----------------------------------------------------------------
+
+
+def design_of(formula_: str, data: pd.DataFrame, family: str):
+    fam = pipeline.options(family=family).family
+    design = pipeline.design_of(formula_, data, fam)
+    return glmm.build(design, make_plan(design, resolve_priors(design, as_prior_set(None))))
+
+
+def test_group_maps_find_the_population_columns_in_each_groups_span():
+    """A predictor with a random slope, or constant within groups, lies in the span of the group's own columns
+    (W_g = Z_g A_g, checked row by row); one that varies within groups without a slope does not, and a family
+    parameter (the negative binomial's shape) enters every group's likelihood: no precomputed nodes there."""
+    k, _, _ = kernel_of("bernoulli", 2)
+    r = k.rows
+    group = np.repeat(np.arange(k.n_groups), np.diff(r.starts.astype(int)))
+    np.testing.assert_allclose(np.einsum("nq,nqp->np", r.Z, k.maps[group]), r.W, atol=1e-12)
+    assert kernel_of("bernoulli", 1)[0].maps is None
+    assert kernel_of("negbinomial", 2)[0].maps is None
+    data = simulate("poisson", 1)
+    data["z"] = data.groupby("g")["x"].transform("mean")  # a group-level predictor
+    assert design_of("y ~ z + (1 | g)", data, "poisson").maps is not None
+    assert design_of("y ~ z + x + (1 | g)", data, "poisson").maps is None
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "binomial", "poisson"])
+def test_precomputed_nodes_integrate_the_same_marginal_likelihood(family):
+    """Placed at one point they are adaptive quadrature's nodes there (same value); at other points they stay
+    a quadrature of the same integral: against scipy's dense grid, to 2e-3 as adaptive quadrature. Their
+    gradient is the value's exact derivative (finite differences, 1e-5)."""
+    k, _, pl = kernel_of(family, 2, groups=6, per=30)
+    k = flat_priors(k)
+    data = simulate(family, 2, groups=6, per=30)
+    rng = np.random.default_rng(3)
+    x0 = k.unconstrain_start() + rng.uniform(-0.3, 0.3, k.n_dim)
+    fixed = k.with_fixed(x0, 7, np.ones(k.n_groups, dtype=bool))
+    assert fixed is not None and fixed.rule_text.endswith("precomputed at the posterior mode for every group")
+    assert fixed.logp(x0)[0] == pytest.approx(k.with_nodes(7).logp(x0)[0], abs=1e-8)
+    for _ in range(2):
+        x = x0 + rng.normal(0, 0.1, k.n_dim)
+        value, exact = kernel_and_exact(fixed, pl, family, data, x)
+        assert value == pytest.approx(exact, abs=2e-3)
+        _, grad = fixed.logp(x)
+        h = 1e-5
+        fd = np.array([(fixed.logp(x + h * e)[0] - fixed.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
+        np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-5)
+
+
+def test_the_pilot_precomputes_nodes_only_where_they_integrate_as_well(monkeypatch):
+    """300 groups of 60 bernoulli rows, two terms: precomputed nodes match 12 x 12 adaptive ones over the
+    pilot's points, so the pilot takes them (no pass over the rows per gradient). With 10 rows per group they
+    move too far from the groups' conditionals as the hyperparameters move, and it keeps adaptive quadrature,
+    unless its rules (value and gradient) are loosened."""
+    informative, _, _ = kernel_of("bernoulli", 2, groups=300, per=60)
+    assert glmm.choose_nodes(informative, seed=1).fixed is not None
+    small, _, _ = kernel_of("bernoulli", 2, groups=300, per=10)
+    assert glmm.choose_nodes(small, seed=1).fixed is None
+    monkeypatch.setattr(glmm, "ACCURACY_SD", 10.0)
+    monkeypatch.setattr(glmm, "GRADIENT_SD", 10.0)
+    assert glmm.choose_nodes(small, seed=1).fixed is not None
+
+
+def test_the_check_compares_precomputed_nodes_with_adaptive_ones():
+    """The check after sampling compares precomputed nodes with adaptive quadrature at every checked draw: near
+    where they were placed it passes; nodes placed far from the posterior fail it."""
+    k, _, _ = kernel_of("bernoulli", 2, groups=300, per=60)
+    chosen = glmm.choose_nodes(k, seed=1)
+    assert chosen.fixed is not None
+    from scipy.optimize import minimize
+
+    mode = minimize(lambda x: -chosen.logp(x)[0], k.unconstrain_start(), jac=lambda x: -chosen.logp(x)[1]).x
+    draws = mode + np.random.default_rng(0).normal(0, 0.03, (40, k.n_dim))
+    near = glmm.check_accuracy(chosen, draws)
+    assert near.ok and near.fixed_against == glmm.FIXED_CHECK_NODES[2]
+    assert "against adaptive quadrature with 4^2 nodes per group" in near.text()
+    far = k.with_fixed(mode + 3.0, chosen.fixed.nodes_per_dim, np.ones(k.n_groups, dtype=bool))
+    assert far is not None
+    assert not glmm.check_accuracy(far, draws).ok
 
 
 @pytest.mark.parametrize("family,q", CASES)
@@ -291,6 +376,42 @@ def test_random_effect_draws_follow_their_exact_conditional():
         assert (draws < mean).mean() == pytest.approx(cdf_at_mean, abs=0.03)
 
 
+def test_random_effect_draws_from_precomputed_nodes_follow_their_exact_conditional():
+    """Groups with precomputed nodes propose from the nodes' moments (no Newton solve): the draws still have
+    their exact conditional's mean, SD and a quantile (numerical integration), with nodes placed at another
+    point and four Metropolis steps; bernoulli, 3 rows per group, SD 2."""
+    data = simulate("bernoulli", 1, groups=5, per=3, sd=2.0)
+    k = design_of("y ~ 1 + (1 | g)", data, "bernoulli")
+    pl = make_plan(k_design := pipeline.design_of("y ~ 1 + (1 | g)", data, pipeline.options(family="bernoulli").family),
+                   resolve_priors(k_design, as_prior_set(None)))
+    x = k.unconstrain_start()
+    x[k.n_beta] = np.log(2.0 / pl.params[k.n_beta].beta)  # sd 2 in standardised units
+    fixed = k.with_fixed(x + 0.2, 9, np.ones(k.n_groups, dtype=bool))
+    assert fixed is not None
+    r, accepted = fixed.effects(np.tile(x, (4000, 1)), seed=3, steps=4)
+    assert accepted.mean() > 0.5
+    std = pl.to_std(k.constrained(x)[0])
+    Z, y, s = k.rows.Z[:, 0], k.rows.y, k.rows.starts.astype(int)
+    n = k.rows.n
+    for g in range(k.n_groups):
+        rows = slice(s[g], s[g + 1])
+        eta0 = std[0] * k.rows.W[rows, 0]
+        lam = std[k.n_beta]
+
+        def dens(b, eta0=eta0, rows=rows):
+            eta = eta0 + Z[rows] * b
+            return np.exp((y[rows] * eta - n[rows] * np.logaddexp(0, eta)).sum() - 0.5 * (b / lam) ** 2)
+
+        norm = integrate.quad(dens, -30, 30, limit=200)[0]
+        mean = integrate.quad(lambda b: b * dens(b), -30, 30, limit=200)[0] / norm
+        var = integrate.quad(lambda b: (b - mean) ** 2 * dens(b), -30, 30, limit=200)[0] / norm
+        draws = r[:, g, 0]
+        assert abs(draws.mean() - mean) < 4 * np.sqrt(var / 4000)
+        assert draws.std() == pytest.approx(np.sqrt(var), rel=0.06)
+        cdf_at_mean = integrate.quad(dens, -30, mean, limit=200)[0] / norm
+        assert (draws < mean).mean() == pytest.approx(cdf_at_mean, abs=0.03)
+
+
 def test_refusals_name_what_would_work():
     data = simulate("poisson", 2)
     data["h"] = data["g"].str[:2]
@@ -323,12 +444,21 @@ def assert_agree(a, b, n_effects_allowed: float = 0.01) -> None:
 
 
 #: (family, q, groups, rows per group, group SD): the hard case (3 bernoulli rows per group, SD 2), counts with
-#: a correlated slope, overdispersed counts, and groups of 60 rows (the Laplace approximation's rule).
+#: a correlated slope, overdispersed counts, groups of 60 rows with a correlated slope (precomputed nodes:
+#: every group's rows depend on its own two coefficients) and groups of 60 rows without (the Laplace rule).
 PAIRS = [("bernoulli", 1, 60, 3, 2.0), ("poisson", 2, 30, 8, 0.7), ("negbinomial", 1, 30, 8, 0.7),
-         ("bernoulli", 2, 12, 60, 1.0)]
+         ("bernoulli", 2, 30, 60, 1.0), ("bernoulli", 1, 12, 60, 1.0),
+         # the rest of each family's intercept and correlated slope
+         ("binomial", 1, 30, 6, 1.0), ("binomial", 2, 30, 6, 1.0), ("poisson", 1, 30, 8, 0.7),
+         ("negbinomial", 2, 30, 8, 0.7), ("bernoulli", 2, 40, 8, 1.0)]
+#: The rule each pair's pilot is expected to choose (words of `GlmmKernel.rule_text`).
+RULES = ["9 nodes per group", "nodes per group", "nodes per group", "precomputed at the posterior mode for every group",
+         "for every group (each has 50 rows or more)", "per group", "per group", "per group", "per group",
+         "per group"]
 
 
-#: CI fits the hard case and the Laplace rule's case; `make validate` all four (each pair compiles a joint model).
+#: CI fits the hard case and the precomputed nodes' case; `make validate` all of them (each pair compiles a
+#: joint model).
 IN_CI = {0, 3}
 
 
@@ -339,29 +469,33 @@ def engine_pair(request):
     family, q, groups, per, sd = request.param
     data = simulate(family, q, groups=groups, per=per, sd=sd)
     kw = dict(family=family, chains=2, draws=1000, tune=1000, seed=5)
-    return tuple(quiet_fit(formula(family, q), data, method=m, **kw) for m in ("collapsed", "joint"))
+    fits = tuple(quiet_fit(formula(family, q), data, method=m, **kw) for m in ("collapsed", "joint"))
+    return (*fits, RULES[PAIRS.index(request.param)])
 
 
 def test_collapsed_glmm_agrees_with_the_joint_engine(engine_pair):
-    collapsed, joint = engine_pair
+    collapsed, joint, rule = engine_pair
     assert collapsed.engine == "collapsed" and joint.engine == "joint"
+    assert rule in collapsed.info["quadrature_rule"]
     assert collapsed.info["quadrature_ok"] and collapsed.info["effects_acceptance"] > 0.5
     assert_agree(collapsed, joint)
 
 
 def test_fit_reports_its_integration_and_looks_like_a_joint_fit(engine_pair):
-    collapsed, joint = engine_pair
+    collapsed, joint, _ = engine_pair
     text = str(collapsed.summary())
-    assert "adaptive Gauss-Hermite quadrature" in text and "Check: against twice the nodes" in text and "passes the rule" in text
+    fixed = "precomputed" in collapsed.info["quadrature_rule"]
+    assert "Gauss-Hermite quadrature" in text and "passes the rule" in text
+    assert ("Check: against adaptive quadrature" if fixed else "Check: against twice the nodes") in text
     diag = collapsed.diagnostics()
-    assert "nodes per dimension" in diag.integration and "Integration:" in str(diag)
+    assert "nodes per" in diag.integration and "Integration:" in str(diag)
     assert list(collapsed.draws().columns) == list(joint.draws().columns)
     assert collapsed.loo().elpd == pytest.approx(joint.loo().elpd, abs=1.0)
     assert "compile" not in collapsed.timings
 
 
 def test_a_saved_fit_keeps_its_integration_report(engine_pair, tmp_path):
-    collapsed, _ = engine_pair
+    collapsed, _, _ = engine_pair
     path = tmp_path / "glmm.lmmfit"
     collapsed.save(path)
     back = lb.load(path)

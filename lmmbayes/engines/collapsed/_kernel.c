@@ -808,8 +808,8 @@ int64_t dense_logp(uint64_t dim, const double *x, double *out, double *logp, con
  * log-concave families); each thread keeps the last modes as starting points. Groups with many rows may use
  * one node, the Laplace approximation, whose gradient is then exact (laplace_group).
  * --------------------------------------------------------------------------------------------- */
-#define GHEADER 12 /* total, n_dim, n_beta, q, G, n_cor, N, n_dpar, family, nodes of rule 0, max rows per group,
-                      nodes of rule 1 */
+#define GHEADER 13 /* total, n_dim, n_beta, q, G, n_cor, N, n_dpar, family, nodes of rule 0, max rows per group,
+                      nodes of rule 1, precomputed nodes per group of rule 2 (0: none) */
 
 enum { GLMM_BINOMIAL_LOGIT = 1, GLMM_POISSON_LOG = 2, GLMM_NEGBINOMIAL_LOG = 3 };
 
@@ -875,18 +875,23 @@ static double row_ll_phi(int fam, double y, double phi, double *dphi) {
     return lgamma(y + phi) - lgamma(phi);
 }
 
-/* Two quadrature rules: rule 0 for groups with few rows, rule 1 (fewer nodes) for groups with many, whose
- * conditional distributions are close to normal; `rule` says which each group uses. */
+/* The quadrature rules, `rule` per group: 0 for groups with few rows, 1 (fewer nodes) for groups with many,
+ * whose conditional distributions are close to normal; 2 (small) and 3 (large groups) read nodes precomputed once
+ * per fit (fixed_group) instead of the rows: beta_hat (p), then per group A_g (q x p), delta (K x q) and c (K),
+ * K = n_fixed. Odd rules mark the large groups (fewer Metropolis steps in glmm_draw). */
 typedef struct {
     Priors P;
-    int p, q, G, N, fam, n_nodes[2], max_nodes, max_ng;
+    int p, q, G, N, fam, n_nodes[2], max_nodes, max_ng, n_fixed;
     const double *nodes[2], *logw[2], *rule, *starts, *W, *Z, *y, *ntr, *off, *w;
+    const double *beta_hat, *A, *delta, *fc;
 } Glmm;
 
 static void read_glmm(Glmm *m, const double *buf) {
     m->p = (int)buf[2]; m->q = (int)buf[3]; m->G = (int)buf[4]; m->N = (int)buf[6];
     m->fam = (int)buf[8]; m->n_nodes[0] = (int)buf[9]; m->max_ng = (int)buf[10]; m->n_nodes[1] = (int)buf[11];
+    m->n_fixed = (int)buf[12];
     m->max_nodes = m->n_nodes[0] > m->n_nodes[1] ? m->n_nodes[0] : m->n_nodes[1];
+    if (m->n_fixed > m->max_nodes) m->max_nodes = m->n_fixed;
     const double *o = read_priors(&m->P, buf + GHEADER, m->p, (int)buf[7], m->q, (int)buf[5]);
     for (int r = 0; r < 2; r++) {
         m->nodes[r] = o; o += (size_t)m->n_nodes[r] * m->q;
@@ -899,7 +904,11 @@ static void read_glmm(Glmm *m, const double *buf) {
     m->y = o; o += m->N;
     m->ntr = o; o += m->N;
     m->off = o; o += m->N;
-    m->w = o;
+    m->w = o; o += m->N;
+    m->beta_hat = o; o += m->p;
+    m->A = o; o += (size_t)m->n_fixed ? (size_t)m->G * m->q * m->p : 0;
+    m->delta = o; o += (size_t)m->G * m->n_fixed * m->q;
+    m->fc = o;
 }
 
 /* Per-thread memory: the last modes (warm starts) of the buffer they belong to, and scratch space. */
@@ -937,6 +946,19 @@ static double group_h(const Glmm *m, int n, const double *y, const double *ntr, 
     const int q = m->q;
     double h = 0.0, d1, d2, dphi;
     for (int a = 0; a < q; a++) h -= 0.5 * v[a] * v[a];
+    if (!G_ && !store && m->fam == GLMM_BINOMIAL_LOGIT) { /* the value alone (glmm_draw's steps): node_pass's trick */
+        double prod = 1.0;
+        for (int i = 0; i < n; i++) {
+            double eta = eta0[i];
+            for (int a = 0; a < q; a++) eta += t[i * q + a] * v[a];
+            const double e = exp(-fabs(eta)), c = w[i] * ntr[i];
+            h += w[i] * y[i] * eta - c * fmax(eta, 0.0);
+            if (c == 1.0) prod *= 1.0 + e; /* in [1, 2]: 64 factors cannot overflow */
+            else h -= c * log1p(e);
+            if ((i & 63) == 63) { h -= log(prod); prod = 1.0; }
+        }
+        return h - log(prod);
+    }
     if (G_) {
         for (int a = 0; a < q; a++) {
             G_[a] = -v[a];
@@ -1199,6 +1221,83 @@ static double laplace_group(const Glmm *m, int s, int n, const double *y, const 
     return h - logdet;
 }
 
+/* One group's integral by the nodes precomputed at the pilot's point (beta_hat, Lam_hat), for models whose
+ * population-level columns lie, within each group, in the span of its group-level columns (W_g = Z_g A_g):
+ * the rows then depend on theta = A_g beta + b only, theta ~ N(A_g beta, Lam Lam'), and the group's
+ * log-likelihood l_g(theta) does not depend on the sampled parameters (no family parameter). With the nodes
+ * theta_k = A_g beta_hat + delta_k (delta_k = Lam_hat v_k, v_k AGQ's nodes at the pilot's point) and
+ * c_k = log omega_k + |z_k|^2/2 + l_g(theta_k) + log|Lam_hat| - log|L| computed once (glmm_fixed_nodes),
+ *   log p(y_g) = -log|Lam| + log sum_k exp(c_k - |u_k|^2/2),   u_k = Lam^-1 (delta_k + A_g (beta_hat - beta)),
+ * the same Gauss-Hermite rule with its nodes held where the pilot put them: at the pilot's point it equals AGQ
+ * exactly, elsewhere it stays a quadrature of the same integral whose error the pilot and the check measure.
+ * No pass over the rows; the gradient is the value's exact derivative. With pi_k the nodes' weights, it adds
+ * A_g' Lam^-T E[u] to g_beta and E[u u'] to *euu (the caller adds Lam^-T (sum E[u u'] - G I) to g_lam). */
+/* fixed_group's nodes at (beta, Lam): u_k into uk (K x q) and the normalised weights pi_k into lk; returns
+ * log sum_k exp(c_k - |u_k|^2/2), or NAN. Linv = Lam^-1 (lower triangular). */
+static double fixed_weights(const Glmm *m, int g, const double *beta, const double *Linv, double *lk, double *uk) {
+    const int p = m->p, q = m->q, K = m->n_fixed;
+    const double *A = m->A + (size_t)g * q * p, *delta = m->delta + (size_t)g * K * q, *c = m->fc + (size_t)g * K;
+    double shift[q], s0[q], top = -INFINITY, sum = 0.0;
+    for (int a = 0; a < q; a++) {
+        shift[a] = 0.0;
+        for (int j = 0; j < p; j++) shift[a] += A[a * p + j] * (m->beta_hat[j] - beta[j]);
+    }
+    for (int a = 0; a < q; a++) { /* Lam^-1 shift, once: then u_k = Lam^-1 delta_k + s0 */
+        s0[a] = 0.0;
+        for (int b = 0; b <= a; b++) s0[a] += Linv[a * q + b] * shift[b];
+    }
+    for (int k = 0; k < K; k++) {
+        const double *d = delta + (size_t)k * q;
+        double *u = uk + (size_t)k * q, r2 = 0.0;
+        for (int a = 0; a < q; a++) {
+            double v = s0[a];
+            for (int b = 0; b <= a; b++) v += Linv[a * q + b] * d[b];
+            u[a] = v;
+            r2 += v * v;
+        }
+        lk[k] = c[k] - 0.5 * r2;
+        if (lk[k] > top) top = lk[k];
+    }
+    if (!isfinite(top)) return NAN;
+    for (int k = 0; k < K; k++) { lk[k] = exp(lk[k] - top); sum += lk[k]; }
+    const double inv = 1.0 / sum;
+    for (int k = 0; k < K; k++) lk[k] *= inv;
+    return top + log(sum);
+}
+
+static double fixed_group(const Glmm *m, int g, const double *beta, const double *Linv, double *lk, double *uk,
+                          double *g_beta, double *euu) {
+    const int p = m->p, q = m->q, K = m->n_fixed;
+    const double *A = m->A + (size_t)g * q * p;
+    double ubar[q];
+    const double value = fixed_weights(m, g, beta, Linv, lk, uk);
+    if (!isfinite(value)) return NAN;
+    for (int a = 0; a < q; a++) ubar[a] = 0.0;
+    for (int k = 0; k < K; k++) {
+        const double *u = uk + (size_t)k * q;
+        for (int a = 0; a < q; a++) {
+            ubar[a] += lk[k] * u[a];
+            for (int b = 0; b <= a; b++) euu[a * q + b] += lk[k] * u[a] * u[b]; /* lower half; symmetric */
+        }
+    }
+    for (int a = 0; a < q; a++) { /* A_g' Lam^-T ubar */
+        double wv = 0.0;
+        for (int b = a; b < q; b++) wv += Linv[b * q + a] * ubar[b];
+        for (int j = 0; j < p; j++) g_beta[j] += A[a * p + j] * wv;
+    }
+    return value;
+}
+
+/* Lam^-1 (lower triangular, q x q) into Linv. */
+static void lower_inverse(const double *Lam, int q, double *Linv) {
+    for (int b = 0; b < q; b++)
+        for (int a = 0; a < q; a++) {
+            double v = a == b ? 1.0 : 0.0;
+            for (int c = b; c < a; c++) v -= Lam[a * q + c] * Linv[c * q + b];
+            Linv[a * q + b] = a < b ? 0.0 : v / Lam[a * q + a];
+        }
+}
+
 /* log p(y | beta, phi, Lam) by adaptive quadrature, with the gradient (see above). NAN on failure. */
 static double glmm_marginal(const Glmm *m, const double *beta, double phi, const double *Lam, double *g_beta,
                             double *g_phi, double *g_lam) {
@@ -1208,11 +1307,23 @@ static double glmm_marginal(const Glmm *m, const double *beta, double phi, const
     for (int j = 0; j < p; j++) g_beta[j] = 0.0;
     for (int i = 0; i < q * q; i++) g_lam[i] = 0.0;
     *g_phi = 0.0;
+    double euu[q * q], Linv[q * q];
+    int n_fixed_groups = 0;
+    for (int i = 0; i < q * q; i++) euu[i] = 0.0;
+    if (m->n_fixed) lower_inverse(Lam, q, Linv);
     for (int g = 0; g < m->G; g++) {
-        const int s = (int)m->starts[g], n = (int)m->starts[g + 1] - s, r = (int)m->rule[g], K = m->n_nodes[r];
+        const int s = (int)m->starts[g], n = (int)m->starts[g + 1] - s, r = (int)m->rule[g];
         double *eta0 = tls.scratch, *t = eta0 + m->max_ng, *d1 = t + (size_t)m->max_ng * q;
         double *dp = d1 + (size_t)m->max_ng * KM, *lk = dp + (size_t)m->max_ng * KM * nd, *prod = lk + KM;
         double *vk = prod + KM;
+        if (r >= 2) {
+            double h = fixed_group(m, g, beta, Linv, lk, vk, g_beta, euu);
+            if (!isfinite(h)) return NAN;
+            total += h;
+            n_fixed_groups++;
+            continue;
+        }
+        const int K = m->n_nodes[r];  /* r is 0 or 1 here */
         double *v = tls.modes + (size_t)g * q;
         const double *y = m->y + s, *ntr = m->ntr + s, *w = m->w + s;
         group_rows(m, s, n, beta, Lam, eta0, t);
@@ -1275,6 +1386,20 @@ static double glmm_marginal(const Glmm *m, const double *beta, double phi, const
                 for (int b = 0; b < q; b++) g_lam[a * q + b] += w[i] * Zi[a] * ev[b];
         }
     }
+    if (n_fixed_groups) { /* -G log|Lam|, and Lam^-T (sum E[u u'] - G I) into g_lam, column by column */
+        for (int a = 0; a < q; a++) {
+            total -= n_fixed_groups * log(Lam[a * q + a]);
+            euu[a * q + a] -= n_fixed_groups;
+            for (int b = a + 1; b < q; b++) euu[a * q + b] = euu[b * q + a];
+        }
+        for (int b = 0; b < q; b++)
+            for (int a = q - 1; a >= 0; a--) {
+                double s = euu[a * q + b];
+                for (int c = a + 1; c < q; c++) s -= Lam[c * q + a] * euu[c * q + b];
+                euu[a * q + b] = s / Lam[a * q + a];
+                g_lam[a * q + b] += euu[a * q + b];
+            }
+    }
     return total;
 }
 
@@ -1304,6 +1429,55 @@ int64_t glmm_logp(uint64_t dim, const double *x, double *out, double *logp, cons
     return 0;
 }
 
+/* fixed_group's nodes at the point x (the pilot's posterior mode), for every group: delta (G x K x q), c (G x K)
+ * and beta_hat (p); z and logw: K standard-normal Gauss-Hermite nodes and log(weight) + |z|^2/2. One Newton solve
+ * and one pass over each group's rows at K nodes. Returns 0, or 1 where a group's mode could not be found. */
+int64_t glmm_fixed_nodes(const double *buf, const double *x, int64_t K, const double *z, const double *logw,
+                         double *delta, double *c, double *beta_hat) {
+    Glmm m;
+    read_glmm(&m, buf);
+    const Priors *P = &m.P;
+    const int q = m.q, n_dim = (int)buf[1], nc = P->n_cor > 0 ? 2 * P->n_cor : 1;
+    double vals[P->k], dxdz[P->k], cpc[nc], Lcorr[q * q], Lam[q * q], L[q * q], grad[n_dim];
+    if (K > m.max_nodes) m.max_nodes = (int)K;
+    if (!tls_ready(&m, buf)) return 1;
+    prior_part(P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
+    for (int j = 0; j < m.p; j++) beta_hat[j] = vals[j];
+    double logdet_lam = 0.0;
+    for (int a = 0; a < q; a++) logdet_lam += log(Lam[a * q + a]);
+    const int KM = m.max_nodes;
+    for (int g = 0; g < m.G; g++) {
+        const int s = (int)m.starts[g], n = (int)m.starts[g + 1] - s;
+        double *eta0 = tls.scratch, *t = eta0 + m.max_ng, *d1 = t + (size_t)m.max_ng * q;
+        double *lk = d1 + (size_t)m.max_ng * KM, *prod = lk + KM, *vk = prod + KM;
+        double *v = tls.modes + (size_t)g * q;
+        const double *y = m.y + s, *ntr = m.ntr + s, *w = m.w + s;
+        group_rows(&m, s, n, vals, Lam, eta0, t);
+        if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, 0.0, v, L, 1e-10, NULL, 0, NULL))) return 1;
+        double logdet_l = 0.0;
+        for (int a = 0; a < q; a++) logdet_l += log(L[a * q + a]);
+        for (int k = 0; k < K; k++) {
+            double *vv = vk + (size_t)k * q;
+            chol_back(L, q, z + (size_t)k * q, vv);
+            for (int a = 0; a < q; a++) vv[a] += v[a];
+        }
+        node_pass(&m, n, y, ntr, w, eta0, t, 0.0, (int)K, vk, lk, prod, d1, NULL);
+        for (int k = 0; k < K; k++) {
+            const double *vv = vk + (size_t)k * q;
+            double r2 = 0.0;
+            for (int a = 0; a < q; a++) r2 += vv[a] * vv[a];
+            /* node_pass's h_g includes -|v|^2/2, the prior in v; fixed_group evaluates the prior itself */
+            c[(size_t)g * K + k] = logw[k] + lk[k] + 0.5 * r2 + logdet_lam - logdet_l;
+            for (int a = 0; a < q; a++) {
+                double d = 0.0;
+                for (int b = 0; b <= a; b++) d += Lam[a * q + b] * vv[b];
+                delta[((size_t)g * K + k) * q + a] = d;
+            }
+        }
+    }
+    return 0;
+}
+
 /* -- the random effects' exact conditional ------------------------------------------------------ */
 
 static uint64_t splitmix(uint64_t *s) {
@@ -1314,6 +1488,28 @@ static uint64_t splitmix(uint64_t *s) {
 }
 static double uniform(uint64_t *s) { return ((splitmix(s) >> 11) + 0.5) * 0x1.0p-53; } /* in (0, 1) */
 static double std_normal(uint64_t *s) { return sqrt(-2.0 * log(uniform(s))) * cos(6.283185307179586 * uniform(s)); }
+
+/* The mean and the Cholesky factor C of the covariance of v given y_g, by the group's precomputed nodes at (beta,
+ * Lam) (v_k = u_k of fixed_weights); scratch holds K (1 + q) numbers. 0 where they fail (a covariance not
+ * positive definite: all weight on one node, far from the pilot's point). */
+static int fixed_moments(const Glmm *m, int g, const double *beta, const double *Linv, double *scratch,
+                         double *mean, double *C) {
+    const int q = m->q, K = m->n_fixed;
+    double *lk = scratch, *uk = scratch + K;
+    if (!isfinite(fixed_weights(m, g, beta, Linv, lk, uk))) return 0;
+    for (int a = 0; a < q; a++) {
+        mean[a] = 0.0;
+        for (int k = 0; k < K; k++) mean[a] += lk[k] * uk[(size_t)k * q + a];
+    }
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b <= a; b++) {
+            double cv = 0.0;
+            for (int k = 0; k < K; k++)
+                cv += lk[k] * (uk[(size_t)k * q + a] - mean[a]) * (uk[(size_t)k * q + b] - mean[b]);
+            C[a * q + b] = cv;
+        }
+    return cholesky_inplace(C, q) && isfinite(C[0]);
+}
 
 /* For each draw x[d] (rows of the unconstrained parameters), the random effects b_g = Lam v_g in
  * standardised units, into out[d][g][:]: v_g from an independence Metropolis chain of `steps` steps
@@ -1331,27 +1527,43 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
     const Priors *P = &m.P;
     const int q = m.q, n_dim = (int)buf[1], nc = P->n_cor > 0 ? 2 * P->n_cor : 1;
     const double nu = 4.0;
-    double vals[P->k], dxdz[P->k], cpc[nc], Lcorr[q * q], Lam[q * q], L[q * q], grad[n_dim];
-    double z[q], v[q], cur[q];
+    double vals[P->k], dxdz[P->k], cpc[nc], Lcorr[q * q], Lam[q * q], L[q * q], grad[n_dim], Linv[q * q];
+    double z[q], v[q], cur[q], centre[q], C[q * q];
     if (!tls_ready(&m, buf)) return 1;
+    /* glmm_marginal's scratch layout: the nodes' weights after the per-row arrays */
+    const size_t lk_at = (size_t)m.max_ng * (1 + q + (size_t)m.max_nodes * (1 + P->n_dpar));
     for (int64_t d = 0; d < n_draws; d++) {
         uint64_t state = seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(d + 1));
         prior_part(P, xs + d * n_dim, grad, vals, dxdz, Lcorr, cpc, Lam);
+        if (m.n_fixed) lower_inverse(Lam, q, Linv);
         double phi = P->n_dpar ? vals[m.p] : 0.0;
         accepted[d] = 0.0;
         for (int g = 0; g < m.G; g++) {
             const int s = (int)m.starts[g], n = (int)m.starts[g + 1] - s;
             double *eta0 = tls.scratch, *t = eta0 + m.max_ng, *mode = tls.modes + (size_t)g * q;
             const double *y = m.y + s, *ntr = m.ntr + s, *w = m.w + s;
+            const int r = (int)m.rule[g];
             group_rows(&m, s, n, vals, Lam, eta0, t);
-            if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, mode, L, 1e-5, NULL, 0, NULL))) return 1;
+            /* the proposal's centre and scale: the precomputed nodes' moments of v where the group has them (no
+             * Newton solve, no pass over the rows), else the mode and the inverse negative Hessian there */
+            int by_nodes = r >= 2 && fixed_moments(&m, g, vals, Linv, tls.scratch + lk_at, centre, C);
+            if (!by_nodes) {
+                if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, mode, L, 1e-5, NULL, 0, NULL))) return 1;
+                for (int a = 0; a < q; a++) centre[a] = mode[a];
+            }
             double cur_lr = 0.0;
-            const int64_t steps = m.rule[g] > 0.5 ? steps_large : steps_small;
+            const int64_t steps = r % 2 ? steps_large : steps_small;
             for (int64_t step = 0; step < steps; step++) {
                 double chi = -2.0 * log(uniform(&state) * uniform(&state)), r2 = 0.0; /* chi-square(4) */
                 for (int a = 0; a < q; a++) { z[a] = std_normal(&state) * sqrt(nu / chi); r2 += z[a] * z[a]; }
-                chol_back(L, q, z, v);
-                for (int a = 0; a < q; a++) v[a] += mode[a];
+                if (by_nodes)
+                    for (int a = 0; a < q; a++) {
+                        v[a] = 0.0;
+                        for (int b = 0; b <= a; b++) v[a] += C[a * q + b] * z[b];
+                    }
+                else
+                    chol_back(L, q, z, v);
+                for (int a = 0; a < q; a++) v[a] += centre[a];
                 double lr = group_h(&m, n, y, ntr, w, eta0, t, phi, v, NULL, NULL, NULL, 0) +
                             0.5 * (nu + q) * log1p(r2 / nu);
                 if (step == 0 || (isfinite(lr) && log(uniform(&state)) < lr - cur_lr)) {

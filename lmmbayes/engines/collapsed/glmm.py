@@ -11,6 +11,12 @@ samples only the population-level effects, the family's parameters and the
 sds and correlation, and the random effects are drawn afterwards for every
 posterior draw from their exact conditional distribution.
 
+Where each group's rows depend on its coefficients ``A_g beta + b_g`` alone (predictors
+with random slopes, or constant within groups) and the family has no parameter of
+its own, the large groups' nodes can be computed once, at the posterior mode
+(`FixedNodes`): a gradient then reads G x K numbers instead of the rows, so its
+cost no longer grows with the data.
+
 Accuracy is measured on every fit, not assumed: the log marginal likelihood
 at ``K`` nodes per dimension is compared with ``2K`` over posterior draws
 (`check_accuracy`). Reweighting the posterior from K to 2K nodes would use the
@@ -29,6 +35,7 @@ and LOO stay per original row (they are computed from the draws).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +79,13 @@ LARGE_GROUP_ROWS = 50
 LARGE_NODES = {1: 1, 2: 1}
 #: The large groups' rules `choose_nodes` tries, in order (the last is taken where none matches).
 LARGE_CANDIDATES = (1, 2, 3)
+#: Nodes per dimension of the precomputed rule (`FixedNodes`) the pilot tries, in order: a gradient then reads
+#: G x K^q numbers instead of the rows (about 25 ns each), so nodes are cheap; the pilot and the check decide.
+FIXED_NODES = {1: (9, 15), 2: (5, 7)}
+#: The adaptive rule (nodes per dimension) the check after sampling compares precomputed nodes with: unlike K
+#: against 2K of one rule, a second method, whose nodes follow every draw. Each check costs CHECK_DRAWS x K^q
+#: passes over the large groups' rows.
+FIXED_CHECK_NODES = {1: 5, 2: 4}
 #: Largest number of correlated terms per group the quadrature handles (the cost grows as K^q).
 MAX_TERMS = 2
 #: The accuracy rule: the SD over posterior draws of log p_2K − log p_K at most this.
@@ -178,6 +192,43 @@ def grouped_rows(design: Design, plan: Plan) -> GroupedRows:
                        c(n[order]), c(offset[order], dtype=float), c(weight[order], dtype=float), N, sizes)
 
 
+def group_maps(rows: GroupedRows, q: int) -> np.ndarray | None:
+    """Per group, ``A_g`` (G, q, p) with ``W_g = Z_g A_g``: the population-level columns lie in the span of the
+    group-level ones. Then a group's rows depend on ``theta_g = A_g beta + b_g`` alone, and its log-likelihood
+    is a fixed function of ``theta_g`` (`FixedNodes`). True for group-level predictors (constant within a
+    group, in the span of the intercept) and for predictors with a random slope; None where some group has a
+    predictor that varies within it without a random slope, or no rows."""
+    starts = rows.starts.astype(np.int64)
+    sizes = np.diff(starts)
+    if sizes.size == 0 or (sizes == 0).any():
+        return None
+    W, Z = rows.W, rows.Z
+    ztz = np.add.reduceat(Z[:, :, None] * Z[:, None, :], starts[:-1], axis=0)
+    ztw = np.add.reduceat(Z[:, :, None] * W[:, None, :], starts[:-1], axis=0)
+    A = np.linalg.pinv(ztz, hermitian=True) @ ztw
+    group = np.repeat(np.arange(sizes.size), sizes)
+    resid = W - np.einsum("nq,nqp->np", Z, A[group])
+    return A if np.abs(resid).max(initial=0.0) <= 1e-8 * (1.0 + np.abs(W).max(initial=0.0)) else None
+
+
+@dataclass(frozen=True, eq=False)
+class FixedNodes:
+    """Quadrature nodes per group computed once, at the pilot's posterior mode, for ``_kernel.c``'s
+    ``fixed_group``: ``theta_gk = A_g beta_hat + delta_gk`` and ``c_gk`` (the rows' log-likelihood there, with
+    the node's weight and the rule's Jacobian). Where every group's rows depend on ``theta_g`` alone
+    (`group_maps`) and the family has no parameter of its own, a gradient reads these G x K numbers instead of
+    the rows. It is the adaptive rule with its nodes held where the pilot put them: equal to it at the pilot's
+    point, and a quadrature of the same integral elsewhere, accurate while the posterior's hyperparameters move
+    each group's conditional little against its width (informative groups, many of them)."""
+
+    nodes_per_dim: int
+    beta_hat: np.ndarray
+    delta: np.ndarray
+    c: np.ndarray
+    #: Which groups use them (the others keep their adaptive rule).
+    groups: np.ndarray
+
+
 @dataclass(frozen=True, eq=False)
 class GlmmKernel:
     """The numbers ``glmm_log_density`` reads for one model, and the maps to and from ``x``.
@@ -195,10 +246,14 @@ class GlmmKernel:
     nodes_per_dim: int
     large_nodes_per_dim: int
     rows: GroupedRows
+    #: `group_maps`, where every group's rows depend on theta_g alone and the family has no parameter.
+    maps: np.ndarray | None = None
+    #: Precomputed nodes for some groups (`FixedNodes.groups`), or None.
+    fixed: FixedNodes | None = None
 
     callback: ClassVar[str] = "glmm_logp"
     #: Length of the buffer's header (``GHEADER`` in ``_kernel.c``).
-    HEADER: ClassVar[int] = 12
+    HEADER: ClassVar[int] = 13
 
     @property
     def n_dim(self) -> int:
@@ -213,14 +268,17 @@ class GlmmKernel:
         """Everything ``glmm_log_density`` reads, packed into one float64 array (not to be modified)."""
         small = gauss_hermite(self.nodes_per_dim, self.q)
         large = gauss_hermite(self.large_nodes_per_dim, self.q)
-        r = self.rows
-        parts = self.params.packed() + [*small, *large, self.large_groups, r.starts, r.W, r.Z, r.y, r.n, r.offset,
-                                        r.weight]
+        r, f = self.rows, self.fixed
+        # _kernel.c's rule codes: 0 and 1 adaptive (small, large groups), 2 and 3 precomputed (small, large)
+        rule = self.large_groups.astype(float) + (2.0 * f.groups if f is not None else 0.0)
+        precomputed = [f.beta_hat, self.maps, f.delta, f.c] if f is not None else [np.zeros(self.n_beta)]
+        parts = self.params.packed() + [*small, *large, rule, r.starts, r.W, r.Z, r.y, r.n, r.offset, r.weight,
+                                        *precomputed]
         body = np.concatenate([np.asarray(p, dtype=float).ravel() for p in parts])
         max_rows = int(np.diff(r.starts).max()) if self.n_groups else 0
         header = [self.HEADER + body.size, self.n_dim, self.n_beta, self.q, self.n_groups,
                   self.params.n_cor, r.y.shape[0], self.n_dpar, self.code, small[0].shape[0], max_rows,
-                  large[0].shape[0]]
+                  large[0].shape[0], f.delta.shape[1] if f is not None else 0]
         return np.ascontiguousarray(np.concatenate([np.asarray(header, dtype=float), body]))
 
     @property
@@ -229,9 +287,36 @@ class GlmmKernel:
         return self.rows.sizes >= LARGE_GROUP_ROWS
 
     def with_nodes(self, nodes_per_dim: int, large_nodes_per_dim: int | None = None) -> GlmmKernel:
-        """The same model integrated with other numbers of nodes per dimension (small groups, large groups)."""
-        return replace(self, nodes_per_dim=nodes_per_dim,
+        """The same model integrated by adaptive quadrature with other numbers of nodes per dimension (small
+        groups, large groups)."""
+        return replace(self, nodes_per_dim=nodes_per_dim, fixed=None,
                        large_nodes_per_dim=nodes_per_dim if large_nodes_per_dim is None else large_nodes_per_dim)
+
+    def with_small_nodes(self, nodes_per_dim: int) -> GlmmKernel:
+        """The same rules for the large groups, and ``nodes_per_dim`` for the others."""
+        return replace(self, nodes_per_dim=nodes_per_dim)
+
+    def with_fixed(self, x: np.ndarray, nodes_per_dim: int, groups: np.ndarray | None = None) -> GlmmKernel | None:
+        """``groups`` (default: the large ones) integrated by `FixedNodes` placed at the point ``x``; None where
+        they do not apply (`group_maps`, no family parameter) or a group's mode could not be found there."""
+        import ctypes
+
+        if self.maps is None or self.n_dpar:
+            return None
+        z, logw = gauss_hermite(nodes_per_dim, self.q)
+        K = z.shape[0]
+        delta, c, beta_hat = np.empty((self.n_groups, K, self.q)), np.empty((self.n_groups, K)), np.empty(self.n_beta)
+        lib = kernel._library()
+        assert lib is not None
+        f64p = ctypes.POINTER(ctypes.c_double)
+        ptr = lambda a: np.ascontiguousarray(a, dtype=float).ctypes.data_as(f64p)  # noqa: E731
+        x, z, logw = (np.ascontiguousarray(a, dtype=float) for a in (x, z, logw))
+        if lib.glmm_fixed_nodes(ptr(self.buffer), ptr(x), K, ptr(z), ptr(logw), ptr(delta), ptr(c), ptr(beta_hat)):
+            return None
+        if not (np.isfinite(c).all() and np.isfinite(delta).all()):
+            return None
+        chosen = self.large_groups if groups is None else np.asarray(groups, dtype=bool)
+        return replace(self, fixed=FixedNodes(nodes_per_dim, beta_hat, delta, c, chosen))
 
     @property
     def rule_text(self) -> str:
@@ -240,6 +325,11 @@ class GlmmKernel:
         n_large = int(self.large_groups.sum())
         words = lambda k: "the Laplace approximation" if k == 1 else f"{k}{power} nodes"  # noqa: E731
         small, large = words(self.nodes_per_dim), words(self.large_nodes_per_dim)
+        if self.fixed is not None:
+            fixed = f"{self.fixed.nodes_per_dim}{power} nodes precomputed at the posterior mode"
+            if self.fixed.groups.all():
+                return f"{fixed} for every group"
+            large = fixed
         if n_large == 0 or small == large:
             return f"{small} per group"
         if n_large == self.n_groups:
@@ -296,8 +386,9 @@ def build(design: Design, plan: Plan) -> GlmmKernel | None:
     if params is None:
         return None
     n_dpar = len(plan.dpars)
+    rows = grouped_rows(design, plan)
     return GlmmKernel(code(design), len(plan.params) - n_dpar - f.q, n_dpar, f.q, params, NODES[f.q],
-                      LARGE_NODES[f.q], grouped_rows(design, plan))
+                      LARGE_NODES[f.q], rows, None if n_dpar else group_maps(rows, f.q))
 
 
 def choose_nodes(k: GlmmKernel, seed: int) -> GlmmKernel:
@@ -309,7 +400,9 @@ def choose_nodes(k: GlmmKernel, seed: int) -> GlmmKernel:
     than the rule allows, although each group is nearly normal. So the rules are chosen per fit: the
     posterior mode of the sampled parameters is found by BFGS (on the kernel's own gradient) and
     `PILOT_POINTS` points drawn from the normal approximation there (BFGS's inverse Hessian). At them, the
-    large groups' rule is the first of `LARGE_CANDIDATES` (1 is Laplace, with its exact gradient) and then
+    rule is `FixedNodes` placed at the mode for every group where they apply (`group_maps`) and pass; else the
+    large groups' rule is the first of: `FixedNodes`, then `LARGE_CANDIDATES` (1 is Laplace, with its exact
+    gradient); and then
     the small groups' the first of `FEWER_NODES` whose log-likelihood differs from the reference rule
     (twice `NODES`, and twice the largest large-group candidate) by an SD over the points of at most a
     quarter of `ACCURACY_SD`, and whose gradient differs from the reference's by at most `GRADIENT_SD`
@@ -335,20 +428,28 @@ def choose_nodes(k: GlmmKernel, seed: int) -> GlmmKernel:
     grad_ref = np.array([g for _, g in reference])[ok]
     sd = np.sqrt(np.diag(cov))
 
-    def close(small: int, large: int) -> bool:
-        found = [k.with_nodes(small, large).logp(x) for x in points[ok]]
+    def close(candidate: GlmmKernel) -> bool:
+        found = [candidate.logp(x) for x in points[ok]]
         values, grads = np.array([v for v, _ in found]), np.array([g for _, g in found])
         return bool(np.all(np.isfinite(values)) and np.all(np.isfinite(grads))
                     and (values - exact[ok]).std() <= ACCURACY_SD / 4
                     and np.abs((grads - grad_ref) * sd).max() <= GRADIENT_SD)
 
-    large = LARGE_CANDIDATES[-1]
+    # precomputed nodes first: a gradient then costs no pass over the rows
+    everywhere = np.ones(k.n_groups, dtype=bool)
+    for nodes in FIXED_NODES[k.q]:
+        candidate = k.with_fixed(found.x, nodes, everywhere)
+        if candidate is not None and close(candidate):
+            return candidate
+    chosen = k.with_nodes(small_ref, LARGE_CANDIDATES[-1])
     if k.large_groups.any():
-        large = next((c for c in LARGE_CANDIDATES if close(small_ref, c)), large)
+        fixed = (k.with_nodes(small_ref, LARGE_CANDIDATES[-1]).with_fixed(found.x, n) for n in FIXED_NODES[k.q])
+        adaptive = (k.with_nodes(small_ref, c) for c in LARGE_CANDIDATES)
+        chosen = next((c for c in itertools.chain(fixed, adaptive) if c is not None and close(c)), chosen)
     small = NODES[k.q]
     if (~k.large_groups).any():
-        small = next((c for c in FEWER_NODES[k.q] if close(c, large)), small)
-    return k.with_nodes(small, large)
+        small = next((c for c in FEWER_NODES[k.q] if close(chosen.with_small_nodes(c))), small)
+    return chosen.with_small_nodes(small)
 
 
 @dataclass(frozen=True)
@@ -358,7 +459,10 @@ class Accuracy:
     Attributes
     ----------
     rule : str
-        The fit's nodes per group, in words (compared with twice as many per dimension).
+        The fit's nodes per group, in words.
+    reference : str
+        What it was compared with, in words: twice the nodes per dimension (3 for Laplace), and adaptive
+        quadrature for precomputed nodes.
     sd : float
         SD over the draws of log p_2K − log p_K.
     max_abs : float
@@ -366,20 +470,22 @@ class Accuracy:
     pareto_k : float
         Pareto k of the importance weights exp(Δ) (PSIS).
     n_draws : int
-    laplace : bool
-        Whether some groups used the Laplace approximation (compared with 3 nodes per dimension).
     distinct : int
         How many of the checked draws differ from each other. Draws that barely move (a stuck chain) agree
         with any rule, so the check cannot judge them: fewer than half distinct fails it.
+    fixed_against : int
+        Where the large groups used precomputed nodes: the adaptive rule's nodes per dimension they were
+        compared with (0 otherwise).
     """
 
     rule: str
-    laplace: bool
+    reference: str
     sd: float
     max_abs: float
     pareto_k: float
     n_draws: int
     distinct: int
+    fixed_against: int = 0
 
     @property
     def moved(self) -> bool:
@@ -391,13 +497,12 @@ class Accuracy:
 
     def text(self) -> str:
         verdict = "passes" if self.ok else "FAILS"
-        against = "twice the nodes per dimension" + (" (3 for Laplace)" if self.laplace else "")
         stuck = "" if self.moved else (f"; only {self.distinct} of the {self.n_draws} draws differ (the sampler "
                                        "was stuck), so it cannot judge the integration")
-        return (f"adaptive Gauss-Hermite quadrature, {self.rule}; against {against} over {self.n_draws} "
-                f"draws, the log-likelihood differs with SD {self.sd:.2g} (max "
-                f"{self.max_abs:.2g}; Pareto k {self.pareto_k:.2f}){stuck}: {verdict} the rule SD <= "
-                f"{ACCURACY_SD:g}, k <= 0.7, draws that move")
+        how = "Gauss-Hermite quadrature" if self.fixed_against else "adaptive Gauss-Hermite quadrature"
+        return (f"{how}, {self.rule}; against {self.reference} over {self.n_draws} draws, the log-likelihood "
+                f"differs with SD {self.sd:.2g} (max {self.max_abs:.2g}; Pareto k {self.pareto_k:.2f}){stuck}: "
+                f"{verdict} the rule SD <= {ACCURACY_SD:g}, k <= 0.7, draws that move")
 
 
 def finer(nodes: int) -> int:
@@ -407,18 +512,37 @@ def finer(nodes: int) -> int:
 
 
 def check_accuracy(k: GlmmKernel, xs: np.ndarray) -> Accuracy:
-    """Compare the log marginal likelihood at K and 2K nodes per dimension over (up to `CHECK_DRAWS`) draws."""
+    """Compare the log marginal likelihood at K and 2K nodes per dimension over (up to `CHECK_DRAWS`) draws;
+    precomputed nodes with `FIXED_CHECK_NODES` adaptive ones. On two threads (ctypes releases the GIL)."""
     pick = np.unique(np.linspace(0, xs.shape[0] - 1, min(CHECK_DRAWS, xs.shape[0])).astype(int))
-    laplace = (k.large_nodes_per_dim == 1 and bool(k.large_groups.any())) or \
-        (k.nodes_per_dim == 1 and not bool(k.large_groups.all()))
-    fine = k.with_nodes(finer(k.nodes_per_dim), finer(k.large_nodes_per_dim))
-    delta = np.array([fine.logp(xs[s])[0] - k.logp(xs[s])[0] for s in pick])
+    adaptive = ~k.fixed.groups if k.fixed is not None else np.ones(k.n_groups, dtype=bool)
+    fixed = not adaptive.all()
+    laplace = (k.large_nodes_per_dim == 1 and bool((k.large_groups & adaptive).any())) or \
+        (k.nodes_per_dim == 1 and bool((~k.large_groups & adaptive).any()))
+    against = FIXED_CHECK_NODES[k.q] if fixed else 0
+    fine = k.with_nodes(finer(k.nodes_per_dim), against or finer(k.large_nodes_per_dim))
+    if fixed:
+        power = "^2" if k.q == 2 else ""
+        sizes = []
+        if (~k.large_groups).any():
+            sizes.append(f"{finer(k.nodes_per_dim)}{power} nodes for groups under {LARGE_GROUP_ROWS} rows")
+        if k.large_groups.any():
+            sizes.append(f"{against}{power} for larger ones" if sizes else f"{against}{power} nodes per group")
+        reference = "adaptive quadrature with " + ", ".join(sizes)
+        if adaptive.any():
+            reference = f"twice the nodes per dimension, and {reference} for the precomputed nodes"
+    else:
+        reference = "twice the nodes per dimension" + (" (3 for Laplace)" if laplace else "")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # one rule after the other: each thread keeps its warm starts while the buffer stays the same
+        delta = np.array(list(pool.map(lambda s: fine.logp(xs[s])[0], pick)))
+        delta -= np.array(list(pool.map(lambda s: k.logp(xs[s])[0], pick)))
     distinct = int(np.unique(xs[pick], axis=0).shape[0])
     if not np.all(np.isfinite(delta)):
-        return Accuracy(k.rule_text, laplace, math.inf, math.inf, math.inf, pick.size, distinct)
+        return Accuracy(k.rule_text, reference, math.inf, math.inf, math.inf, pick.size, distinct, against)
     centred = delta - delta.mean()
-    return Accuracy(k.rule_text, laplace, float(delta.std()), float(np.abs(centred).max()), weights_k(centred),
-                    pick.size, distinct)
+    return Accuracy(k.rule_text, reference, float(delta.std()), float(np.abs(centred).max()), weights_k(centred),
+                    pick.size, distinct, against)
 
 
 def weights_k(log_weights: np.ndarray) -> float:

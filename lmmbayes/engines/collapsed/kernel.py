@@ -75,6 +75,8 @@ def _library() -> ctypes.CDLL | None:
     lib.glmm_draw.restype = ctypes.c_int64
     lib.glmm_draw.argtypes = [f64p, f64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64, f64p,
                               f64p]
+    lib.glmm_fixed_nodes.restype = ctypes.c_int64
+    lib.glmm_fixed_nodes.argtypes = [f64p, f64p, ctypes.c_int64, f64p, f64p, f64p, f64p, f64p]
     return lib
 
 
