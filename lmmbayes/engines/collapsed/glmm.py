@@ -13,9 +13,9 @@ posterior draw from their exact conditional distribution.
 
 Where each group's rows depend on its coefficients ``A_g beta + b_g`` alone (predictors
 with random slopes, or constant within groups) and the family has no parameter of
-its own, the large groups' nodes can be computed once, at the posterior mode
-(`FixedNodes`): a gradient then reads G x K numbers instead of the rows, so its
-cost no longer grows with the data.
+its own, the nodes can be computed once, at the posterior mode (`FixedNodes`),
+where the pilot shows they integrate as well: a gradient then reads G x K numbers
+instead of the rows, so its cost no longer grows with the data.
 
 Accuracy is measured on every fit, not assumed: the log marginal likelihood
 at ``K`` nodes per dimension is compared with ``2K`` over posterior draws
