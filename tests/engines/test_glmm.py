@@ -145,10 +145,14 @@ def test_quadrature_is_the_marginal_likelihood(family, q):
 # -- nodes precomputed once per fit ----------------------------------------------------------------
 
 
-def design_of(formula_: str, data: pd.DataFrame, family: str):
+def design_of(formula_: str, data: pd.DataFrame, family: str) -> tuple[glmm.GlmmKernel, object]:
+    """The kernel of ``formula_`` on ``data`` with default priors, and its plan."""
     fam = pipeline.options(family=family).family
     design = pipeline.design_of(formula_, data, fam)
-    return glmm.build(design, make_plan(design, resolve_priors(design, as_prior_set(None))))
+    pl = make_plan(design, resolve_priors(design, as_prior_set(None)))
+    k = glmm.build(design, pl)
+    assert k is not None
+    return k, pl
 
 
 def test_group_maps_find_the_population_columns_in_each_groups_span():
@@ -163,8 +167,8 @@ def test_group_maps_find_the_population_columns_in_each_groups_span():
     assert kernel_of("negbinomial", 2)[0].maps is None
     data = simulate("poisson", 1)
     data["z"] = data.groupby("g")["x"].transform("mean")  # a group-level predictor
-    assert design_of("y ~ z + (1 | g)", data, "poisson").maps is not None
-    assert design_of("y ~ z + x + (1 | g)", data, "poisson").maps is None
+    assert design_of("y ~ z + (1 | g)", data, "poisson")[0].maps is not None
+    assert design_of("y ~ z + x + (1 | g)", data, "poisson")[0].maps is None
 
 
 @pytest.mark.parametrize("family", ["binomial", "poisson"])
@@ -355,48 +359,16 @@ def test_random_effect_draws_follow_their_exact_conditional():
     xs = np.tile(x, (4000, 1))
     r, accepted = k.effects(xs, seed=3)
     assert accepted.mean() > 0.5
-    u, _ = k.constrained(x)
-    std = pl.to_std(u)
-    W, Z, y, s = k.rows.W, k.rows.Z[:, 0], k.rows.y, k.rows.starts.astype(int)
+    assert_exact_conditional(k, pl.to_std(k.constrained(x)[0]), r)
+
+
+def assert_exact_conditional(k: glmm.GlmmKernel, std: np.ndarray, r: np.ndarray) -> None:
+    """Each group's draws ``r[:, g, 0]`` (one binomial-logit term) have the mean, SD and CDF at the mean of
+    the exact conditional at ``std`` (standardised parameters), by numerical integration."""
+    W, Z, y, n, s = k.rows.W, k.rows.Z[:, 0], k.rows.y, k.rows.n, k.rows.starts.astype(int)
     for g in range(k.n_groups):
         rows = slice(s[g], s[g + 1])
         eta0 = W[rows] @ std[:k.n_beta]
-        lam = std[k.n_beta]
-
-        def dens(b, eta0=eta0, rows=rows):
-            eta = eta0 + Z[rows] * b
-            return np.exp((y[rows] * eta - np.logaddexp(0, eta)).sum() - 0.5 * (b / lam) ** 2)
-
-        norm = integrate.quad(dens, -30, 30, limit=200)[0]
-        mean = integrate.quad(lambda b: b * dens(b), -30, 30, limit=200)[0] / norm
-        var = integrate.quad(lambda b: (b - mean) ** 2 * dens(b), -30, 30, limit=200)[0] / norm
-        draws = r[:, g, 0]
-        assert abs(draws.mean() - mean) < 4 * np.sqrt(var / 4000)
-        assert draws.std() == pytest.approx(np.sqrt(var), rel=0.06)
-        cdf_at_mean = integrate.quad(dens, -30, mean, limit=200)[0] / norm
-        assert (draws < mean).mean() == pytest.approx(cdf_at_mean, abs=0.03)
-
-
-def test_random_effect_draws_from_precomputed_nodes_follow_their_exact_conditional():
-    """Groups with precomputed nodes propose from the nodes' moments (no Newton solve): the draws still have
-    their exact conditional's mean, SD and a quantile (numerical integration), with nodes placed at another
-    point and four Metropolis steps; bernoulli, 3 rows per group, SD 2."""
-    data = simulate("bernoulli", 1, groups=5, per=3, sd=2.0)
-    k = design_of("y ~ 1 + (1 | g)", data, "bernoulli")
-    pl = make_plan(k_design := pipeline.design_of("y ~ 1 + (1 | g)", data, pipeline.options(family="bernoulli").family),
-                   resolve_priors(k_design, as_prior_set(None)))
-    x = k.unconstrain_start()
-    x[k.n_beta] = np.log(2.0 / pl.params[k.n_beta].beta)  # sd 2 in standardised units
-    fixed = k.with_fixed(x + 0.2, 9, np.ones(k.n_groups, dtype=bool))
-    assert fixed is not None
-    r, accepted = fixed.effects(np.tile(x, (4000, 1)), seed=3, steps=4)
-    assert accepted.mean() > 0.5
-    std = pl.to_std(k.constrained(x)[0])
-    Z, y, s = k.rows.Z[:, 0], k.rows.y, k.rows.starts.astype(int)
-    n = k.rows.n
-    for g in range(k.n_groups):
-        rows = slice(s[g], s[g + 1])
-        eta0 = std[0] * k.rows.W[rows, 0]
         lam = std[k.n_beta]
 
         def dens(b, eta0=eta0, rows=rows):
@@ -407,10 +379,25 @@ def test_random_effect_draws_from_precomputed_nodes_follow_their_exact_condition
         mean = integrate.quad(lambda b: b * dens(b), -30, 30, limit=200)[0] / norm
         var = integrate.quad(lambda b: (b - mean) ** 2 * dens(b), -30, 30, limit=200)[0] / norm
         draws = r[:, g, 0]
-        assert abs(draws.mean() - mean) < 4 * np.sqrt(var / 4000)
+        assert abs(draws.mean() - mean) < 4 * np.sqrt(var / r.shape[0])
         assert draws.std() == pytest.approx(np.sqrt(var), rel=0.06)
         cdf_at_mean = integrate.quad(dens, -30, mean, limit=200)[0] / norm
         assert (draws < mean).mean() == pytest.approx(cdf_at_mean, abs=0.03)
+
+
+def test_random_effect_draws_from_precomputed_nodes_follow_their_exact_conditional():
+    """Groups with precomputed nodes propose from the nodes' moments (no Newton solve): the draws still have
+    their exact conditional's mean, SD and a quantile (numerical integration), with nodes placed at another
+    point and four Metropolis steps; bernoulli, 3 rows per group, SD 2."""
+    data = simulate("bernoulli", 1, groups=5, per=3, sd=2.0)
+    k, pl = design_of("y ~ 1 + (1 | g)", data, "bernoulli")
+    x = k.unconstrain_start()
+    x[k.n_beta] = np.log(2.0 / pl.params[k.n_beta].beta)  # sd 2 in standardised units
+    fixed = k.with_fixed(x + 0.2, 9, np.ones(k.n_groups, dtype=bool))
+    assert fixed is not None
+    r, accepted = fixed.effects(np.tile(x, (4000, 1)), seed=3, steps=4)
+    assert accepted.mean() > 0.5
+    assert_exact_conditional(k, pl.to_std(k.constrained(x)[0]), r)
 
 
 def test_refusals_name_what_would_work():
