@@ -69,6 +69,21 @@ def maximal_2x2(subjects: int = 60, items: int = 40, seed: int = 23) -> pd.DataF
     return pd.DataFrame({"y": y, "a": a, "b": b, "subject": [f"s{k:03d}" for k in s], "item": [f"i{k:03d}" for k in i]})
 
 
+def schools_classes(schools: int = 100, classes: int = 8, pupils: int = 25, seed: int = 25) -> pd.DataFrame:
+    """Pupils within classes within schools (issue 14's nested factors; 20,000 rows by default): correlated
+    intercepts and slopes of x on both levels, sds (0.8, 0.3) per school and (0.5, 0.2) per class, sigma 1."""
+    rng = np.random.default_rng(seed)
+    school = np.repeat(np.arange(schools), classes * pupils)
+    cls = np.repeat(np.arange(schools * classes), pupils)
+    x = rng.normal(size=cls.size)
+    cor = np.array([[1.0, 0.4], [0.4, 1.0]])
+    u = rng.multivariate_normal([0, 0], cor * np.outer([0.8, 0.3], [0.8, 0.3]), schools)
+    v = rng.multivariate_normal([0, 0], cor * np.outer([0.5, 0.2], [0.5, 0.2]), schools * classes)
+    y = 1.0 + 0.5 * x + u[school, 0] + u[school, 1] * x + v[cls, 0] + v[cls, 1] * x + rng.normal(size=cls.size)
+    return pd.DataFrame({"y": y, "x": x, "school": [f"s{k:03d}" for k in school],
+                         "class": [f"c{k % classes}" for k in cls]})
+
+
 def users_items(users: int = 10_000, items: int = 1_000, per_user: int = 100, seed: int = 24) -> pd.DataFrame:
     """Ratings data (issue 14): every user rates ``per_user`` distinct random items (10^6 rows by default);
     y ~ x + (1 | user) + (1 | item) with sds 0.5 and 0.8, sigma 1."""
@@ -146,6 +161,9 @@ def wide_priors(*coefs: str) -> tuple[list, dict]:
 CASES["maximal_2x2"] = ("y ~ a + b + a:b + (1 + a + b + a:b | subject) + (1 + a + b + a:b | item)", maximal_2x2,
                         *wide_priors("a", "b", "a:b"))
 CASES["users_items"] = ("y ~ x + (1 | user) + (1 | item)", users_items, *wide_priors("x"))
+# Written as school + school:class, which bambi's, brms's and lme4's formulas all read as the nesting school/class.
+CASES["schools_classes"] = ("y ~ x + (1 + x | school) + (1 + x | school:class)", schools_classes,
+                            *wide_priors("x"))
 for n_s, n_i in [(40, 20), (100, 50), (200, 100)]:
     CASES[f"crossed_S{n_s}_I{n_i}"] = (
         "y ~ x + (1 | subject) + (1 | item)", (lambda a=n_s, b=n_i: crossed_intercepts(a, b)), *wide_priors("x"))

@@ -1582,6 +1582,297 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
     return 0;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Two nested factors (kernel.py's FactorsKernel, function "nested"; algebra.py's NestedPair): the inner levels b
+ * within the outer levels a, every effect integrated out. Ordered inner first, A = [[A_bb, A_ba], [A_ab, A_aa]]:
+ * A_bb is block diagonal (q_b x q_b per inner level) and A_ba = Lam_b' (Zb'Za)_g Lam_a / s2 is nonzero only at
+ * the inner level's own outer level, so the Schur complement S = A_aa - A_ab A_bb^-1 A_ba is block diagonal by
+ * outer level and both factorisations are batched: the cost is linear in the levels. The gradient needs the
+ * blocks of P = A^-1 where A is nonzero (a selected inversion):
+ *   P_aa = S^-1,  P_ba = -A_bb^-1 A_ba S^-1,  P_bb = A_bb^-1 + A_bb^-1 A_ba S^-1 A_ab A_bb^-1;
+ * then dl/dA = -(P + m m'/s4)/2 (m = A^-1 c) goes back through each block as in marginal_loglik, the
+ * off-diagonal block twice (A holds it and its transpose). The inner levels come sorted by outer level:
+ * starts[h] .. starts[h + 1] - 1 are outer level h's. Scratch space, G_b (q_b^2 + q_b q_a + 2 q_b) floats, is
+ * on the heap. */
+double nested_log_density(const double *x, double *grad, const double *buf) {
+    const int p = (int)buf[2], Q = (int)buf[3], n_cor = (int)buf[5];
+    const double n = buf[6], yty = buf[7];
+    Priors P;
+    const double *o = read_priors(&P, buf + HEADER, p, 1, Q, n_cor);
+    const double *shift = o; o += p;
+    const double *WtW = o; o += (size_t)p * p;
+    const double *Wty = o; o += p;
+    FactorSums fa, fb; /* outer, inner */
+    o = read_factor(&fa, o, p);
+    o = read_factor(&fb, o, p);
+    const double *starts = o; o += fa.G + 1;
+    const double *ZbZa = o; /* (G_b, q_b, q_a) */
+    const int qa = fa.q, qb = fb.q;
+
+    const int nb = p > 0 ? p : 1, nc = n_cor > 0 ? 2 * n_cor : 1;
+    double vals[P.k], dxdz[P.k], beta[nb], g_beta[nb], cpc[nc];
+    double Lcorr[Q * Q], Lam[Q * Q], g_lam[Q * Q], La[qa * qa], Lb[qb * qb], gLa[qa * qa], gLb[qb * qb];
+    double lp = prior_part(&P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
+    for (int k = 0; k < p; k++) beta[k] = vals[k] - shift[k];
+    sub_block(Lam, Q, fa.off, qa, La);
+    sub_block(Lam, Q, fb.off, qb, Lb);
+    const double sigma = vals[p], s2 = sigma * sigma, s4 = s2 * s2;
+    const size_t per = (size_t)qb * qb + (size_t)qb * qa + 2 * (size_t)qb; /* L_g, M_g', w_g, r_g */
+    double *scratch = malloc(sizeof(double) * per * (size_t)(fb.G > 0 ? fb.G : 1));
+    if (!scratch) return NAN;
+
+    double rr = yty, g_s2 = 0.0, logdet = 0.0, quad = 0.0;
+    for (int i = 0; i < p; i++) {
+        double wb = 0.0;
+        for (int j = 0; j < p; j++) wb += WtW[i * p + j] * beta[j];
+        rr += beta[i] * (wb - 2.0 * Wty[i]);
+        g_beta[i] = (Wty[i] - wb) / s2;
+    }
+    for (int i = 0; i < qa * qa; i++) gLa[i] = 0.0;
+    for (int i = 0; i < qb * qb; i++) gLb[i] = 0.0;
+    int ok = 1;
+    for (int h = 0; h < fa.G && ok; h++) {
+        const int g0 = (int)starts[h], g1 = (int)starts[h + 1];
+        const double *Zaa = fa.ZtZ + (size_t)h * qa * qa, *ZaW = fa.ZtW + (size_t)h * qa * p;
+        double ra[qa], d[qa], wa[qa], ma[qa], la[qa], Maa[qa * qa], Baa[qa * qa], S[qa * qa], SL[qa * qa];
+        double Sinv[qa * qa], GAaa[qa * qa];
+        for (int i = 0; i < qa; i++) {
+            double t = fa.Zty[(size_t)h * qa + i];
+            for (int j = 0; j < p; j++) t -= ZaW[i * p + j] * beta[j];
+            ra[i] = t;
+        }
+        for (int j = 0; j < qa; j++) { /* d = c_a = La' r_a (then less the inner levels' part), Maa = Z'Z_h La */
+            double t = 0.0;
+            for (int i = 0; i < qa; i++) t += La[i * qa + j] * ra[i];
+            d[j] = t;
+            for (int i = 0; i < qa; i++) {
+                t = 0.0;
+                for (int k = 0; k < qa; k++) t += Zaa[i * qa + k] * La[k * qa + j];
+                Maa[i * qa + j] = t;
+            }
+        }
+        for (int i = 0; i < qa; i++) /* Baa = A_aa - I; S starts at A_aa */
+            for (int j = 0; j <= i; j++) {
+                double t = 0.0;
+                for (int k = 0; k < qa; k++) t += La[k * qa + i] * Maa[k * qa + j];
+                Baa[i * qa + j] = Baa[j * qa + i] = t / s2;
+                S[i * qa + j] = S[j * qa + i] = t / s2 + (i == j ? 1.0 : 0.0);
+            }
+        for (int g = g0; g < g1; g++) {
+            double *L = scratch + (size_t)g * per, *Mt = L + qb * qb, *w = Mt + qb * qa, *rb = w + qb;
+            const double *Zbb = fb.ZtZ + (size_t)g * qb * qb, *ZbW = fb.ZtW + (size_t)g * qb * p;
+            const double *K = ZbZa + (size_t)g * qb * qa;
+            double Mbb[qb * qb], KLa[qb * qa];
+            for (int i = 0; i < qb; i++) {
+                double t = fb.Zty[(size_t)g * qb + i];
+                for (int j = 0; j < p; j++) t -= ZbW[i * p + j] * beta[j];
+                rb[i] = t;
+            }
+            for (int i = 0; i < qb; i++) {
+                for (int j = 0; j < qb; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += Zbb[i * qb + k] * Lb[k * qb + j];
+                    Mbb[i * qb + j] = t;
+                }
+                for (int j = 0; j < qa; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qa; k++) t += K[i * qa + k] * La[k * qa + j];
+                    KLa[i * qa + j] = t;
+                }
+            }
+            for (int i = 0; i < qb; i++) { /* L = A_bb (factored below), Mt = A_ba = Lb' K La / s2, w = c_b */
+                for (int j = 0; j <= i; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += Lb[k * qb + i] * Mbb[k * qb + j];
+                    L[i * qb + j] = L[j * qb + i] = t / s2 + (i == j ? 1.0 : 0.0);
+                }
+                for (int j = 0; j < qa; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += Lb[k * qb + i] * KLa[k * qa + j];
+                    Mt[i * qa + j] = t / s2;
+                }
+                double t = 0.0;
+                for (int k = 0; k < qb; k++) t += Lb[k * qb + i] * rb[k];
+                w[i] = t;
+            }
+            if (!cholesky_inplace(L, qb)) { ok = 0; break; }
+            for (int i = 0; i < qb; i++) { /* w = L^-1 c_b, Mt = L^-1 A_ba (forward solves) */
+                logdet += 2.0 * log(L[i * qb + i]);
+                for (int k = 0; k < i; k++) {
+                    w[i] -= L[i * qb + k] * w[k];
+                    for (int j = 0; j < qa; j++) Mt[i * qa + j] -= L[i * qb + k] * Mt[k * qa + j];
+                }
+                w[i] /= L[i * qb + i];
+                for (int j = 0; j < qa; j++) Mt[i * qa + j] /= L[i * qb + i];
+                quad += w[i] * w[i];
+            }
+            for (int i = 0; i < qa; i++) { /* S -= Mt' Mt, d -= Mt' w */
+                for (int j = 0; j < qa; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += Mt[k * qa + i] * Mt[k * qa + j];
+                    S[i * qa + j] -= t;
+                }
+                double t = 0.0;
+                for (int k = 0; k < qb; k++) t += Mt[k * qa + i] * w[k];
+                d[i] -= t;
+            }
+        }
+        if (!ok) break;
+        for (int i = 0; i < qa * qa; i++) SL[i] = S[i];
+        if (!cholesky_inplace(SL, qa)) { ok = 0; break; }
+        for (int i = 0; i < qa; i++) { /* w_a = L_S^-1 d */
+            double t = d[i];
+            for (int k = 0; k < i; k++) t -= SL[i * qa + k] * wa[k];
+            wa[i] = t / SL[i * qa + i];
+            quad += wa[i] * wa[i];
+            logdet += 2.0 * log(SL[i * qa + i]);
+        }
+        chol_back(SL, qa, wa, ma); /* m_a = S^-1 d: the outer block of A^-1 c */
+        lower_inverse(SL, qa, S);  /* S now holds L_S^-1; Sinv = L_S'^-1 L_S^-1 */
+        for (int i = 0; i < qa; i++)
+            for (int j = 0; j < qa; j++) {
+                double t = 0.0;
+                for (int k = (i > j ? i : j); k < qa; k++) t += S[k * qa + i] * S[k * qa + j];
+                Sinv[i * qa + j] = t;
+                GAaa[i * qa + j] = -0.5 * (t + ma[i] * ma[j] / s4);
+            }
+        double tr = 0.0;
+        for (int i = 0; i < qa * qa; i++) tr += GAaa[i] * Baa[i];
+        g_s2 -= tr / s2;
+        for (int i = 0; i < qa; i++) { /* dl/dc_a = m_a/s4: to beta through r_a, to La through c_a = La' r_a */
+            double t = 0.0;
+            for (int j = 0; j < qa; j++) t += La[i * qa + j] * ma[j];
+            la[i] = t / s4;
+        }
+        for (int j = 0; j < p; j++) {
+            double t = 0.0;
+            for (int i = 0; i < qa; i++) t += ZaW[i * p + j] * la[i];
+            g_beta[j] -= t;
+        }
+        for (int i = 0; i < qa; i++)
+            for (int j = 0; j < qa; j++) {
+                double t = 0.0;
+                for (int k = 0; k < qa; k++) t += Maa[i * qa + k] * GAaa[k * qa + j];
+                gLa[i * qa + j] += 2.0 * t / s2 + ra[i] * ma[j] / s4;
+            }
+        for (int g = g0; g < g1; g++) {
+            const double *L = scratch + (size_t)g * per, *Mt = L + qb * qb, *w = Mt + qb * qa, *rb = w + qb;
+            const double *Zbb = fb.ZtZ + (size_t)g * qb * qb, *ZbW = fb.ZtW + (size_t)g * qb * p;
+            const double *K = ZbZa + (size_t)g * qb * qa;
+            double Li[qb * qb], mb[qb], e[qb], T[qb * qa], U[qb * qa], B[qb * qb], Pbb[qb * qb], GAbb[qb * qb];
+            double GAba[qb * qa], Mbb[qb * qb], KLa[qb * qa], KtLb[qa * qb], lbv[qb];
+            for (int i = 0; i < qb; i++) { /* m_b = L'^-1 (w - Mt m_a) */
+                double t = w[i];
+                for (int j = 0; j < qa; j++) t -= Mt[i * qa + j] * ma[j];
+                e[i] = t;
+            }
+            chol_back(L, qb, e, mb);
+            lower_inverse(L, qb, Li);
+            for (int i = 0; i < qb; i++) /* T = Mt Sinv */
+                for (int j = 0; j < qa; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qa; k++) t += Mt[i * qa + k] * Sinv[k * qa + j];
+                    T[i * qa + j] = t;
+                }
+            for (int i = 0; i < qb; i++) /* B = I + T Mt' */
+                for (int j = 0; j < qb; j++) {
+                    double t = i == j ? 1.0 : 0.0;
+                    for (int k = 0; k < qa; k++) t += T[i * qa + k] * Mt[j * qa + k];
+                    B[i * qb + j] = t;
+                }
+            for (int i = 0; i < qb; i++) { /* U = Li' T = -P_ba; Pbb = Li' B Li */
+                for (int j = 0; j < qa; j++) {
+                    double t = 0.0;
+                    for (int k = i; k < qb; k++) t += Li[k * qb + i] * T[k * qa + j];
+                    U[i * qa + j] = t;
+                }
+            }
+            for (int i = 0; i < qb; i++)
+                for (int j = 0; j < qb; j++) {
+                    double t = 0.0;
+                    for (int k = i; k < qb; k++)
+                        for (int l = j; l < qb; l++) t += Li[k * qb + i] * B[k * qb + l] * Li[l * qb + j];
+                    Pbb[i * qb + j] = t;
+                }
+            for (int i = 0; i < qb; i++) {
+                for (int j = 0; j < qb; j++) GAbb[i * qb + j] = -0.5 * (Pbb[i * qb + j] + mb[i] * mb[j] / s4);
+                for (int j = 0; j < qa; j++) GAba[i * qa + j] = -0.5 * (-U[i * qa + j] + mb[i] * ma[j] / s4);
+            }
+            /* The blocks of A again (their products with Lam), then dl/ds2, dl/dLb, dl/dLa and dl/dbeta. */
+            for (int i = 0; i < qb; i++) {
+                for (int j = 0; j < qb; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += Zbb[i * qb + k] * Lb[k * qb + j];
+                    Mbb[i * qb + j] = t;
+                }
+                for (int j = 0; j < qa; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qa; k++) t += K[i * qa + k] * La[k * qa + j];
+                    KLa[i * qa + j] = t;
+                }
+            }
+            for (int i = 0; i < qa; i++)
+                for (int j = 0; j < qb; j++) {
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += K[k * qa + i] * Lb[k * qb + j];
+                    KtLb[i * qb + j] = t;
+                }
+            double trb = 0.0;
+            for (int i = 0; i < qb; i++) {
+                for (int j = 0; j < qb; j++) { /* tr(GA_bb (A_bb - I)) */
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += Lb[k * qb + i] * Mbb[k * qb + j];
+                    trb += GAbb[i * qb + j] * t / s2;
+                }
+                for (int j = 0; j < qa; j++) { /* 2 tr(GA_ba' A_ba) */
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += Lb[k * qb + i] * KLa[k * qa + j];
+                    trb += 2.0 * GAba[i * qa + j] * t / s2;
+                }
+            }
+            g_s2 -= trb / s2;
+            for (int i = 0; i < qb; i++)
+                for (int j = 0; j < qb; j++) { /* dl/dLb = 2 Mbb GA_bb / s2 + 2 K La GA_ba' / s2 + r_b (m_b/s4)' */
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += Mbb[i * qb + k] * GAbb[k * qb + j];
+                    for (int k = 0; k < qa; k++) t += KLa[i * qa + k] * GAba[j * qa + k];
+                    gLb[i * qb + j] += 2.0 * t / s2 + rb[i] * mb[j] / s4;
+                }
+            for (int i = 0; i < qa; i++)
+                for (int j = 0; j < qa; j++) { /* dl/dLa += 2 K' Lb GA_ba / s2 */
+                    double t = 0.0;
+                    for (int k = 0; k < qb; k++) t += KtLb[i * qb + k] * GAba[k * qa + j];
+                    gLa[i * qa + j] += 2.0 * t / s2;
+                }
+            for (int i = 0; i < qb; i++) {
+                double t = 0.0;
+                for (int j = 0; j < qb; j++) t += Lb[i * qb + j] * mb[j];
+                lbv[i] = t / s4;
+            }
+            for (int j = 0; j < p; j++) {
+                double t = 0.0;
+                for (int i = 0; i < qb; i++) t += ZbW[i * p + j] * lbv[i];
+                g_beta[j] -= t;
+            }
+        }
+    }
+    free(scratch);
+    if (!ok) return -INFINITY;
+    for (int i = 0; i < Q * Q; i++) g_lam[i] = 0.0;
+    for (int i = 0; i < qa; i++)
+        for (int j = 0; j < qa; j++) g_lam[(fa.off + i) * Q + fa.off + j] = gLa[i * qa + j];
+    for (int i = 0; i < qb; i++)
+        for (int j = 0; j < qb; j++) g_lam[(fb.off + i) * Q + fb.off + j] = gLb[i * qb + j];
+    g_s2 += -0.5 * n / s2 + 0.5 * rr / s4 - quad / (s4 * s2);
+    double g_sigma = 2.0 * sigma * g_s2;
+    chain_back(&P, vals, dxdz, Lcorr, cpc, g_beta, &g_sigma, g_lam, grad);
+    return lp + -0.5 * (n * (LOG_2PI + log(s2)) + logdet + (rr - quad / s2) / s2);
+}
+
+int64_t nested_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+    return callback(dim, x, out, logp, buf, nested_log_density);
+}
+
 int64_t lmm_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
     return callback(dim, x, out, logp, buf, lmm_log_density);
 }

@@ -67,7 +67,7 @@ def _library() -> ctypes.CDLL | None:
     f64p = ctypes.POINTER(ctypes.c_double)
     lib.lmm_log_density.restype = ctypes.c_double
     lib.lmm_log_density.argtypes = [f64p, f64p, f64p]
-    for name in ("pc_log_density", "dense_log_density"):
+    for name in ("pc_log_density", "dense_log_density", "nested_log_density"):
         getattr(lib, name).restype = ctypes.c_double
         getattr(lib, name).argtypes = [f64p, f64p, f64p]
     lib.glmm_log_density.restype = ctypes.c_double
@@ -281,7 +281,9 @@ class FactorsKernel:
     """The numbers of a model with several grouping factors for ``_kernel.c``.
 
     ``function`` is ``"pc"`` for a `PartlyCollapsed` model (crossed factors,
-    the largest integrated out, ``pc_log_density``) or ``"dense"`` for a
+    the largest integrated out, ``pc_log_density``), ``"nested"`` for a
+    `NestedPair` (two nested factors, every effect integrated out by a Schur
+    complement per outer level, ``nested_log_density``) or ``"dense"`` for a
     `DenseEffects` one (every effect integrated out by one dense Cholesky,
     ``dense_log_density``). ``x`` is the plan's parameters and correlation
     coordinates (as `Kernel`'s, with the sds and blocks of every factor: Λ
@@ -295,7 +297,10 @@ class FactorsKernel:
     cross-products with the integrated factor (CSR, see `_csr`), the number
     of pairs of sampled factors and, per pair, (k, l, CSR); for ``"dense"``
     the number of factors, (sd offset, q, levels) per factor, and the dense
-    Z'Z, Z'W and Z'y of all m effects.
+    Z'Z, Z'W and Z'y of all m effects; for ``"nested"`` the outer and the
+    inner factor's (sd offset, q, levels, Z'Z, Z'W, Z'y), the inner levels
+    sorted by outer level, then where each outer level's inner levels start
+    (levels + 1 numbers) and the inner levels' Zb'Za.
 
     Coordinates of the sampled factors (``"pc"``; see ``pc_log_density``).
     A term whose levels the data determine well is sampled centred
@@ -324,7 +329,7 @@ class FactorsKernel:
     sampled: tuple[tuple[str, int, int], ...]  # (name, levels, q) per sampled factor, in x's order
     n: float
     yty: float
-    size: int  # the header's fifth number: the integrated factor's levels ("pc") or m ("dense")
+    size: int  # the header's fifth number: the integrated factor's levels ("pc"), inner levels ("nested") or m
     body: tuple[np.ndarray, ...]  # everything after the priors, in the buffer's order
     centred: tuple[tuple[bool, ...], ...] = ()  # "pc": per sampled factor and term, whether x holds b (else z)
     offsets: tuple[int, ...] = ()  # "pc": per sampled factor, its first sd among all sds
@@ -466,26 +471,37 @@ def maps(collapsed: Any, params: ParamArrays, n_beta: int) -> tuple[np.ndarray, 
 
 
 def build_factors(design: Design, plan: Plan, collapsed: Any) -> FactorsKernel | None:
-    """The C kernel of a `PartlyCollapsed` or `DenseEffects` model, or None where it does not apply (as `build`)."""
-    from .algebra import PartlyCollapsed
+    """The C kernel of a `PartlyCollapsed`, `NestedPair` or `DenseEffects` model, or None where it does not apply
+    (as `build`)."""
+    from .algebra import DenseEffects, PartlyCollapsed
 
     crossed = isinstance(collapsed, PartlyCollapsed)
-    if not factors_kernel_applies(design, plan) or (not crossed and collapsed.ZtZ.shape[0] > DENSE_C_MAX):
+    dense = isinstance(collapsed, DenseEffects)
+    if not factors_kernel_applies(design, plan) or (dense and collapsed.ZtZ.shape[0] > DENSE_C_MAX):
         return None
     offsets = sd_offsets(plan)
     params = param_arrays(plan, len(plan.indices("sd")))
     assert params is not None
+    n_beta = len(plan.params) - 1 - params.q
     fixed = collapsed.fixed
     body: list[np.ndarray] = [fixed.shift, fixed.WtW, fixed.Wty]
+
+    def factor(f: Any, order: Any = slice(None)) -> list[np.ndarray]:
+        return [np.array([offsets[f.name], f.q, f.n_levels], dtype=float), f.ZtZ[order], f.ZtW[order], f.Zty[order]]
+
+    if not crossed and not dense:  # nested: the inner levels sorted by their outer level (see nested_log_density)
+        order = np.argsort(collapsed.parent, kind="stable")
+        starts = np.searchsorted(collapsed.parent[order], np.arange(collapsed.outer.n_levels + 1))
+        body += factor(collapsed.outer) + factor(collapsed.inner, order) + [starts.astype(float),
+                                                                            collapsed.ZbZa[order]]
+        return FactorsKernel("nested", n_beta, params, (), float(fixed.n), float(fixed.yty),
+                             collapsed.inner.n_levels, tuple(body))
     if not crossed:
         spec = [[offsets[name], q, G] for name, (G, q) in zip(collapsed.names, collapsed.shapes)]
         body += [np.array([float(len(spec))]), np.array(spec, dtype=float), collapsed.ZtZ, collapsed.ZtW,
                  collapsed.Zty]
-        return FactorsKernel("dense", len(plan.params) - 1 - params.q, params, (), float(fixed.n),
-                             float(fixed.yty), collapsed.ZtZ.shape[0], tuple(body))
-
-    def factor(f: Any) -> list[np.ndarray]:
-        return [np.array([offsets[f.name], f.q, f.n_levels], dtype=float), f.ZtZ, f.ZtW, f.Zty]
+        return FactorsKernel("dense", n_beta, params, (), float(fixed.n), float(fixed.yty), collapsed.ZtZ.shape[0],
+                             tuple(body))
 
     body += factor(collapsed.big) + [np.array([float(len(collapsed.others))])]
     for o, M in zip(collapsed.others, collapsed.big_other):
@@ -493,7 +509,6 @@ def build_factors(design: Design, plan: Plan, collapsed: Any) -> FactorsKernel |
     body.append(np.array([float(len(collapsed.other_pairs))]))
     for k, l, M in collapsed.other_pairs:
         body += [np.array([k, l], dtype=float)] + _csr(M.matrix())
-    n_beta = len(plan.params) - 1 - params.q
     centred = centring(collapsed)
     return FactorsKernel("pc", n_beta, params, tuple((o.name, o.n_levels, o.q) for o in collapsed.others),
                          float(fixed.n), float(fixed.yty), collapsed.big.n_levels, tuple(body), centred,
@@ -558,14 +573,14 @@ def build(design: Design, plan: Plan, collapsed: Any) -> Kernel | FactorsKernel 
 
     It applies, where the C kernel is installed, to one grouping factor
     (``collapsed`` is a ``OneFactor``: `Kernel`), to crossed factors with the
-    largest integrated out (a ``PartlyCollapsed``) and to any factors with at
-    most `DENSE_C_MAX` effects in all (a ``DenseEffects``; both
-    `FactorsKernel`), with correlated blocks of any size, a Gaussian
-    response with σ, and built-in priors. Nested factors use the PyTensor graph.
+    largest integrated out (a ``PartlyCollapsed``), to two nested factors (a
+    ``NestedPair``) and to any factors with at most `DENSE_C_MAX` effects in
+    all (a ``DenseEffects``; all three `FactorsKernel`), with correlated
+    blocks of any size, a Gaussian response with σ, and built-in priors.
     """
-    from .algebra import DenseEffects, OneFactor, PartlyCollapsed
+    from .algebra import DenseEffects, NestedPair, OneFactor, PartlyCollapsed
 
-    if isinstance(collapsed, PartlyCollapsed | DenseEffects):
+    if isinstance(collapsed, PartlyCollapsed | DenseEffects | NestedPair):
         return build_factors(design, plan, collapsed)
     if not available() or not isinstance(collapsed, OneFactor) or len(design.factors) != 1:
         return None
