@@ -26,9 +26,13 @@ from typing import Any
 
 import numpy as np
 
-#: Largest total number of random effects for which crossed factors are
-#: collapsed with one dense m × m matrix (every gradient costs its Cholesky).
-DENSE_MAX = 500
+#: Largest total number of random effects for which crossed factors are collapsed with one dense m × m
+#: matrix (every gradient costs its Cholesky); with more, the factor with the most effects is integrated
+#: out and the others' effects are sampled (the "partial" layout). Measured (benchmarks/cases.py, 4 chains
+#: x 1000 draws, end to end with compile): the dense route's min-ESS/s was 27x the joint engine's at 30
+#: effects (Penicillin, whose joint fit diverges 28 times), 6x at 60, 1.2x at 150: a dense Cholesky per
+#: gradient costs O(m³) and overtakes the joint engine's O(N) gathers soon after 100.
+DENSE_MAX = 100
 
 
 # -- which sums a model needs ----------------------------------------------------
@@ -40,15 +44,19 @@ class Layout:
 
     Attributes
     ----------
-    kind : {"one", "nested", "dense"}
-        One grouping factor; two nested ones; any factors with a dense A.
+    kind : {"one", "nested", "dense", "partial"}
+        One grouping factor; two nested ones; crossed factors with at most
+        `DENSE_MAX` effects in all (a dense A); crossed factors with more
+        (the largest integrated out, the others sampled).
     levels : tuple of int
         Number of levels per factor, in design order.
     pairs : tuple of (int, int)
         Factor pairs ``(left, right)`` whose joint sums ``Σ Z_left Z_right'``
         are needed: for "nested" ``((inner, outer),)``, summed per inner level
-        (an inner level lies in one outer level); for "dense" every pair
-        ``left < right``, summed per pair of levels.
+        (an inner level lies in one outer level); for "dense" and "partial"
+        every pair ``left < right``, summed per pair of levels (dense arrays
+        for "dense", `SparsePairSums` for "partial": crossed levels share
+        few pairs).
     parent : numpy.ndarray or None
         "nested" only: the outer level of each inner level.
     """
@@ -86,11 +94,8 @@ def layout_of(names: Sequence[str], indexes: Sequence[np.ndarray], levels: Seque
             if parent is not None:
                 return Layout("nested", tuple(levels), ((inner, outer),), parent), ""
     m = sum(g * q for g, q in zip(levels, qs))
-    if m <= DENSE_MAX:
-        pairs = tuple((i, j) for j in range(len(names)) for i in range(j))
-        return Layout("dense", tuple(levels), pairs), ""
-    return None, (f"its grouping factors ({', '.join(names)}) are neither one factor nor two nested ones, and "
-                  f"their {m} random effects exceed the {DENSE_MAX} a dense Cholesky handles")
+    pairs = tuple((i, j) for j in range(len(names)) for i in range(j))
+    return Layout("dense" if m <= DENSE_MAX else "partial", tuple(levels), pairs), ""
 
 
 # -- the sums ----------------------------------------------------------------------
@@ -149,8 +154,9 @@ class RowSums:
         weights w_i (1 without ``weights()``): its first row holds the total
         weight (n when unweighted) and the weighted shifted column sums.
     factors : tuple of FactorSums
-    pairs : tuple of arrays
-        Per ``layout.pairs`` entry, the (buckets, q_left, q_right) joint sums.
+    pairs : tuple of arrays or SparsePairSums
+        Per ``layout.pairs`` entry, the (buckets, q_left, q_right) joint sums
+        (for the "partial" layout, `SparsePairSums`).
     """
 
     layout: Layout
@@ -158,7 +164,7 @@ class RowSums:
     shift: np.ndarray
     VtV: np.ndarray
     factors: tuple[FactorSums, ...]
-    pairs: tuple[np.ndarray, ...]
+    pairs: tuple[Any, ...]
 
     @property
     def weight(self) -> float:
@@ -208,7 +214,9 @@ class RowSums:
         dz = [1.0 / np.asarray(z, dtype=float) for z in z_scales]
         factors = tuple(FactorSums(f.ZtZ * np.outer(d, d), (f.ZtV * D[None, None, :]) * d[None, :, None])
                         for f, d in zip(self.factors, dz))
-        pairs = tuple(p * np.outer(dz[left], dz[right])[None] for (left, right), p in zip(self.layout.pairs, self.pairs))
+        pairs = tuple(p.scaled(dz[left], dz[right]) if isinstance(p, SparsePairSums)
+                      else p * np.outer(dz[left], dz[right])[None]
+                      for (left, right), p in zip(self.layout.pairs, self.pairs))
         return RowSums(self.layout, self.n, shift, self.VtV * np.outer(D, D), factors, pairs)
 
     def __add__(self, other: RowSums) -> RowSums:
@@ -274,8 +282,12 @@ def reduce_rows(layout: Layout, X: np.ndarray, y: np.ndarray, indexes: Sequence[
         FactorSums(_symmetric_level_sums(idx, G, Z), level_sums(idx, G, Z, V))
         for idx, G, Z in zip(indexes, layout.levels, Zs)
     )
-    pairs = []
+    pairs: list[Any] = []
     for left, right in layout.pairs:
+        if layout.kind == "partial":
+            pairs.append(sparse_pair_sums(indexes[left], Zs[left], layout.levels[left], indexes[right], Zs[right],
+                                          layout.levels[right]))
+            continue
         key, size = layout.pair_key(left, right, indexes)
         pairs.append(level_sums(key, size, Zs[left], Zs[right]))
     return RowSums(layout, int(n), np.asarray(shift, dtype=float), V.T @ V, factors, tuple(pairs))
@@ -302,19 +314,40 @@ class SparsePairSums:
 
         return sp.csr_matrix((self.values, (self.rows, self.cols)), shape=self.shape)
 
+    @property
+    def T(self) -> SparsePairSums:
+        """The sums of the pair the other way round (Σ Z_right Z_left')."""
+        return SparsePairSums(self.cols, self.rows, self.values, (self.shape[1], self.shape[0]))
+
+    def scaled(self, d_left: np.ndarray, d_right: np.ndarray) -> SparsePairSums:
+        """The sums of ``Z_left`` times ``d_left`` and ``Z_right`` times ``d_right``, term by term."""
+        q_l, q_r = d_left.size, d_right.size
+        values = self.values * d_left[self.rows % q_l] * d_right[self.cols % q_r]
+        return SparsePairSums(self.rows, self.cols, values, self.shape)
+
+    def __add__(self, other: SparsePairSums) -> SparsePairSums:
+        """The sums of two disjoint chunks of rows: their entries, a level pair both hold summed once."""
+        return _coalesced(np.concatenate([self.rows, other.rows]), np.concatenate([self.cols, other.cols]),
+                          np.concatenate([self.values, other.values]), self.shape)
+
+
+def _coalesced(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> SparsePairSums:
+    """`SparsePairSums` of coordinates, duplicates summed, in row-major order."""
+    import scipy.sparse as sp
+
+    M = sp.coo_matrix((values, (rows, cols)), shape=shape).tocsr().tocoo()
+    return SparsePairSums(M.row.astype(np.int64), M.col.astype(np.int64), M.data.astype(float), shape)
+
 
 def sparse_pair_sums(idx_l: np.ndarray, Z_l: np.ndarray, n_l: int, idx_r: np.ndarray, Z_r: np.ndarray, n_r: int,
                      weights: np.ndarray | None = None) -> SparsePairSums:
     """`SparsePairSums` of two factors from rows: level indexes, term values (n, q) and row weights."""
-    import scipy.sparse as sp
-
     q_l, q_r = Z_l.shape[1], Z_r.shape[1]
     w = np.ones(idx_l.shape[0]) if weights is None else np.asarray(weights, dtype=float)
     rows = np.broadcast_to(idx_l[:, None, None] * q_l + np.arange(q_l)[None, :, None], (idx_l.size, q_l, q_r))
     cols = np.broadcast_to(idx_r[:, None, None] * q_r + np.arange(q_r)[None, None, :], (idx_l.size, q_l, q_r))
     values = w[:, None, None] * Z_l[:, :, None] * Z_r[:, None, :]
-    M = sp.coo_matrix((values.ravel(), (rows.ravel(), cols.ravel())), shape=(n_l * q_l, n_r * q_r)).tocsr().tocoo()
-    return SparsePairSums(M.row.astype(np.int64), M.col.astype(np.int64), M.data.astype(float), (n_l * q_l, n_r * q_r))
+    return _coalesced(rows.ravel(), cols.ravel(), values.ravel(), (n_l * q_l, n_r * q_r))
 
 
 # -- what a design without rows keeps of them ----------------------------------------

@@ -229,11 +229,12 @@ def test_applies_and_the_error_for_other_designs():
         assert cl.applies(design_of(formula, data))[0]
         assert cl.preferred(design_of(formula, data))
     rng = np.random.default_rng(0)
-    # crossed with 120 effects: the dense algebra applies (<= DENSE_MAX) but auto leaves it to the joint engine
+    # crossed with 120 effects: past DENSE_MAX the largest factor is integrated out, the other sampled; with
+    # neither the C kernel's plan nor 20,000 rows auto leaves it to the joint engine
     mid = pd.DataFrame({"y": rng.normal(size=600), "g": rng.integers(0, 60, 600), "h": rng.integers(0, 60, 600)})
     mid_design = design_of("y ~ 1 + (1 | g) + (1 | h)", mid)
+    assert cl.layout(mid_design)[0].kind == "partial" and DENSE_MAX < 120
     assert cl.applies(mid_design)[0] and not cl.preferred(mid_design)
-    assert cl.DENSE_AUTO_MAX < 120 <= DENSE_MAX
     big = pd.DataFrame({"y": rng.normal(size=2000), "g": rng.integers(0, 300, 2000),
                         "h": rng.integers(0, 300, 2000)})
     crossed = design_of("y ~ 1 + (1 | g) + (1 | h)", big)
@@ -407,9 +408,15 @@ def _partial(formula: str, data: pd.DataFrame):
     from lmmbayes.engines.plan import plan as make_plan
     from lmmbayes.priors import as_prior_set, resolve_priors
 
-    design = design_of(formula, data)
-    plan = make_plan(design, resolve_priors(design, as_prior_set(None)))
-    return design, plan, cl.partly_collapsed(design, plan)
+    from lmmbayes.design import crossprod
+
+    with pytest.MonkeyPatch.context() as m:  # partly collapsed whatever the number of effects
+        m.setattr(crossprod, "DENSE_MAX", 0)
+        design = design_of(formula, data)
+        plan = make_plan(design, resolve_priors(design, as_prior_set(None)))
+        pc = cl.collapse(design, plan)
+    assert isinstance(pc, cl.PartlyCollapsed)
+    return design, plan, pc
 
 
 def _standardised(design, plan):

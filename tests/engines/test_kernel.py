@@ -270,7 +270,7 @@ CROSSED = {
                                                                   lb.prior("normal(2, 3)", class_="Intercept")]),
 }
 
-#: Few effects in all: every one integrated out by a dense Cholesky (DenseEffects), in C up to DENSE_C_MAX.
+#: Few effects in all: every one integrated out by a dense Cholesky (DenseEffects), in C.
 DENSE = {
     "dense_slopes": ("y ~ x + (1 + x | h) + (1 | k)", [lb.prior("lkj(1.5)", class_="cor"),
                                                      lb.prior("gamma(2, 2)", class_="sd", group="k")]),
@@ -457,16 +457,8 @@ def test_crossed_fits_through_the_kernel_and_through_the_graph_agree(case, route
 def test_dense_models_take_the_dense_kernel(crossed):
     for formula, priors in DENSE.values():
         design, pl, collapsed, k = parts(formula, priors, crossed)
-        assert isinstance(collapsed, DenseEffects) and collapsed.ZtZ.shape[0] <= kernel.DENSE_C_MAX
+        assert isinstance(collapsed, DenseEffects)
         assert isinstance(k, kernel.FactorsKernel) and k.function == "dense" and k.sampled == ()
-
-
-def test_more_dense_effects_than_the_c_kernel_takes_use_the_graph(crossed, monkeypatch):
-    """Dask designs reach the dense algebra with up to 500 effects; past DENSE_C_MAX the graph fits them."""
-    formula, priors = DENSE["dense_slopes"]
-    monkeypatch.setattr(kernel, "DENSE_C_MAX", 20)
-    design, pl, collapsed, k = parts(formula, priors, crossed)
-    assert isinstance(collapsed, DenseEffects) and collapsed.ZtZ.shape[0] == 26 and k is None
 
 
 # -- two nested factors: a Schur complement per outer level (FactorsKernel, "nested") ------------------------

@@ -16,28 +16,13 @@ from typing import Any
 import numpy as np
 
 from ...design import Design
-from ...design.crossprod import (
-    Layout,
-    RowSums,
-    gaussian_weights,
-    layout_of,
-    level_sums,
-    reduce_rows,
-    sparse_pair_sums,
-)
+from ...design.crossprod import Layout, RowSums, gaussian_weights, layout_of, reduce_rows
 from ...errors import FitError
 from ..base import EngineResult, finish, flat, unflat
 from ..plan import Plan
 from ..sampling import RawTrace, SamplerConfig, sample, sample_compiled
 from . import glmm, kernel
-from .algebra import (
-    Collapsed,
-    FactorCrossProducts,
-    FixedCrossProducts,
-    PartlyCollapsed,
-    draw_effects,
-    from_sums,
-)
+from .algebra import Collapsed, PartlyCollapsed, draw_effects, from_sums
 
 NAME = "collapsed"
 LABEL = "collapsed (random effects integrated out, then drawn exactly)"
@@ -60,17 +45,8 @@ def layout(design: Design) -> tuple[Layout | None, str]:
     if design.reduced is not None:
         return design.reduced.sums.layout, ""
     rows = design.require_rows("The collapsed engine", "")
-    lay, why = layout_of([f.name for f in design.factors], [f.index for f in rows.factors],
-                         [f.n_levels for f in design.factors], [f.q for f in design.factors])
-    if len(design.factors) > 1 and (lay is None or (lay.kind == "dense" and n_effects(design) > DENSE_AUTO_MAX)):
-        # crossed factors with many effects: integrate the largest factor out, sample the others
-        return Layout("partial", tuple(f.n_levels for f in design.factors)), ""
-    return lay, why
-
-
-def n_effects(design: Design) -> int:
-    """The number of random effects of the design."""
-    return sum(f.n_levels * f.q for f in design.factors)
+    return layout_of([f.name for f in design.factors], [f.index for f in rows.factors],
+                     [f.n_levels for f in design.factors], [f.q for f in design.factors])
 
 
 def applies(design: Design) -> tuple[bool, str]:
@@ -79,11 +55,6 @@ def applies(design: Design) -> tuple[bool, str]:
     return lay is not None, why
 
 
-#: Most random effects for which ``auto`` fits crossed factors with the dense collapsed algebra. Measured
-#: (benchmarks/cases.py, 4 chains x 1000 draws, end to end with compile): min-ESS/s 27x the joint engine's
-#: at 30 effects (Penicillin, whose joint fit diverges 28 times), 6x at 60, 1.2x at 150: a dense Cholesky
-#: per gradient costs O(m³) and overtakes the joint engine's O(N) gathers soon after 100.
-DENSE_AUTO_MAX = 100
 #: Fewest rows for which ``auto`` fits crossed factors with more effects by `PartlyCollapsed` (the largest
 #: factor integrated out) where the C kernel does not apply and its PyTensor graph compiles. Measured end to
 #: end, min-ESS/s against the joint engine: 0.47x at 5,000 rows (its 35 s compile dominates), 1.4x at 20,000
@@ -97,7 +68,7 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
 
     True for one grouping factor and for two nested ones, where an evaluation
     costs O(levels × q³) whatever N is; for crossed factors with at most
-    `DENSE_AUTO_MAX` random effects in all (a dense Cholesky per gradient);
+    `DENSE_MAX` random effects in all (a dense Cholesky per gradient);
     and for crossed factors with more (the largest factor integrated out,
     the others sampled) where the C kernel runs them (nutpie, built-in
     priors: ``plan``, where known), else from `PARTIAL_AUTO_MIN_ROWS` rows. For
@@ -112,12 +83,10 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
     if lay.kind == "quadrature":
         q = design.factors[0].q
         return sampler == "nutpie" and (plan is None or kernel.param_arrays(plan, q) is not None)
-    if lay.kind == "dense":
-        return n_effects(design) <= DENSE_AUTO_MAX
     if lay.kind == "partial":
         return design.n_obs >= PARTIAL_AUTO_MIN_ROWS or (sampler == "nutpie" and plan is not None
                                                          and kernel.factors_kernel_applies(design, plan))
-    return lay.kind in ("one", "nested")
+    return lay.kind in ("one", "nested", "dense")
 
 
 def sums(design: Design) -> RowSums:
@@ -151,45 +120,11 @@ def collapse(design: Design, plan: Plan) -> Collapsed:
         If the collapsed engine does not apply to the design.
     """
     std = plan.std
-    lay = layout(design)[0]
-    if lay is not None and lay.kind == "partial":
-        return partly_collapsed(design, plan)
     scaled = sums(design).standardised(np.append(std.x_centre, std.y_shift), np.append(std.x_scale, std.y_scale),
                                        std.z_scale)
     # standardised by the plan's centre, so the intercept's centre is 0 here (not the weighted means)
     return from_sums(scaled, tuple(f.name for f in design.factors), design.centred_intercept,
                      np.zeros(scaled.shift.size - 1))
-
-
-def partly_collapsed(design: Design, plan: Plan) -> PartlyCollapsed:
-    """The cross-products of `PartlyCollapsed` from the rows, in the plan's standardised units.
-
-    The factor with the most random effects is integrated out. Sums are
-    weighted as `reduce_rows` weights them (√w on every column).
-    """
-    rows = design.require_rows("The collapsed engine", "")
-    std = plan.std
-    assert rows.y is not None
-    y = rows.y - rows.offset if rows.offset is not None else rows.y
-    y = (y - std.y_shift) / std.y_scale
-    W = (rows.X - std.x_centre) / std.x_scale
-    if design.centred_intercept:
-        W = np.column_stack([np.ones(W.shape[0]), W])
-    w = gaussian_weights(rows.weights, rows.extra.se)
-    root = np.ones(y.size) if w is None else np.sqrt(np.asarray(w, dtype=float))
-    Ww, yw = W * root[:, None], y * root
-    fixed = FixedCrossProducts(float(root @ root), Ww.T @ Ww, Ww.T @ yw, float(yw @ yw), np.zeros(W.shape[1]))
-    Zs = [fr.Z / z * root[:, None] for fr, z in zip(rows.factors, std.z_scale)]
-    parts = [FactorCrossProducts(f.name, level_sums(fr.index, f.n_levels, Z, Z), level_sums(fr.index, f.n_levels, Z, Ww),
-                                 level_sums(fr.index, f.n_levels, Z, yw[:, None])[..., 0])
-             for f, fr, Z in zip(design.factors, rows.factors, Zs)]
-    big = int(np.argmax([f.n_levels * f.q for f in design.factors]))
-    others = [k for k in range(len(parts)) if k != big]
-    idx = [fr.index for fr in rows.factors]
-    levels = [f.n_levels for f in design.factors]
-    pair = lambda a, b: sparse_pair_sums(idx[a], Zs[a], levels[a], idx[b], Zs[b], levels[b])  # noqa: E731
-    return PartlyCollapsed(fixed, parts[big], tuple(parts[k] for k in others), tuple(pair(big, k) for k in others),
-                           tuple((i, j, pair(others[i], others[j])) for j in range(len(others)) for i in range(j)))
 
 
 def _sampled_effects(collapsed: Collapsed, hyper_scales: dict[str, Any]) -> dict[str, Any]:

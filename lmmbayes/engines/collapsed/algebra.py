@@ -24,7 +24,7 @@ handled:
   block diagonal by the outer level, factored by a Schur complement on the
   inner levels, so the cost stays linear in the number of levels;
 - `DenseEffects` (anything else, e.g. crossed factors) while the total
-  number of random effects is at most `DENSE_MAX`: a dense Cholesky;
+  number of random effects is at most `lmmbayes.design.crossprod.DENSE_MAX`: a dense Cholesky;
 - `PartlyCollapsed` (crossed factors with more effects): the factor with
   the most effects integrated out, the others' effects sampled by NUTS; its
   cross-products with the other factors are sparse (level pairs that share rows).
@@ -373,7 +373,7 @@ class DenseEffects:
 
     The random effects are ordered factor by factor, level by level, term by
     term; every gradient costs a dense Cholesky, so this is only used while
-    m <= `DENSE_MAX`.
+    m <= `lmmbayes.design.crossprod.DENSE_MAX`.
     """
 
     fixed: FixedCrossProducts
@@ -479,6 +479,20 @@ class PartlyCollapsed:
     big_other: tuple[SparsePairSums, ...]  # Σ Z_big Z_k' per other factor k
     other_pairs: tuple[tuple[int, int, SparsePairSums], ...]  # (k, l, Σ Z_k Z_l'), k < l
 
+    @classmethod
+    def from_sums(cls, fixed: FixedCrossProducts, parts: tuple[FactorCrossProducts, ...],
+                  pairs: dict[tuple[int, int], SparsePairSums]) -> PartlyCollapsed:
+        """The factor with the most effects integrated out, from every factor's sums and each pair's
+        (``pairs[(i, j)]``, i < j in design order)."""
+        big = int(np.argmax([f.n_levels * f.q for f in parts]))
+        others = [k for k in range(len(parts)) if k != big]
+
+        def pair(a: int, b: int) -> SparsePairSums:
+            return pairs[(a, b)] if a < b else pairs[(b, a)].T
+
+        return cls(fixed, parts[big], tuple(parts[k] for k in others), tuple(pair(big, k) for k in others),
+                   tuple((i, j, pair(others[i], others[j])) for j in range(len(others)) for i in range(j)))
+
     def loglik(self, beta: Tensor, sigma: Tensor, scales: dict[str, Tensor],
                effects: dict[str, Tensor] | None = None) -> Tensor:
         """log p(y | β, σ, Λ, b_others); ``effects`` per other factor (G_k, q_k) in standardised units."""
@@ -544,6 +558,8 @@ def from_sums(sums: RowSums, names: tuple[str, ...], centred: bool, x_centre: np
         return OneFactor(fixed, parts[0])
     if layout.kind == "dense":
         return DenseEffects.from_sums(fixed, names, sums, w)
+    if layout.kind == "partial":
+        return PartlyCollapsed.from_sums(fixed, tuple(parts), dict(zip(layout.pairs, sums.pairs)))
     ((inner, outer),) = layout.pairs
     assert layout.parent is not None
     return NestedPair(fixed, parts[outer], parts[inner], layout.parent, sums.pairs[0])

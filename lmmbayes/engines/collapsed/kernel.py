@@ -270,10 +270,6 @@ class Kernel:
 
 #: Most factors whose effects a crossed `FactorsKernel` samples (``MAX_SAMPLED`` in ``_kernel.c``).
 MAX_SAMPLED = 15
-#: Most random effects for which the dense route runs in C. Only Dask designs reach the dense algebra with
-#: more (up to 500); these plain O(m³) loops have not been measured there against the graph's LAPACK
-#: Cholesky, so the graph fits them.
-DENSE_C_MAX = 100
 
 
 @dataclass(frozen=True, eq=False)
@@ -477,7 +473,7 @@ def build_factors(design: Design, plan: Plan, collapsed: Any) -> FactorsKernel |
 
     crossed = isinstance(collapsed, PartlyCollapsed)
     dense = isinstance(collapsed, DenseEffects)
-    if not factors_kernel_applies(design, plan) or (dense and collapsed.ZtZ.shape[0] > DENSE_C_MAX):
+    if not factors_kernel_applies(design, plan):
         return None
     offsets = sd_offsets(plan)
     params = param_arrays(plan, len(plan.indices("sd")))
@@ -574,7 +570,8 @@ def build(design: Design, plan: Plan, collapsed: Any) -> Kernel | FactorsKernel 
     It applies, where the C kernel is installed, to one grouping factor
     (``collapsed`` is a ``OneFactor``: `Kernel`), to crossed factors with the
     largest integrated out (a ``PartlyCollapsed``), to two nested factors (a
-    ``NestedPair``) and to any factors with at most `DENSE_C_MAX` effects in
+    ``NestedPair``) and to any factors with at most
+    `lmmbayes.design.crossprod.DENSE_MAX` effects in
     all (a ``DenseEffects``; all three `FactorsKernel`), with correlated
     blocks of any size, a Gaussian response with σ, and built-in priors.
     """
