@@ -198,6 +198,12 @@ def cbpp() -> pd.DataFrame:
     return df.assign(herd="h" + df["herd"].astype(str), period="p" + df["period"].astype(str))
 
 
+def verbagg() -> pd.DataFrame:
+    """lme4's VerbAgg: 316 persons x 24 items crossed, 7,584 bernoulli responses (r2)."""
+    df = shared("VerbAgg.csv")
+    return df.assign(id="p" + df["id"].astype(str))
+
+
 def bernoulli_sim(n: int, groups: int, seed: int = 22) -> pd.DataFrame:
     """y ~ x + (1 + x | g), continuous x, correlated intercepts and slopes (SDs 1 and 0.5, correlation 0.3)."""
     rng = np.random.default_rng(seed)
@@ -222,6 +228,11 @@ CASES["cbpp"] = ("incidence | trials(size) ~ period + (1 | herd)", cbpp, _GLMM_P
                  {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "period": ("Normal", {"mu": 0, "sigma": 5}), "sd": 2})
 FAMILIES["cbpp"] = ("binomial", "binomial", "p(incidence, size) ~ period + (1 | herd)",
                     "cbind(incidence, size - incidence) ~ period + (1 | herd)")
+# Crossed persons x items: the joint engine fits it (crossed GLMMs are not collapsed).
+CASES["verbagg"] = ("r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)", verbagg, _GLMM_PRIORS,
+                    {"Intercept": ("Normal", {"mu": 0, "sigma": 5}),
+                     **{c: ("Normal", {"mu": 0, "sigma": 5}) for c in ("Anger", "Gender", "btype", "situ")}, "sd": 2})
+FAMILIES["verbagg"] = ("bernoulli", "bernoulli", None, None)
 for n in (10_000, 100_000, 1_000_000):
     CASES[f"bern_N{n}_G1000"] = ("y ~ x + (1 + x | g)", (lambda n=n: bernoulli_sim(n, 1000)), _GLMM_PRIORS,
                                  {"Intercept": ("Normal", {"mu": 0, "sigma": 5}),

@@ -12,7 +12,11 @@ Each case runs in a fresh process, so that its peak resident memory
   partition (``dask.dataframe.from_map``), so that they never exist in
   memory at once; reduced on Dask's threaded scheduler;
 - ``dask_loo_1e6``: the same on 10^6 lazy rows, then PSIS-LOO, which maps
-  the rows again in chunks (the draws x rows matrix would be 32 GB).
+  the rows again in chunks (the draws x rows matrix would be 32 GB);
+- ``dask_crossed_1e6``: crossed factors on Dask, ``y ~ x + (1 | user) + (1 | item)``
+  on 10^6 lazy ratings (cases.users_items's design: 10^4 users, each rating
+  100 of 10^3 items), reduced to sparse pair sums partition by partition; the
+  users are integrated out and the items sampled.
 
 All fit 4 chains x 1000 draws (after 1000 warmup). Not part of the test
 suite: it takes minutes. Each row also carries ``bounce_fit_s``, the bounce
@@ -43,8 +47,7 @@ SAMPLING = dict(chains=4, draws=1000, tune=1000, seed=1, progress=False)
 def _priors():
     import lmmbayes as lb
 
-    return [lb.prior("normal(0, 5)", class_=c) for c in ("Intercept", "b", "sigma")] + [
-        lb.prior("normal(0, 5)", class_="sd", group="g")]
+    return [lb.prior("normal(0, 5)", class_=c) for c in ("Intercept", "b", "sigma", "sd")]
 
 
 def peak_mb() -> float:
@@ -61,6 +64,24 @@ def lazy_partition(i: int, rows: int, seed: int = 20) -> pd.DataFrame:
     x = rng.normal(size=rows)
     y = 1.0 + 2.0 * x + r[g, 0] + r[g, 1] * x + rng.normal(size=rows)
     return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical.from_codes(g, categories=LEVELS)})
+
+
+USERS, ITEMS, PER_USER = 10_000, 1_000, 100
+
+
+def lazy_ratings(i: int, partitions: int, seed: int = 24) -> pd.DataFrame:
+    """Partition ``i`` of ``partitions`` of the ratings: its share of the users, each rating ``PER_USER`` distinct
+    items; user and item effects (sds 0.5 and 0.8) drawn once from ``seed``, as in cases.users_items."""
+    effects = np.random.default_rng(seed)
+    user_effect, item_effect = effects.normal(0, 0.5, USERS), effects.normal(0, 0.8, ITEMS)
+    users = np.arange(i * USERS // partitions, (i + 1) * USERS // partitions)
+    rng = np.random.default_rng([seed, i])
+    user = np.repeat(users, PER_USER)
+    item = np.argsort(rng.random((users.size, ITEMS)), axis=1)[:, :PER_USER].ravel()
+    x = rng.normal(size=user.size)
+    y = 3.0 + 0.2 * x + user_effect[user] + item_effect[item] + rng.normal(size=user.size)
+    return pd.DataFrame({"y": y, "x": x, "user": pd.Categorical.from_codes(user, categories=[f"u{k}" for k in range(USERS)]),
+                         "item": pd.Categorical.from_codes(item, categories=[f"i{k}" for k in range(ITEMS)])})
 
 
 def _report(case: str, n: int, fit, wall: float, extra: dict) -> dict:
@@ -135,6 +156,22 @@ def dask_loo_1e6(partitions: int = 10) -> dict:
         "max_pareto_k": round(float(loo.pareto_k.max()), 3)})
 
 
+def dask_crossed_1e6(partitions: int = 10) -> dict:
+    import dask
+    import dask.dataframe as dd
+
+    import lmmbayes as lb
+
+    meta = lazy_ratings(0, partitions).iloc[:0]
+    ddf = dd.from_map(lazy_ratings, range(partitions), partitions=partitions, meta=meta, enforce_metadata=False)
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads", num_workers=2):
+        fit = lb.fit("y ~ x + (1 | user) + (1 | item)", ddf, _priors(), **SAMPLING)
+    return _report("dask_crossed_1e6", USERS * PER_USER, fit, time.perf_counter() - t0,
+                   {"groups": f"{USERS} x {ITEMS} crossed", "partitions": partitions,
+                    "rows_in_memory": fit.design.rows_in_memory, "route": fit.info.get("route", "")})
+
+
 def reference() -> dict:
     """The bounce model's collapsed fit, the first case of ``run.py``: how fast this machine is,
     so that rows from different days (and machines) can be read side by side."""
@@ -147,7 +184,8 @@ def reference() -> dict:
     return {"bounce_fit_s": round(time.perf_counter() - t0, 2)}
 
 
-CASES = {"memory_1e6": memory_1e6, "dask_1e7": dask_1e7, "dask_loo_1e6": dask_loo_1e6}
+CASES = {"memory_1e6": memory_1e6, "dask_1e7": dask_1e7, "dask_loo_1e6": dask_loo_1e6,
+         "dask_crossed_1e6": dask_crossed_1e6}
 
 
 def _run(case: str) -> dict:

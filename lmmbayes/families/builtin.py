@@ -146,7 +146,7 @@ class Bernoulli(Family):
     response_text: ClassVar[str] = "two-valued (0/1, booleans, or two levels)"
     default_check: ClassVar[str] = "bars"
     mean_name: ClassVar[str] = "prob"
-    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"logit": 1})
+    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"logit": 1, "probit": 4, "cloglog": 5})
     sums_rows: ClassVar[bool] = True
 
     def code_response(self, values: Any, name: str, extra: Extra) -> tuple[Array, ResponseCoding]:
@@ -199,7 +199,7 @@ class Binomial(Family):
     response_text: ClassVar[str] = "a count of successes (integers from 0 to the trials)"
     default_check: ClassVar[str] = "bars"
     mean_name: ClassVar[str] = "prob"
-    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"logit": 1})
+    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"logit": 1, "probit": 4, "cloglog": 5})
     sums_rows: ClassVar[bool] = True
 
     def missing_addition_message(self, name: str) -> str:

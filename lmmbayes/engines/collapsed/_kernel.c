@@ -811,7 +811,8 @@ int64_t dense_logp(uint64_t dim, const double *x, double *out, double *logp, con
 #define GHEADER 13 /* total, n_dim, n_beta, q, G, n_cor, N, n_dpar, family, nodes of rule 0, max rows per group,
                       nodes of rule 1, precomputed nodes per group of rule 2 (0: none) */
 
-enum { GLMM_BINOMIAL_LOGIT = 1, GLMM_POISSON_LOG = 2, GLMM_NEGBINOMIAL_LOG = 3 };
+enum { GLMM_BINOMIAL_LOGIT = 1, GLMM_POISSON_LOG = 2, GLMM_NEGBINOMIAL_LOG = 3, GLMM_BINOMIAL_PROBIT = 4,
+       GLMM_BINOMIAL_CLOGLOG = 5 };
 
 static double digamma(double x) { /* x > 0: recurrence up to 6, then the asymptotic series */
     double r = 0.0;
@@ -820,10 +821,56 @@ static double digamma(double x) { /* x > 0: recurrence up to 6, then the asympto
     return r + log(x) - 0.5 / x - f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))));
 }
 
+/* log Phi(x) and the derivatives of log Phi: lam = phi(x) / Phi(x), and lam' = -lam (x + lam), lam''. Below
+ * x = -37 erfc's result would leave the doubles, so Phi(x) = phi(x) S(x) / (-x) with Mills's asymptotic series
+ * S = 1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8 (next term 2e-13 there); x + lam is then taken from the series too,
+ * since -x and lam nearly cancel. */
+static double log_Phi(double x, double *lam, double *dlam, double *d2lam) {
+    double lp, xl; /* xl = x + lam */
+    if (x >= -37.0) {
+        lp = log(0.5 * erfc(-x * 0.7071067811865476));
+        *lam = exp(-0.5 * x * x - 0.9189385332046727 - lp);
+        xl = x + *lam;
+    } else {
+        const double r = 1.0 / (x * x), S = 1.0 - r * (1.0 - r * (3.0 - r * (15.0 - 105.0 * r)));
+        lp = -0.5 * x * x - 0.9189385332046727 - log(-x) + log(S);
+        *lam = -x / S;
+        xl = (-1.0 / x) * (1.0 - r * (3.0 - r * (15.0 - 105.0 * r))) / S; /* x (S - 1) / S */
+    }
+    *dlam = -*lam * xl;
+    *d2lam = -*dlam * xl - *lam * (1.0 + *dlam);
+    return lp;
+}
+
+/* For the complementary log-log link, p = 1 - exp(-m), m = exp(eta): log p = log(1 - e^-m) and its derivatives
+ * by eta, g = m / expm1(m), g' = g (1 - g - m), g'' = g' (1 - 2 g - m) - g m. 1 - g by its series where m is tiny
+ * (it would cancel). */
+static double log_p_cloglog(double m, double *g, double *dg, double *d2g) {
+    const double lp = m <= 0.6931471805599453 ? log(-expm1(-m)) : log1p(-exp(-m));
+    *g = m < 1e300 ? m / expm1(m) : 0.0; /* expm1 overflows to inf past m = 709: g is then 0 */
+    const double one_minus_g = m < 1e-5 ? m * (0.5 - m / 12.0) : 1.0 - *g;
+    *dg = *g * (one_minus_g - m);
+    *d2g = *dg * (one_minus_g - *g - m) - *g * m;
+    return lp;
+}
+
 /* One row's log-likelihood up to constants in theta, its first and second derivatives by eta and its
  * derivative by the shape phi (negative binomial). */
 static double row_ll(int fam, double y, double n, double eta, double phi, double *d1, double *d2, double *dphi) {
     switch (fam) {
+    case GLMM_BINOMIAL_PROBIT: { /* y log Phi(eta) + (n - y) log Phi(-eta) */
+        double l1, dl1, d2l1, l0, dl0, d2l0;
+        const double a = log_Phi(eta, &l1, &dl1, &d2l1), b = log_Phi(-eta, &l0, &dl0, &d2l0);
+        *d1 = y * l1 - (n - y) * l0; *d2 = y * dl1 + (n - y) * dl0;
+        return (y > 0.0 ? y * a : 0.0) + (n - y > 0.0 ? (n - y) * b : 0.0);
+    }
+    case GLMM_BINOMIAL_CLOGLOG: { /* y log(1 - e^-m) - (n - y) m */
+        const double m = exp(eta);
+        double g, dg, d2g;
+        const double a = log_p_cloglog(m, &g, &dg, &d2g), nm = n - y > 0.0 ? (n - y) * m : 0.0;
+        *d1 = y * g - nm; *d2 = y * dg - nm;
+        return (y > 0.0 ? y * a : 0.0) - nm;
+    }
     case GLMM_BINOMIAL_LOGIT: { /* one exp: e = exp(-|eta|) gives p and log(1 + exp(eta)) */
         double e = exp(-fabs(eta)), p = eta >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
         *d1 = y - n * p; *d2 = -n * p * (1.0 - p);
@@ -850,6 +897,18 @@ static double row_ll(int fam, double y, double n, double eta, double phi, double
 static double row_d3(int fam, double y, double n, double eta, double phi, double *d1_phi, double *d2_phi) {
     *d1_phi = 0.0; *d2_phi = 0.0;
     switch (fam) {
+    case GLMM_BINOMIAL_PROBIT: {
+        double l1, dl1, d2l1, l0, dl0, d2l0;
+        log_Phi(eta, &l1, &dl1, &d2l1);
+        log_Phi(-eta, &l0, &dl0, &d2l0);
+        return y * d2l1 - (n - y) * d2l0;
+    }
+    case GLMM_BINOMIAL_CLOGLOG: {
+        const double m = exp(eta);
+        double g, dg, d2g;
+        log_p_cloglog(m, &g, &dg, &d2g);
+        return y * d2g - (n - y > 0.0 ? (n - y) * m : 0.0);
+    }
     case GLMM_BINOMIAL_LOGIT: {
         double p = sigmoid(eta);
         return -n * p * (1.0 - p) * (1.0 - 2.0 * p);
@@ -1330,7 +1389,7 @@ static double glmm_marginal(const Glmm *m, const double *beta, double phi, const
         double h;
         if (K > 1) { /* AGQ is exact for any centring, up to its quadrature error: a mode to 1e-5 is plenty */
             h = group_mode(m, n, y, ntr, w, eta0, t, phi, v, L, 1e-5, NULL, 0, NULL);
-        } else if (m->fam != GLMM_NEGBINOMIAL_LOG) { /* Laplace: the mode to 1e-5, then polished */
+        } else if (m->fam == GLMM_BINOMIAL_LOGIT || m->fam == GLMM_POISSON_LOG) { /* the mode to 1e-5, polished */
             double pending[q];
             h = group_mode(m, n, y, ntr, w, eta0, t, phi, v, L, 1e-5, d1, 4 + q, pending);
             if (isfinite(h)) h = polish_mode(m, n, y, ntr, w, t, v, pending, h, L, d1, 4 + q);
