@@ -525,12 +525,14 @@ def test_fit_reports_its_integration_and_looks_like_a_joint_fit(engine_pair):
     diag = collapsed.diagnostics()
     assert "nodes per" in diag.integration and "Integration:" in str(diag)
     assert list(collapsed.draws().columns) == list(joint.draws().columns)
-    # LOO over the rows whose importance ratios both fits can smooth (Pareto k <= 0.7): the probit pair of 40
-    # groups x 8 rows with slopes has 14 to 17 rows above, whose estimates vary between fits by more than 1
+    # LOO over the rows whose importance ratios both fits can smooth (Pareto k <= 0.7). Measured on the probit
+    # pair (40 groups x 8 rows with slopes, 14 to 17 rows above 0.7), 4 chains x 1000 draws: elpd -173.13 and
+    # -172.67 collapsed, -172.28 and -172.88 joint at two seeds; with 2 chains the smoothed rows alone differed
+    # by 1.05 between the engines. A wrong density in log_lik moves it by tens.
     a, b = collapsed.loo(), joint.loo()
     ok = (a.pareto_k.values <= 0.7) & (b.pareto_k.values <= 0.7)
     assert ok.mean() > 0.9
-    assert a.elpd_i.values[ok].sum() == pytest.approx(b.elpd_i.values[ok].sum(), abs=1.0)
+    assert a.elpd_i.values[ok].sum() == pytest.approx(b.elpd_i.values[ok].sum(), abs=1.5)
     assert "compile" not in collapsed.timings
 
 

@@ -381,13 +381,15 @@ static const double *read_factor(FactorSums *f, const double *o, int p) {
     return o;
 }
 
-static const double *read_csr(Csr *t, const double *o) {
+/* A CSR matrix, or a block CSR one (kernel.py's _bsr: rows and columns are then blocks, and each stored entry is a
+ * block of `per` values, row-major). */
+static const double *read_csr(Csr *t, const double *o, int per) {
     t->n_rows = (int64_t)o[0];
     const int64_t nnz = (int64_t)o[1];
     t->ptr = (const int64_t *)(o + 2);
     t->cols = (const int64_t *)(o + 3 + t->n_rows);
     t->vals = o + 3 + t->n_rows + nnz;
-    return t->vals + nnz;
+    return t->vals + nnz * per;
 }
 
 /* Row i of the CSR matrix M times v. Four partial sums: one sum's chain of dependent additions bounds the loop
@@ -404,6 +406,36 @@ static inline double csr_row_dot(const Csr *M, int64_t i, const double *v) {
     }
     for (; e < end; e++) t0 += M->vals[e] * v[M->cols[e]];
     return (t0 + t1) + (t2 + t3);
+}
+
+/* Block row g of the block CSR matrix M (blocks ql x qr, one per level pair) times v, into out (ql): each block's
+ * column index is read once for its ql qr values (the maximal 2 x 2 design's 4 x 4 blocks: 1 index per 16). One
+ * term on both sides is plain CSR (csr_row_dot). */
+static inline void bsr_row_dot(const Csr *M, int64_t g, int ql, int qr, const double *v, double *out) {
+    if (ql == 1 && qr == 1) { out[0] = csr_row_dot(M, g, v); return; }
+    if (ql == 4 && qr == 4) { /* constant sizes: the compiler keeps the 4 sums in registers and vectorises */
+        double o0 = 0.0, o1 = 0.0, o2 = 0.0, o3 = 0.0;
+        for (int64_t e = M->ptr[g]; e < M->ptr[g + 1]; e++) {
+            const double *V = M->vals + e * 16, *vh = v + M->cols[e] * 4;
+            const double v0 = vh[0], v1 = vh[1], v2 = vh[2], v3 = vh[3];
+            o0 += V[0] * v0 + V[1] * v1 + V[2] * v2 + V[3] * v3;
+            o1 += V[4] * v0 + V[5] * v1 + V[6] * v2 + V[7] * v3;
+            o2 += V[8] * v0 + V[9] * v1 + V[10] * v2 + V[11] * v3;
+            o3 += V[12] * v0 + V[13] * v1 + V[14] * v2 + V[15] * v3;
+        }
+        out[0] = o0; out[1] = o1; out[2] = o2; out[3] = o3;
+        return;
+    }
+    for (int i = 0; i < ql; i++) out[i] = 0.0;
+    const int bs = ql * qr;
+    for (int64_t e = M->ptr[g]; e < M->ptr[g + 1]; e++) {
+        const double *V = M->vals + e * bs, *vh = v + M->cols[e] * qr;
+        for (int i = 0; i < ql; i++) {
+            double t = 0.0;
+            for (int j = 0; j < qr; j++) t += V[i * qr + j] * vh[j];
+            out[i] += t;
+        }
+    }
 }
 
 /* The q x q diagonal block of the Q x Q matrix A starting at off, into B. */
@@ -445,14 +477,14 @@ double pc_log_density(const double *x, double *grad, const double *buf) {
     o += 1;
     for (int k = 0; k < n_oth; k++) {
         o = read_factor(&oth[k], o, n_beta);
-        o = read_csr(&with_big[k], o);
-        o = read_csr(&big_with[k], o);
+        o = read_csr(&with_big[k], o, big.q * oth[k].q);
+        o = read_csr(&big_with[k], o, big.q * oth[k].q);
     }
     const int n_pairs = (int)o[0];
     o += 1;
     for (int t = 0; t < n_pairs; t++) {
         pair_k[t] = (int)o[0]; pair_l[t] = (int)o[1];
-        o = read_csr(&pairs[t], o + 2);
+        o = read_csr(&pairs[t], o + 2, 1);
     }
     /* How each sampled factor is parameterised (kernel.py's FactorsKernel): per term, centred or not; then whether
      * beta is decoupled from the sampled effects (off only to test against the plain coordinates) and, if so, per
@@ -550,7 +582,11 @@ double pc_log_density(const double *x, double *grad, const double *buf) {
         }
         const Csr *M = &with_big[k];
         const double *bk = b + start[k];
-        for (int64_t i = 0; i < M->n_rows; i++) r_adj[i] += csr_row_dot(M, i, bk); /* one store per row */
+        double acc[qb];
+        for (int64_t g = 0; g < M->n_rows; g++) { /* one store per row */
+            bsr_row_dot(M, g, qb, f->q, bk, acc);
+            for (int i = 0; i < qb; i++) r_adj[g * qb + i] += acc[i];
+        }
     }
     for (int t = 0; t < n_pairs; t++) { /* rr += 2 b_k' M b_l */
         const Csr *M = &pairs[t];
@@ -575,8 +611,12 @@ double pc_log_density(const double *x, double *grad, const double *buf) {
     for (size_t i = 0; i < n_b; i++) g_b[i] *= -0.5 / s2;
     for (int k = 0; k < n_oth; k++) { /* through M_k's transpose, row by row: gathers, not scattered updates */
         const Csr *T = &big_with[k];
-        double *gk = g_b + start[k];
-        for (int64_t i = 0; i < T->n_rows; i++) gk[i] -= csr_row_dot(T, i, g_r);
+        const int q = oth[k].q;
+        double *gk = g_b + start[k], acc[q];
+        for (int64_t h = 0; h < T->n_rows; h++) {
+            bsr_row_dot(T, h, q, qb, g_r, acc);
+            for (int i = 0; i < q; i++) gk[h * q + i] -= acc[i];
+        }
     }
     for (int i = 0; i < Q * Q; i++) g_lam[i] = 0.0;
     for (int i = 0; i < qb; i++)

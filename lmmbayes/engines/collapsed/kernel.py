@@ -290,7 +290,8 @@ class FactorsKernel:
     The buffer after the priors: shift, W'W, W'y; then for ``"pc"`` the
     integrated factor's (sd offset, q, levels, Z'Z, Z'W, Z'y), the number of
     sampled factors and, per factor, the same six fields and its sparse
-    cross-products with the integrated factor (CSR, see `_csr`), the number
+    cross-products with the integrated factor and their transpose (block CSR,
+    one block per pair of levels, see `_bsr`), the number
     of pairs of sampled factors and, per pair, (k, l, CSR); for ``"dense"``
     the number of factors, (sd offset, q, levels) per factor, and the dense
     Z'Z, Z'W and Z'y of all m effects; for ``"nested"`` the outer and the
@@ -449,6 +450,20 @@ def _csr(M: Any) -> list[np.ndarray]:
             np.asarray(csr.data, dtype=float)]
 
 
+def _bsr(M: Any, q_rows: int, q_cols: int) -> list[np.ndarray]:
+    """`_csr` in blocks of ``q_rows x q_cols`` (one per pair of levels): block rows, stored blocks, the block row
+    pointers and block columns as int64 bit patterns, then each block's values, row-major (``bsr_row_dot``)."""
+    import scipy.sparse as sp
+
+    if q_rows == q_cols == 1:
+        return _csr(M)
+    bsr = sp.bsr_matrix(M.tocsr(), blocksize=(q_rows, q_cols))
+    bsr.sort_indices()
+    index = lambda a: np.ascontiguousarray(a, dtype=np.int64).view(np.float64)  # noqa: E731
+    return [np.array([float(bsr.shape[0] // q_rows), float(bsr.indices.size)]), index(bsr.indptr),
+            index(bsr.indices), np.ascontiguousarray(bsr.data, dtype=float).ravel()]
+
+
 def factors_kernel_applies(design: Design, plan: Plan) -> bool:
     """Whether `build_factors` will run a crossed model of ``design`` in C (before the cross-products exist)."""
     return (available() and plan.dpars == ("sigma",) and len(design.factors) - 1 <= MAX_SAMPLED
@@ -501,7 +516,7 @@ def build_factors(design: Design, plan: Plan, collapsed: Any) -> FactorsKernel |
 
     body += factor(collapsed.big) + [np.array([float(len(collapsed.others))])]
     for o, M in zip(collapsed.others, collapsed.big_other):
-        body += factor(o) + _csr(M.matrix()) + _csr(M.matrix().T)
+        body += factor(o) + _bsr(M.matrix(), collapsed.big.q, o.q) + _bsr(M.matrix().T, o.q, collapsed.big.q)
     body.append(np.array([float(len(collapsed.other_pairs))]))
     for k, l, M in collapsed.other_pairs:
         body += [np.array([k, l], dtype=float)] + _csr(M.matrix())
