@@ -48,7 +48,7 @@ import pandas as pd
 import xarray as xr
 
 from ..design import Design, FactorRows, Rows, Stats
-from ..design.crossprod import FactorSums, Layout, ReducedRows, RowSums
+from ..design.crossprod import FactorSums, Layout, ReducedRows, RowSums, SparsePairSums
 from ..design.encoder import INTERCEPT, Component, EncodedTerm, FactorCoding, RowEncoder
 from ..design.levels import KINDS, LevelCoder, Levels
 from ..design.predictors import CATEGORICAL, NUMERIC, Predictor, Predictors, prediction_columns, predictor_roles
@@ -170,7 +170,10 @@ def _sums_group(reduced: ReducedRows) -> tuple[xr.Dataset, dict[str, Any]]:
         data[f"ZtZ_{k}"] = ((f"level_{k}", f"q_{k}", f"q2_{k}"), f.ZtZ)
         data[f"ZtV_{k}"] = ((f"level_{k}", f"q_{k}", "v1"), f.ZtV)
     for k, p in enumerate(s.pairs):
-        data[f"pair_{k}"] = ((f"bucket_{k}", f"pl_{k}", f"pr_{k}"), p)
+        if isinstance(p, SparsePairSums):  # the partial layout: one entry per pair of levels that share rows
+            data |= {f"pair_{k}_{part}": ((f"entry_{k}",), getattr(p, part)) for part in ("rows", "cols", "values")}
+        else:
+            data[f"pair_{k}"] = ((f"bucket_{k}", f"pl_{k}", f"pr_{k}"), p)
     if s.layout.parent is not None:
         data["parent"] = (("inner",), s.layout.parent)
     layout = {"kind": s.layout.kind, "levels": list(s.layout.levels), "pairs": [list(p) for p in s.layout.pairs],
@@ -592,7 +595,7 @@ def _raw_back(ds: xr.Dataset, encoder: RowEncoder, n: int) -> pd.DataFrame | Non
 
 def _sums_back(ds: xr.Dataset, layout: Any, encoder: RowEncoder) -> ReducedRows:
     lay = _obj(layout, {"kind", "levels", "pairs", "n"}, "the Dask layout")
-    _need(lay["kind"] in ("one", "nested", "dense") and _is_int(lay["n"], 1), "the Dask layout is malformed")
+    _need(lay["kind"] in ("one", "nested", "dense", "partial") and _is_int(lay["n"], 1), "the Dask layout is malformed")
     levels = tuple(int(g) for g in lay["levels"])
     _need(list(levels) == [f.n_levels for f in encoder.factors], "the Dask layout does not match the factors")
     parent = np.asarray(ds["parent"].values, dtype=np.int64) if "parent" in ds else None
@@ -609,8 +612,24 @@ def _sums_back(ds: xr.Dataset, layout: Any, encoder: RowEncoder) -> ReducedRows:
     for f, fs in zip(encoder.factors, factors):
         _need(fs.ZtZ.shape == (f.n_levels, f.q, f.q) and fs.ZtV.shape == (f.n_levels, f.q, p + 2),
               f"the stored sums of factor '{f.name}' are malformed")
-    pairs = tuple(np.asarray(ds[f"pair_{k}"].values, dtype=float) for k in range(len(L.pairs)))
+    pairs = tuple(_sparse_pair_back(ds, k, encoder.factors[left], encoder.factors[right]) if L.kind == "partial"
+                  else np.asarray(ds[f"pair_{k}"].values, dtype=float) for k, (left, right) in enumerate(L.pairs))
     return ReducedRows(RowSums(L, lay["n"], shift, VtV, factors, pairs))
+
+
+def _sparse_pair_back(ds: xr.Dataset, k: int, left: Any, right: Any) -> SparsePairSums:
+    """A crossed pair's sparse sums, checked: integer coordinates inside the pair's (levels x terms) shape."""
+    shape = (left.n_levels * left.q, right.n_levels * right.q)
+    parts = {}
+    for part in ("rows", "cols", "values"):
+        _need(f"pair_{k}_{part}" in ds, "the stored crossed sums are missing")
+        parts[part] = np.asarray(ds[f"pair_{k}_{part}"].values)
+    rows, cols, values = parts["rows"], parts["cols"], parts["values"]
+    _need(rows.dtype.kind in "iu" and cols.dtype.kind in "iu" and values.dtype.kind == "f"
+          and rows.shape == cols.shape == values.shape and rows.ndim == 1, "the stored crossed sums are malformed")
+    _need(bool(((rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])).all()),
+          "the stored crossed sums point outside their factors' levels")
+    return SparsePairSums(rows.astype(np.int64), cols.astype(np.int64), values.astype(float), shape)
 
 
 def _fit_back(manifest: dict[str, Any], tree: xr.DataTree) -> FitResult:

@@ -267,7 +267,7 @@ def test_dask_fit_agrees_with_the_in_memory_fit(fit_pair):
     assert not [n for n, g, t in zip(names, gap, tol) if g > t]
 
 
-def test_crossed_factors_on_dask_are_partly_collapsed_as_in_memory(client, frames):
+def test_crossed_factors_on_dask_are_partly_collapsed_as_in_memory(client, frames, tmp_path):
     """183 crossed effects: g's integrated out, item's and cat's sampled, from sparse pair sums reduced
     partition by partition. The same posterior as in memory (means within 4 combined MCSE, at most 1% of
     the 200-odd parameters beyond), and item's sd covers its simulated 0.5."""
@@ -289,6 +289,11 @@ def test_crossed_factors_on_dask_are_partly_collapsed_as_in_memory(client, frame
     assert len(far) <= 0.01 * len(names), far
     lo, hi = reduced.posterior_summary().loc["sd_item__Intercept", ["Q2.5", "Q97.5"]]
     assert lo < 0.5 < hi
+    # the sparse sums survive a file
+    back = lb.load(reduced.save(tmp_path / "crossed.lmmb"))
+    assert str(back.summary()) == str(reduced.summary())
+    for a, b in zip(back.design.reduced.sums.pairs, reduced.design.reduced.sums.pairs):
+        assert (a.matrix() != b.matrix()).nnz == 0 and a.shape == b.shape
 
 
 def test_reduced_likelihoods_agree_to_rounding(client, frames):
