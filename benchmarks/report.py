@@ -92,7 +92,8 @@ def _large_n(path: Path) -> list[str]:
         if "error" not in r:
             newest[r["case"]] = r
     out = [LARGE_N_HEADING, "",
-           "`y ~ x + (x | g)` with 1000 groups, 4 chains x 1000 draws, each case in a fresh process; "
+           "`y ~ x + (x | g)` with 1000 groups (`dask_crossed_1e6`: `y ~ x + (1 | user) + (1 | item)`, 10^4 x 10^3 "
+           "crossed levels), 4 chains x 1000 draws, each case in a fresh process; "
            "`fit s` is `lb.fit` from data to Fit (for Dask, including every pass over the partitions); "
            "`LOO s` is `fit.loo()` over the Dask rows again. Rows may come from another day and machine than "
            "the tables above: `bounce s`, the bounce model's collapsed fit in the same run, says how fast "
