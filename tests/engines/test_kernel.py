@@ -327,12 +327,18 @@ def test_crossed_kernel_matches_the_pytensor_density_and_gradient(case, crossed)
     """Both routes of FactorsKernel: crossed factors partly collapsed, and few effects all integrated out."""
     formula, priors = {**CROSSED, **DENSE}[case]
     design, pl, collapsed, k = parts(formula, priors, crossed)
-    k = plain_kernel(k)  # the graph's coordinates (the sampler's own: the test below)
+    # the graph's coordinates (the sampler's own: the test below)
+    assert_matches_the_graph(design, pl, collapsed, plain_kernel(k), seed=1, points=4, tol=1e-8)
+
+
+def assert_matches_the_graph(design, pl, collapsed, k: kernel.FactorsKernel, seed: int, points: int,
+                             tol: float) -> None:
+    """The kernel's value differences between random points and its gradient equal the PyTensor graph's."""
     model, _ = cl.build_model(design, pl, collapsed)
     logp, dlogp = model.compile_logp(), model.compile_dlogp()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     got, want = [], []
-    for _ in range(4):
+    for _ in range(points):
         x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
         point, order = crossed_point(model, pl, x, k)
         assert sorted(order) == list(range(k.n_dim))
@@ -341,7 +347,7 @@ def test_crossed_kernel_matches_the_pytensor_density_and_gradient(case, crossed)
         want.append((logp(point), dlogp(point)))
     for (v, g), (w, h) in zip(got, want):
         assert v - got[0][0] == pytest.approx(w - want[0][0], rel=1e-9, abs=1e-8)
-        np.testing.assert_allclose(g, h, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(g, h, rtol=tol, atol=tol)
 
 
 def plain_kernel(k: kernel.FactorsKernel) -> kernel.FactorsKernel:
@@ -520,20 +526,7 @@ def test_nested_kernel_gradient_matches_finite_differences(case, data):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["slopes", "inner_first"])
 def test_nested_kernel_matches_the_pytensor_density_and_gradient(case, data):
-    design, pl, collapsed, k = parts(*NESTED[case], nested_data(data))
-    model, _ = cl.build_model(design, pl, collapsed)
-    logp, dlogp = model.compile_logp(), model.compile_dlogp()
-    rng = np.random.default_rng(6)
-    got, want = [], []
-    for _ in range(3):
-        x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
-        point, order = crossed_point(model, pl, x, k)
-        value, grad = k.logp(x)
-        got.append((value, grad[order]))
-        want.append((logp(point), dlogp(point)))
-    for (v, g), (w, h) in zip(got, want):
-        assert v - got[0][0] == pytest.approx(w - want[0][0], rel=1e-9, abs=1e-8)
-        np.testing.assert_allclose(g, h, rtol=1e-7, atol=1e-7)
+    assert_matches_the_graph(*parts(*NESTED[case], nested_data(data)), seed=6, points=3, tol=1e-7)
 
 
 def test_a_nested_fit_runs_in_c_and_recovers_the_simulated_structure():

@@ -1691,8 +1691,8 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
  *   P_aa = S^-1,  P_ba = -A_bb^-1 A_ba S^-1,  P_bb = A_bb^-1 + A_bb^-1 A_ba S^-1 A_ab A_bb^-1;
  * then dl/dA = -(P + m m'/s4)/2 (m = A^-1 c) goes back through each block as in marginal_loglik, the
  * off-diagonal block twice (A holds it and its transpose). The inner levels come sorted by outer level:
- * starts[h] .. starts[h + 1] - 1 are outer level h's. Scratch space, G_b (q_b^2 + q_b q_a + 2 q_b) floats, is
- * on the heap. */
+ * starts[h] .. starts[h + 1] - 1 are outer level h's. Scratch space, G_b (2 q_b^2 + 2 q_b q_a + 2 q_b) floats,
+ * is on the heap. */
 double nested_log_density(const double *x, double *grad, const double *buf) {
     const int p = (int)buf[2], Q = (int)buf[3], n_cor = (int)buf[5];
     const double n = buf[6], yty = buf[7];
@@ -1716,7 +1716,8 @@ double nested_log_density(const double *x, double *grad, const double *buf) {
     sub_block(Lam, Q, fa.off, qa, La);
     sub_block(Lam, Q, fb.off, qb, Lb);
     const double sigma = vals[p], s2 = sigma * sigma, s4 = s2 * s2;
-    const size_t per = (size_t)qb * qb + (size_t)qb * qa + 2 * (size_t)qb; /* L_g, M_g', w_g, r_g */
+    /* per inner level: L_g, M_g', w_g, r_g, and Zb'Zb_g Lb and (Zb'Za)_g La for the backward pass */
+    const size_t per = 2 * (size_t)qb * qb + 2 * (size_t)qb * qa + 2 * (size_t)qb;
     double *scratch = malloc(sizeof(double) * per * (size_t)(fb.G > 0 ? fb.G : 1));
     if (!scratch) return NAN;
 
@@ -1759,9 +1760,9 @@ double nested_log_density(const double *x, double *grad, const double *buf) {
             }
         for (int g = g0; g < g1; g++) {
             double *L = scratch + (size_t)g * per, *Mt = L + qb * qb, *w = Mt + qb * qa, *rb = w + qb;
+            double *Mbb = rb + qb, *KLa = Mbb + qb * qb;
             const double *Zbb = fb.ZtZ + (size_t)g * qb * qb, *ZbW = fb.ZtW + (size_t)g * qb * p;
             const double *K = ZbZa + (size_t)g * qb * qa;
-            double Mbb[qb * qb], KLa[qb * qa];
             for (int i = 0; i < qb; i++) {
                 double t = fb.Zty[(size_t)g * qb + i];
                 for (int j = 0; j < p; j++) t -= ZbW[i * p + j] * beta[j];
@@ -1856,10 +1857,11 @@ double nested_log_density(const double *x, double *grad, const double *buf) {
             }
         for (int g = g0; g < g1; g++) {
             const double *L = scratch + (size_t)g * per, *Mt = L + qb * qb, *w = Mt + qb * qa, *rb = w + qb;
-            const double *Zbb = fb.ZtZ + (size_t)g * qb * qb, *ZbW = fb.ZtW + (size_t)g * qb * p;
+            const double *Mbb = rb + qb, *KLa = Mbb + qb * qb; /* Zb'Zb_g Lb and (Zb'Za)_g La, from the first pass */
+            const double *ZbW = fb.ZtW + (size_t)g * qb * p;
             const double *K = ZbZa + (size_t)g * qb * qa;
             double Li[qb * qb], mb[qb], e[qb], T[qb * qa], U[qb * qa], B[qb * qb], Pbb[qb * qb], GAbb[qb * qb];
-            double GAba[qb * qa], Mbb[qb * qb], KLa[qb * qa], KtLb[qa * qb], lbv[qb];
+            double GAba[qb * qa], KtLb[qa * qb], lbv[qb];
             for (int i = 0; i < qb; i++) { /* m_b = L'^-1 (w - Mt m_a) */
                 double t = w[i];
                 for (int j = 0; j < qa; j++) t -= Mt[i * qa + j] * ma[j];
@@ -1897,19 +1899,7 @@ double nested_log_density(const double *x, double *grad, const double *buf) {
                 for (int j = 0; j < qb; j++) GAbb[i * qb + j] = -0.5 * (Pbb[i * qb + j] + mb[i] * mb[j] / s4);
                 for (int j = 0; j < qa; j++) GAba[i * qa + j] = -0.5 * (-U[i * qa + j] + mb[i] * ma[j] / s4);
             }
-            /* The blocks of A again (their products with Lam), then dl/ds2, dl/dLb, dl/dLa and dl/dbeta. */
-            for (int i = 0; i < qb; i++) {
-                for (int j = 0; j < qb; j++) {
-                    double t = 0.0;
-                    for (int k = 0; k < qb; k++) t += Zbb[i * qb + k] * Lb[k * qb + j];
-                    Mbb[i * qb + j] = t;
-                }
-                for (int j = 0; j < qa; j++) {
-                    double t = 0.0;
-                    for (int k = 0; k < qa; k++) t += K[i * qa + k] * La[k * qa + j];
-                    KLa[i * qa + j] = t;
-                }
-            }
+            /* dl/ds2, dl/dLb, dl/dLa and dl/dbeta through the blocks of A */
             for (int i = 0; i < qa; i++)
                 for (int j = 0; j < qb; j++) {
                     double t = 0.0;
