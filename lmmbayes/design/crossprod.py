@@ -339,14 +339,14 @@ def _coalesced(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tu
     return SparsePairSums(M.row.astype(np.int64), M.col.astype(np.int64), M.data.astype(float), shape)
 
 
-def sparse_pair_sums(idx_l: np.ndarray, Z_l: np.ndarray, n_l: int, idx_r: np.ndarray, Z_r: np.ndarray, n_r: int,
-                     weights: np.ndarray | None = None) -> SparsePairSums:
-    """`SparsePairSums` of two factors from rows: level indexes, term values (n, q) and row weights."""
+def sparse_pair_sums(idx_l: np.ndarray, Z_l: np.ndarray, n_l: int, idx_r: np.ndarray, Z_r: np.ndarray,
+                     n_r: int) -> SparsePairSums:
+    """`SparsePairSums` of two factors from rows: level indexes and term values (n, q), already scaled by the
+    rows' √weights (`reduce_rows`)."""
     q_l, q_r = Z_l.shape[1], Z_r.shape[1]
-    w = np.ones(idx_l.shape[0]) if weights is None else np.asarray(weights, dtype=float)
     rows = np.broadcast_to(idx_l[:, None, None] * q_l + np.arange(q_l)[None, :, None], (idx_l.size, q_l, q_r))
     cols = np.broadcast_to(idx_r[:, None, None] * q_r + np.arange(q_r)[None, None, :], (idx_l.size, q_l, q_r))
-    values = w[:, None, None] * Z_l[:, :, None] * Z_r[:, None, :]
+    values = Z_l[:, :, None] * Z_r[:, None, :]
     return _coalesced(rows.ravel(), cols.ravel(), values.ravel(), (n_l * q_l, n_r * q_r))
 
 
