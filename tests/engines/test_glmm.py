@@ -562,18 +562,25 @@ def test_auto_picks_the_collapsed_engine_and_falls_back_when_its_check_fails(mon
     assert any("not accurate enough" in w for w in forced.warnings)
 
 
-def test_custom_priors_send_auto_to_the_joint_engine():
-    """The C code evaluates built-in priors only: a registered prior sends auto to the joint engine, and a
-    forced collapsed fit says why."""
+def test_a_registered_prior_runs_on_the_collapsed_engine():
+    """A registered prior (the user's PyMC code) no longer sends auto to the joint engine: the C kernel
+    integrates and PyTensor adds the prior's log density (two chains: a PyTensor function per thread). The
+    posterior is the equal built-in prior's, and the prior is applied: a tight one holds b_x at 3."""
     import pymc as pm
 
     lb.register_distribution("glmm_test_normal", lambda name, mu, s, **kw: pm.Normal(name, mu, s, **kw), n_args=2)
     data = simulate("poisson", 1)
-    priors = [lb.prior("glmm_test_normal(0, 1)", class_="b")]
-    fit = quiet_fit("y ~ x + (1 | g)", data, priors, family="poisson", chains=1, draws=100, tune=100, seed=1)
-    assert fit.engine == "joint"
-    with pytest.raises(lb.FitError, match="built-in priors only"):
-        lb.fit("y ~ x + (1 | g)", data, priors, family="poisson", method="collapsed", progress=False)
+    kw = dict(family="poisson", chains=2, draws=300, tune=300, seed=1)
+    fit = quiet_fit("y ~ x + (1 | g)", data, [lb.prior("glmm_test_normal(3, 0.01)", class_="b")], **kw)
+    same = quiet_fit("y ~ x + (1 | g)", data, [lb.prior("normal(3, 0.01)", class_="b")], **kw)
+    # the prior's PyTensor ops (compiled once per machine and cached); the model itself compiles nothing
+    assert fit.engine == "collapsed" and fit.timings["compile"] > 0 and "compile" not in same.timings
+    assert fit.info["quadrature_ok"]
+    assert fit.info["route"].endswith("evaluated by PyTensor in Python") and same.info["route"] == "C kernel"
+    a, b = fit.posterior_summary(), same.posterior_summary()
+    assert abs(a.loc["b_x", "Estimate"] - 3) < 0.05
+    for name in ("b_Intercept", "b_x", "sd_g__Intercept"):
+        assert a.loc[name, "Estimate"] == pytest.approx(b.loc[name, "Estimate"], abs=0.25 * b.loc[name, "Est.Error"])
 
 
 def test_a_probit_fit_recovers_its_simulated_model():

@@ -187,14 +187,45 @@ def test_both_routes_start_at_the_same_point(case, data):
 def test_kernel_applies_to_the_common_models_only(data):
     assert parts("y ~ x + (1 + x | g)", [], data)[3] is not None
     assert parts("y ~ 0 + x + (1 | g)", [], data)[3] is not None
-    # Nested factors take the nested route; custom priors use the PyTensor graph.
+    # Nested factors take the nested route; registered priors are added in Python.
     k = parts("y ~ x + (1 | g/h)", [], nested_data(data))[3]
     assert isinstance(k, kernel.FactorsKernel) and k.function == "nested"
     assert parts("y ~ x + z + (1 + x + z | g)", [], data)[3] is not None  # blocks of any size
     import pymc as pm
 
     lb.register_distribution("kernel_test_normal", lambda name, mu, s, **kw: pm.Normal(name, mu, s, **kw), n_args=2)
-    assert parts("y ~ x + (1 | g)", [lb.prior("kernel_test_normal(0, 1)", class_="b")], data)[3] is None
+    k = parts("y ~ x + (1 | g)", [lb.prior("kernel_test_normal(0, 1)", class_="b")], data)[3]
+    assert k is not None and k.params.python is not None and k.params.python.index.tolist() == [1]
+    assert kernel.route(k.params) == ("C kernel, with prior('kernel_test_normal(0, 1)', class='b') evaluated by "
+                                      "PyTensor in Python")
+
+
+def test_a_registered_prior_is_added_to_the_c_density_in_python(data, crossed):
+    """A registered distribution equal to a built-in one gives the same kernel density up to a constant and the
+    same gradient, to 1e-9: on one factor and on the crossed route (whose decoupled β' leaves a β with a registered
+    prior in place), for coefficients and for a positive prior on the sds (through its transform)."""
+    import pymc as pm
+
+    lb.register_distribution("kt_normal", lambda name, mu, s, **kw: pm.Normal(name, mu, s, **kw), n_args=2)
+    lb.register_distribution("kt_halfnormal", lambda name, s, **kw: pm.HalfNormal(name, s, **kw), n_args=1,
+                             support="positive")
+    registered = [lb.prior("kt_normal(0.5, 2)", class_="b"), lb.prior("kt_halfnormal(3)", class_="sd")]
+    builtin = [lb.prior("normal(0.5, 2)", class_="b"), lb.prior("normal(0, 3)", class_="sd")]
+    for formula, frame in [("y ~ x + (1 + x | g)", data), ("y ~ x + (1 + x | g) + (1 | h)", crossed)]:
+        k_reg, k_blt = parts(formula, registered, frame)[3], parts(formula, builtin, frame)[3]
+        assert k_reg.params.python is not None and k_blt.params.python is None
+        assert len(k_reg.params.python.parts) == 2  # one PyTensor density per prior, over all its parameters
+        if isinstance(k_blt, kernel.FactorsKernel) and k_blt.maps:
+            # the built-in β of x is decoupled (x holds β'), the registered one is not: compare in one system
+            assert np.abs(k_blt.maps[0][:, 1]).max() > 0 and not k_reg.maps[0][:, 1].any()
+            k_blt = dataclasses.replace(k_blt, maps=k_reg.maps)
+        rng = np.random.default_rng(3)
+        diffs = []
+        for x in k_blt.unconstrain_start() + rng.normal(0, 0.7, (6, k_blt.n_dim)):
+            (va, ga), (vb, gb) = k_reg.logp(x), k_blt.logp(x)
+            diffs.append(va - vb)
+            np.testing.assert_allclose(ga, gb, rtol=1e-9, atol=1e-9)
+        assert np.ptp(diffs) < 1e-9
 
 
 def test_the_c_kernel_was_built_with_the_package():

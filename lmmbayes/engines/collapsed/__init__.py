@@ -70,19 +70,17 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
     costs O(levels × q³) whatever N is; for crossed factors with at most
     `DENSE_MAX` random effects in all (a dense Cholesky per gradient);
     and for crossed factors with more (the largest factor integrated out,
-    the others sampled) where the C kernel runs them (nutpie, built-in
-    priors: ``plan``, where known), else from `PARTIAL_AUTO_MIN_ROWS` rows. For
+    the others sampled) where the C kernel runs them (nutpie, σ the only
+    distributional parameter: ``plan``, where known), else from `PARTIAL_AUTO_MIN_ROWS` rows. For
     non-Gaussian families with one grouping factor (adaptive quadrature,
-    `.glmm`) where nutpie runs and the C code evaluates every prior (``plan``,
-    where known); the pipeline refits on the joint engine if its accuracy
+    `.glmm`) where nutpie runs; the pipeline refits on the joint engine if its accuracy
     check fails.
     """
     lay = layout(design)[0]
     if lay is None:
         return False
     if lay.kind == "quadrature":
-        q = design.factors[0].q
-        return sampler == "nutpie" and (plan is None or kernel.param_arrays(plan, q) is not None)
+        return sampler == "nutpie"
     if lay.kind == "partial":
         return design.n_obs >= PARTIAL_AUTO_MIN_ROWS or (sampler == "nutpie" and plan is not None
                                                          and kernel.factors_kernel_applies(design, plan))
@@ -183,9 +181,11 @@ def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
     t0 = time.perf_counter()
     collapsed = collapse(design, plan)
     fast = kernel.build(design, plan, collapsed) if config.sampler == "nutpie" else None
+    compiled: dict[str, float] = {}
     if fast is not None:
         # No compile at all: the log density is C built at install time (see .kernel).
         # "load" is nutpie's import (which pulls in numba and ArviZ) and the model's wrapper.
+        compiled = kernel.build_priors(fast.params)
         t1 = time.perf_counter()
         model = kernel.nutpie_model(fast)
         t_load = time.perf_counter() - t1
@@ -196,8 +196,8 @@ def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
         lcorr = {f.name: L[..., offsets[f.name]:offsets[f.name] + f.q, offsets[f.name]:offsets[f.name] + f.q]
                  for f in design.factors}
         z = {f"z__{name}": v for name, v in fast.effects(x).items()} if isinstance(fast, kernel.FactorsKernel) else {}
-        trace = RawTrace(z, trace.sample_stats, {"load": t_load, **trace.timings})
-        route = "C kernel"
+        trace = RawTrace(z, trace.sample_stats, {**compiled, "load": t_load, **trace.timings})
+        route = kernel.route(fast.params)
         if isinstance(collapsed, PartlyCollapsed):
             route += "; " + ", ".join(o.name for o in collapsed.others) + " sampled, " + collapsed.big.name \
                 + " integrated out"
@@ -232,7 +232,7 @@ def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
         drawn = draw_effects(collapsed, beta, sigma, scales, rng)
     r_std = {f.name: unflat(drawn[f.name], C) for f in design.factors}
     draws = finish(plan, design, u, lcorr, r_std)
-    timings = {"build": t1 - t0, **trace.timings, "effects": time.perf_counter() - t2}
+    timings = {"build": t1 - t0 - compiled.get("compile", 0.0), **trace.timings, "effects": time.perf_counter() - t2}
     info = {"route": route}
     if isinstance(collapsed, PartlyCollapsed):
         info.update(integrated=collapsed.big.name, sampled=", ".join(o.name for o in collapsed.others))
