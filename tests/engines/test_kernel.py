@@ -226,6 +226,10 @@ def test_a_registered_prior_is_added_to_the_c_density_in_python(data, crossed):
             diffs.append(va - vb)
             np.testing.assert_allclose(ga, gb, rtol=1e-9, atol=1e-9)
         assert np.ptp(diffs) < 1e-9
+    # a far-out point (exp overflows a Python float) is outside the support, not an exception in nutpie's thread
+    far = k_reg.unconstrain_start()
+    far[k_reg.params.python.index[-1]] = 1e4
+    assert k_reg.params.python(far)[0] == -np.inf
 
 
 def test_the_c_kernel_was_built_with_the_package():

@@ -126,7 +126,7 @@ _PER_PARAM = ("fam", "args", "lo", "hi", "a", "b", "alpha", "beta")
 @dataclass(frozen=True, eq=False)
 class PythonPriors:
     """Registered priors (`lmmbayes.register_distribution`, or a factory given to `lmmbayes.prior`), which the C
-    code leaves flat: their log density is added in Python at every gradient.
+    code leaves flat: PyTensor adds their log density at every gradient, called from Python.
 
     A registered prior is the user's PyMC code, so the kernel's C cannot evaluate it. PyTensor builds its log
     density and gradient once per fit and thread from elementary ops whose C code it compiles once per machine
@@ -175,9 +175,12 @@ class PythonPriors:
         its gradient by the entries at `index`; the transforms' Jacobians are the C code's."""
         # scalar by scalar: numpy's per-call overhead on a few numbers would cost more than PyTensor's call
         v, slope = np.empty(self.index.size), np.empty(self.index.size)
-        for j, (i, lo, hi, a, b) in enumerate(self._scalars):
-            u, slope[j] = _constrain_one(float(x[i]), lo, hi)
-            v[j] = a + b * u
+        try:
+            for j, (i, lo, hi, a, b) in enumerate(self._scalars):
+                u, slope[j] = _constrain_one(float(x[i]), lo, hi)
+                v[j] = a + b * u
+        except OverflowError:  # exp of a far-out warm-up point: outside the support, as numpy's inf would be
+            return -math.inf, np.zeros(self.index.size)
         lp, dv = self.function()(v)
         return float(lp), dv * slope * self.b
 
@@ -203,7 +206,7 @@ def _constrain_one(z: float, lo: float, hi: float) -> tuple[float, float]:
 
 
 def _prior_function(parts: tuple[tuple[np.ndarray, Any, tuple[float, ...], str], ...], n: int) -> Any:
-    """PyTensor's ``v -> (Σ log p(v), ∂/∂v)`` for `PythonPriors`, on the Python linker: nothing is compiled."""
+    """PyTensor's ``v -> (Σ log p(v), ∂/∂v)`` for `PythonPriors`."""
     import pytensor
     import pytensor.tensor as pt
     from pytensor.compile.mode import Mode
