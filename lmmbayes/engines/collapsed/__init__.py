@@ -4,8 +4,9 @@ The data are reduced once to the cross-products of the marginal likelihood
 (`lmmbayes.design.crossprod`), standardised with the plan's maps, and
 handed to one of the structures of `.algebra`. For the model most users
 fit, the log density and its gradient are hand-written C (`.kernel`):
-no compile at all. Other structures, custom priors and PyMC's sampler use a
-PyTensor graph of the same density, started at the same point.
+no compile at all (a registered prior family is added by PyTensor: `.kernel.PythonPriors`). PyMC's
+sampler, and installations without the C kernel, use a PyTensor graph of the same density, started at
+the same point.
 """
 
 from __future__ import annotations

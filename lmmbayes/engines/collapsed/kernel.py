@@ -3,12 +3,12 @@
 The PyTensor route builds a graph per model and numba compiles it for
 nutpie on every fit: 3 to 8 s even with PyTensor's cache warm, against a
 second or less of sampling on data of a few hundred rows. For the model most
-users fit (Gaussian, one grouping factor, any correlated blocks, built-in
-priors) this module instead evaluates the collapsed log
+users fit (Gaussian, one grouping factor, any correlated blocks; and nested,
+crossed and GLMM structures) this module instead evaluates the collapsed log
 density and its gradient in hand-written C (``_kernel.c``), built with the
 package and loaded with ctypes: it takes the model's numbers as one packed
-array, so no fit compiles anything, and nutpie calls it directly through the
-callback interface it uses for PyMC models it compiles itself. (A numba
+array, so no fit compiles anything (a registered prior family aside: `PythonPriors`), and nutpie calls
+it directly through the callback interface it uses for PyMC models it compiles itself. (A numba
 version of the same code, cached on disk, cost 3.7 s of compile on the first
 fit after installation; the C build costs nothing at fit time.) Where the
 extension was not built (no C compiler at install), `build` returns
