@@ -584,7 +584,8 @@ def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
     C = u.shape[0]
     f = design.factors[0]
     draws = finish(plan, design, u, {f.name: L}, {f.name: unflat(r, C)})
-    timings = {"build": t1 - t0 - compiled.get("compile", 0.0), **compiled, "load": t_load, **trace.timings, "check": t3 - t2, "effects": time.perf_counter() - t3}
+    timings = {"build": t1 - t0 - compiled.get("compile", 0.0), **compiled, "load": t_load, **trace.timings,
+               "check": t3 - t2, "effects": time.perf_counter() - t3}
     integration = (f"{accuracy.text()}. Random effects: an independence Metropolis chain per group and draw, "
                    f"which leaves their exact conditional invariant (acceptance {float(accepted.mean()):.2f})")
     info = {"route": kernel.route(k.params), "integration": integration, "quadrature_check": accuracy.text(),

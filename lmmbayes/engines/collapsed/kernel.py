@@ -173,7 +173,6 @@ class PythonPriors:
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """The priors' log density at the unconstrained ``x`` (its first entries: the plan's parameters) and
         its gradient by the entries at `index`; the transforms' Jacobians are the C code's."""
-        # scalar by scalar: numpy's per-call overhead on a few numbers would cost more than PyTensor's call
         v, slope = np.empty(self.index.size), np.empty(self.index.size)
         try:
             for j, (i, lo, hi, a, b) in enumerate(self._scalars):
@@ -191,7 +190,8 @@ class PythonPriors:
 
 
 def _constrain_one(z: float, lo: float, hi: float) -> tuple[float, float]:
-    """`constrain` of one number and its slope du/dz."""
+    """`constrain` of one number and its slope du/dz, in plain floats: on the few numbers of a gradient's
+    registered priors, `constrain`'s numpy calls cost about 0.1 ms more per gradient than PyTensor's call."""
     low, high = math.isfinite(lo), math.isfinite(hi)
     if not low and not high:
         return z, 1.0
@@ -349,14 +349,13 @@ def param_arrays(plan: Plan, q: int) -> ParamArrays:
     custom = [k for k, p in enumerate(priors) if not p.family.builtin]
     python = None
     if custom:
-        keys: dict[tuple[Any, ...], list[int]] = {}
-        for j, k in enumerate(custom):  # one PyTensor log density per prior, over all its parameters
+        shared: dict[tuple[Any, ...], tuple[Any, list[int]]] = {}  # one PyTensor density per prior, all its params
+        for j, k in enumerate(custom):
             p = priors[k]
-            keys.setdefault((p.family.name, p.args, id(p.family.factory)), []).append(j)
+            shared.setdefault((p.family.name, p.args, id(p.family.factory)), (p, []))[1].append(j)
         python = PythonPriors(np.array(custom), arr("lo")[custom], arr("hi")[custom], arr("a")[custom],
-                              arr("b")[custom],
-                              tuple((np.array(js), priors[custom[js[0]]].family, priors[custom[js[0]]].args,
-                                     priors[custom[js[0]]].describe()) for js in keys.values()))
+                              arr("b")[custom], tuple((np.array(js), p.family, p.args, p.describe())
+                                                      for p, js in shared.values()))
     return ParamArrays(q=q, fam=np.array([p.family.kernel if p.family.builtin else 0 for p in priors],
                                          dtype=np.int64), args=args,
                        lo=arr("lo"), hi=arr("hi"), a=arr("a"), b=arr("b"), alpha=arr("alpha"), beta=arr("beta"),
