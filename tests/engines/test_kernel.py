@@ -366,6 +366,54 @@ def test_crossed_kernel_matches_the_pytensor_density_and_gradient(case, crossed)
     assert_matches_the_graph(design, pl, collapsed, plain_kernel(k), seed=1, points=4, tol=1e-8)
 
 
+def factorial_data(subjects: int = 130, items: int = 8, seed: int = 6) -> pd.DataFrame:
+    """A 2 x 2 within-subject, within-item design: each subject answers each item once, the conditions rotated by
+    a Latin square, so the subject-item cross-products hold four distinct 4 x 4 blocks."""
+    rng = np.random.default_rng(seed)
+    s, i = np.repeat(np.arange(subjects), items), np.tile(np.arange(items), subjects)
+    cond = (s + i) % 4
+    a, b = np.where(cond % 2 == 0, -0.5, 0.5), np.where(cond < 2, -0.5, 0.5)
+    X = np.column_stack([np.ones(s.size), a, b, a * b])
+    y = X @ [0.5, 0.4, 0.2, 0.1] + (X * rng.normal(0, 0.5, (subjects, 4))[s]).sum(axis=1) \
+        + (X * rng.normal(0, 0.3, (items, 4))[i]).sum(axis=1) + rng.normal(size=s.size)
+    return pd.DataFrame({"y": y, "a": a, "b": b, "subject": [f"s{v}" for v in s], "item": [f"i{v}" for v in i]})
+
+
+#: The 2 x 2 design's subject-item cross-products are 4 distinct blocks (2 with one slope): `_bsr`'s table.
+FACTORIAL = {"factorial_q2": ("y ~ a + (1 + a | subject) + (1 + a | item)", []),
+             "factorial_q4": ("y ~ a * b + (1 + a * b | subject) + (1 + a * b | item)", [])}
+
+
+@pytest.mark.parametrize("case,distinct", [("factorial_q2", 2), ("factorial_q4", 4)])
+def test_a_factorial_design_takes_its_blocks_from_a_table_and_gets_the_same_density(case, distinct, monkeypatch):
+    """A factorial design's cross-products of subjects and items (1,040 pairs of levels) hold a few distinct
+    blocks, which `_bsr` stores once each (``_kernel.c`` then reads an index per pair). The density and gradient
+    equal those of the same kernel with every block stored (only the order of additions differs); the gradient
+    equals finite differences; with one slope (PyMC's LKJ parameterises q = 2 as the kernel does) the density
+    and gradient equal the PyTensor graph's. q = 4 takes the vectorised 4 x 4 product."""
+    design, pl, collapsed, k = parts(*FACTORIAL[case], factorial_data())
+    assert isinstance(collapsed, cl.PartlyCollapsed) and collapsed.big.name == "subject"
+    q = 2 if case == "factorial_q2" else 4
+    rows, stored, n_table = kernel._bsr(collapsed.big_other[0].matrix(), q, q)[0]
+    assert (rows, stored, n_table) == (130, 1040, distinct)
+    monkeypatch.setattr(kernel, "TABLE_MAX_SHARE", 0.0)
+    plain = kernel.build(design, pl, collapsed)
+    monkeypatch.undo()
+    # each of the two products: an index per pair and the table, in place of q^2 values per pair
+    assert plain.buffer.size - k.buffer.size == 2 * (1040 * q * q - 1040 - distinct * q * q)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        x = k.unconstrain_start() + rng.uniform(-1, 1, k.n_dim)
+        (v, g), (w, gw) = k.logp(x), plain.logp(x)
+        assert v == pytest.approx(w, rel=1e-12)
+        np.testing.assert_allclose(g, gw, rtol=1e-9, atol=1e-9)
+    h = 1e-6
+    numeric = np.array([(k.logp(x + h * e)[0] - k.logp(x - h * e)[0]) / (2 * h) for e in np.eye(k.n_dim)])
+    np.testing.assert_allclose(g, numeric, rtol=1e-5, atol=1e-5)
+    if q == 2:
+        assert_matches_the_graph(design, pl, collapsed, plain_kernel(k), seed=2, points=3, tol=1e-8)
+
+
 def assert_matches_the_graph(design, pl, collapsed, k: kernel.FactorsKernel, seed: int, points: int,
                              tol: float) -> None:
     """The kernel's value differences between random points and its gradient equal the PyTensor graph's."""
@@ -462,21 +510,25 @@ def test_crossed_kernel_gradient_matches_finite_differences(case, crossed):
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("case,route", [("three_factors", "C kernel; h, k sampled, g integrated out"),
-                                        pytest.param("dense_three", "C kernel", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("case,route", [
+    ("three_factors", "C kernel; h, k sampled, g integrated out"),
+    pytest.param("dense_three", "C kernel", marks=pytest.mark.slow),
+    pytest.param("factorial_q4", "C kernel; item sampled, subject integrated out", marks=pytest.mark.slow)])
 def test_crossed_fits_through_the_kernel_and_through_the_graph_agree(case, route, crossed, monkeypatch):
-    """Three crossed factors, the largest integrated out (or, with few effects, all of them): every
-    parameter's posterior mean and SD within 4 combined MCSE (random effects too: the integrated ones are
-    drawn given each draw's sampled ones), and the kernel compiles nothing."""
+    """Three crossed factors, the largest integrated out (or, with few effects, all of them; or the maximal
+    2 x 2 design, q = 4 on both, its blocks from a table): every parameter's posterior mean and SD within 4
+    combined MCSE (random effects too: the integrated ones are drawn given each draw's sampled ones), and the
+    kernel compiles nothing."""
     from arviz_stats.base import array_stats
 
     from lmmbayes.results.posterior import flat_draws
 
-    formula, priors = {**CROSSED, **DENSE}[case]
+    formula, priors = {**CROSSED, **DENSE, **FACTORIAL}[case]
+    data = factorial_data() if case in FACTORIAL else crossed
     kw = dict(chains=2, draws=1000, tune=1000, seed=5, method="collapsed")
-    fast = quiet_fit(formula, crossed, priors, **kw)
+    fast = quiet_fit(formula, data, priors, **kw)
     monkeypatch.setattr(kernel, "build", lambda *a: None)
-    graph = quiet_fit(formula, crossed, priors, **kw)
+    graph = quiet_fit(formula, data, priors, **kw)
     assert fast.info["route"] == route
     assert graph.info["route"].startswith("PyTensor graph")
     assert "compile" not in fast.timings and graph.timings["compile"] > 0

@@ -406,6 +406,9 @@ class Kernel:
 #: Most factors whose effects a crossed `FactorsKernel` samples (``MAX_SAMPLED`` in ``_kernel.c``).
 MAX_SAMPLED = 15
 
+#: A block CSR matrix keeps a table of its distinct blocks (`_bsr`) when they are at most this share of its entries.
+TABLE_MAX_SHARE = 1 / 8
+
 
 @dataclass(frozen=True, eq=False)
 class FactorsKernel:
@@ -426,7 +429,8 @@ class FactorsKernel:
     integrated factor's (sd offset, q, levels, Z'Z, Z'W, Z'y), the number of
     sampled factors and, per factor, the same six fields and its sparse
     cross-products with the integrated factor and their transpose (block CSR,
-    one block per pair of levels, see `_bsr`), the number
+    one block per pair of levels or an index into a table of the distinct
+    blocks, see `_bsr`), the number
     of pairs of sampled factors and, per pair, (k, l, CSR); for ``"dense"``
     the number of factors, (sd offset, q, levels) per factor, and the dense
     Z'Z, Z'W and Z'y of all m effects; for ``"nested"`` the outer and the
@@ -576,26 +580,42 @@ def householder(v: np.ndarray) -> np.ndarray:
 
 
 def _csr(M: Any) -> list[np.ndarray]:
-    """A scipy sparse matrix for ``_kernel.c``: rows, nnz, then the CSR row pointers and columns as int64 bit
-    patterns, then the values (rows in order, so that a row's sum stays in a register)."""
+    """A scipy sparse matrix for ``_kernel.c``: rows, nnz, 0 (no table of blocks, see `_bsr`), then the CSR row
+    pointers and columns as int64 bit patterns, then the values (rows in order, so that a row's sum stays in a
+    register)."""
     csr = M.tocsr()
-    index = lambda a: np.ascontiguousarray(a, dtype=np.int64).view(np.float64)  # noqa: E731
-    return [np.array([float(csr.shape[0]), float(csr.nnz)]), index(csr.indptr), index(csr.indices),
+    return [np.array([float(csr.shape[0]), float(csr.nnz), 0.0]), _index(csr.indptr), _index(csr.indices),
             np.asarray(csr.data, dtype=float)]
 
 
+def _index(a: np.ndarray) -> np.ndarray:
+    """Integers as int64 bit patterns in the float64 buffer (read as doubles, every pass would convert them)."""
+    return np.ascontiguousarray(a, dtype=np.int64).view(np.float64)
+
+
 def _bsr(M: Any, q_rows: int, q_cols: int) -> list[np.ndarray]:
-    """`_csr` in blocks of ``q_rows x q_cols`` (one per pair of levels): block rows, stored blocks, the block row
-    pointers and block columns as int64 bit patterns, then each block's values, row-major (``bsr_row_dot``)."""
+    """`_csr` in blocks of ``q_rows x q_cols`` (one per pair of levels): block rows, stored blocks, the size of
+    the table of distinct blocks (0 for none), the block row pointers and block columns as int64 bit patterns,
+    then each block's values, row-major (``bsr_row_dot``) or, with a table, each block's index in it and the
+    table.
+
+    A factorial design's pairs of levels hold few distinct blocks (the maximal 2 x 2 design's 2,400 hold 4: each
+    pair is one row in one of four conditions), so a table of them, exact, replaces reading ``q_rows q_cols``
+    values per pair at every gradient by reading one index, and the pass stays in cache."""
     import scipy.sparse as sp
 
     if q_rows == q_cols == 1:
         return _csr(M)
     bsr = sp.bsr_matrix(M.tocsr(), blocksize=(q_rows, q_cols))
     bsr.sort_indices()
-    index = lambda a: np.ascontiguousarray(a, dtype=np.int64).view(np.float64)  # noqa: E731
-    return [np.array([float(bsr.shape[0] // q_rows), float(bsr.indices.size)]), index(bsr.indptr),
-            index(bsr.indices), np.ascontiguousarray(bsr.data, dtype=float).ravel()]
+    nnz = bsr.indices.size
+    blocks = np.ascontiguousarray(bsr.data, dtype=float).reshape(nnz, q_rows * q_cols)
+    table, ids = np.unique(blocks, axis=0, return_inverse=True)
+    head = [float(bsr.shape[0] // q_rows), float(nnz)]
+    if table.shape[0] <= TABLE_MAX_SHARE * nnz:
+        return [np.array(head + [float(table.shape[0])]), _index(bsr.indptr), _index(bsr.indices),
+                _index(ids.ravel()), table.ravel()]
+    return [np.array(head + [0.0]), _index(bsr.indptr), _index(bsr.indices), blocks.ravel()]
 
 
 def factors_kernel_applies(design: Design, plan: Plan) -> bool:
