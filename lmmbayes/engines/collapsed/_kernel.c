@@ -238,9 +238,10 @@ SMALL_BLOCKS static double marginal_loglik(int p, int G, int q, const double *be
         G = 0; /* the general loop below is done */
     }
     /* q = 1 took the scalar path above (G is 0 then); a constant q lets level_term unroll */
+    const double inv_s2 = 1.0 / s2;
 #define LEVELS(QC)                                                                                                \
     for (int g = 0; g < G; g++)                                                                                   \
-        if (!level_term(QC, p, beta, 1.0 / s2, Lam, ZtZ + (size_t)g * (QC) * (QC), ZtW + (size_t)g * (QC) * p,           \
+        if (!level_term(QC, p, beta, inv_s2, Lam, ZtZ + (size_t)g * (QC) * (QC), ZtW + (size_t)g * (QC) * p,      \
                         Zty + (size_t)g * (QC), r_adj ? r_adj + (size_t)g * (QC) : NULL, g_beta, g_lam,           \
                         g_r ? g_r + (size_t)g * (QC) : NULL, &logdet, &quad, &g_s2)) {                           \
             *g_sigma = 0.0;                                                                                       \
@@ -411,7 +412,7 @@ double lmm_log_density(const double *x, double *grad, const double *buf) {
 typedef struct {
     int64_t n_rows;
     const int64_t *ptr, *cols; /* CSR; int64 bit patterns in the float64 buffer (kernel.py's _csr) */
-    const int64_t *ids;        /* block CSR with few distinct blocks: entry e's block is vals + ids[e] * per; else NULL */
+    const int64_t *ids;        /* few distinct blocks (kernel.py's _bsr): entry e's is vals + ids[e] * per; else NULL */
     const double *vals;
 } Csr;
 
@@ -448,8 +449,8 @@ static inline const double *block_of(const Csr *M, int64_t e, int bs) {
 }
 
 /* Row i of the CSR matrix M times v. Four partial sums: one sum's chain of dependent additions bounds the loop
- * by the adder's latency (measured: the crossed route's two products with the cross-products ran at half speed). */
-/* Kept at -O2 and out of line in the crossed route's -O3 code (SMALL_BLOCKS): GCC's -O3 code for this gather loop
+ * by the adder's latency (measured: the crossed route's two products with the cross-products ran at half speed).
+ * Kept at -O2 and out of line in the crossed route's -O3 code (SMALL_BLOCKS): GCC's -O3 code for this gather loop
  * is slower (InstEval's gradient 385 -> 435 us); a call per row costs nothing measurable. */
 GATHER_LOOP static double csr_row_dot(const Csr *M, int64_t i, const double *v) {
     double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0;
@@ -471,7 +472,7 @@ GATHER_LOOP static double csr_row_dot(const Csr *M, int64_t i, const double *v) 
 static inline void bsr_row_dot(const Csr *M, int64_t g, int ql, int qr, const double *v, double *out) {
     if (ql == 1 && qr == 1) { out[0] = csr_row_dot(M, g, v); return; }
     if (ql == 4 && qr == 4) {
-#if defined(__GNUC__) /* GCC and clang: SSE2 vectors (2 doubles), baseline on x86-64 */
+#if defined(__GNUC__) /* GCC and clang: vectors of 2 doubles (SSE2 on x86-64, NEON on arm64) */
         /* One sum per entry of the block, added across the row's blocks and only then within each block row, so
          * a block is 8 independent products of contiguous 2-vectors. */
         typedef double v2d __attribute__((vector_size(16)));
