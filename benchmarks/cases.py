@@ -238,3 +238,23 @@ for n in (10_000, 100_000, 1_000_000):
                                  {"Intercept": ("Normal", {"mu": 0, "sigma": 5}),
                                   "x": ("Normal", {"mu": 0, "sigma": 5}), "sd": 2})
     FAMILIES[f"bern_N{n}_G1000"] = ("bernoulli", "bernoulli", None, None)
+
+
+def bernoulli_nested(schools: int = 100, classes: int = 8, pupils: int = 10, seed: int = 26) -> pd.DataFrame:
+    """Pupils within classes within schools, a bernoulli response: y ~ x + (1 | school/class), continuous x,
+    SDs 1 (schools) and 0.7 (classes); class labels repeat across schools, as in lme4's nested data."""
+    rng = np.random.default_rng(seed)
+    school = np.repeat(np.arange(schools), classes * pupils)
+    klass = np.repeat(np.arange(schools * classes), pupils)
+    x = rng.normal(size=school.size)
+    eta = -0.3 + 0.6 * x + rng.normal(size=schools)[school] + 0.7 * rng.normal(size=schools * classes)[klass]
+    y = (rng.random(school.size) < 1 / (1 + np.exp(-eta))).astype(int)
+    return pd.DataFrame({"y": y, "x": x, "school": "s" + school.astype(str),
+                         "class": "c" + (klass % classes).astype(str)})
+
+
+# Nested factors on the collapsed engine's nested quadrature (8,000 rows by default).
+CASES["bern_nested"] = ("y ~ x + (1 | school/class)", bernoulli_nested, _GLMM_PRIORS,
+                        {"Intercept": ("Normal", {"mu": 0, "sigma": 5}), "x": ("Normal", {"mu": 0, "sigma": 5}),
+                         "sd": 2})
+FAMILIES["bern_nested"] = ("bernoulli", "bernoulli", "y ~ x + (1 | school) + (1 | school:class)", None)

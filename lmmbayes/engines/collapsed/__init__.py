@@ -73,7 +73,7 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
     and for crossed factors with more (the largest factor integrated out,
     the others sampled) where the C kernel runs them (nutpie, σ the only
     distributional parameter: ``plan``, where known), else from `PARTIAL_AUTO_MIN_ROWS` rows. For
-    non-Gaussian families with one grouping factor (adaptive quadrature,
+    non-Gaussian families with one grouping factor or two nested ones (adaptive quadrature,
     `.glmm`) where nutpie runs; the pipeline refits on the joint engine if its accuracy
     check fails.
     """

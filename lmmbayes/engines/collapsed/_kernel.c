@@ -40,6 +40,83 @@ static double sigmoid(double z) {
     return e / (1.0 + e);
 }
 
+#if defined(__GNUC__) /* GCC and clang: vectors of 2 doubles (SSE2 on x86-64, NEON on arm64) */
+#define HAVE_V2D 1
+typedef double v2d_t __attribute__((vector_size(16)));
+typedef long long v2l_t __attribute__((vector_size(16)));
+
+static inline v2d_t select2(v2l_t mask, v2d_t a, v2d_t b) { /* mask ? a : b, lane by lane */
+    return (v2d_t)(((v2l_t)a & mask) | ((v2l_t)b & ~mask));
+}
+
+/* exp(x) for x <= 0, two lanes at once, to about 2 ulp: libm's exp is a call per number, which the bernoulli
+ * passes spend most of their time in. x is clamped at -708 (exp is then 3e-308, and the logit terms read only
+ * 1 + e, p = e / (1 + e) ~ 0 and d1 = y - p), n = round(x / ln 2) by the 1.5 * 2^52 shifter, r = x - n ln 2 in two
+ * parts (Cody and Waite; n ln2_hi is exact), exp(r) by its Taylor series to r^12 (|r| <= ln 2 / 2: the next term
+ * is 2e-16 of it), and 2^n from n's bits. */
+static inline v2d_t exp_nonpositive2(v2d_t x) {
+    const v2d_t lo = {-708.0, -708.0}, shifter = {0x1.8p52, 0x1.8p52};
+    x = select2(x < lo, lo, x);
+    const v2d_t t = x * 1.4426950408889634 + shifter, n = t - shifter;
+    const v2d_t r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+    /* Estrin's scheme: a dependency chain of 6 products instead of Horner's 12, so that pairs of lanes overlap */
+    const v2d_t r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    const v2d_t a = (1.0 + r) + (0.5 + r * (1.0 / 6.0)) * r2, b = (1.0 / 24.0 + r * (1.0 / 120.0))
+        + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2;
+    const v2d_t c = (1.0 / 40320.0 + r * (1.0 / 362880.0)) + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2;
+    const v2d_t p = (a + b * r4) + (c + r4 * (1.0 / 479001600.0)) * r8;
+    const v2l_t k = (v2l_t)t - (v2l_t)shifter; /* n as an integer: the shifter leaves it in the low bits */
+    return (v2d_t)((k + 1023) << 52) * p;
+}
+#endif
+
+/* exp_nonpositive2 over x[0 .. n - 1] (x <= 0), for the tests; libm's exp where there are no vectors. */
+void vector_exp(const double *x, double *out, int64_t n) {
+    int64_t i = 0;
+#ifdef HAVE_V2D
+    for (v2d_t v; i + 1 < n; i += 2) {
+        memcpy(&v, x + i, sizeof v);
+        v = exp_nonpositive2(v);
+        memcpy(out + i, &v, sizeof v);
+    }
+#endif
+    for (; i < n; i++) out[i] = exp(x[i]);
+}
+
+/* sum_i [y_i eta_i - log(1 + e^eta_i)] over n bernoulli rows of unit weight, eta_i = base_i + tb_i v, and each row's
+ * dl/deta = y_i - p_i into d1[i stride]. log(1 + e^eta) = max(eta, 0) + log(1 + e^-|eta|), the second term as a
+ * product over blocks of rows with one log per block (each factor lies in [1, 2]). Two rows at a time where the
+ * compiler has vectors. */
+static double logit_unit_pass(int n, const double *y, const double *base, const double *tb, double v, double *d1,
+                              int stride) {
+    double f = 0.0, prod = 1.0;
+    int i = 0;
+#ifdef HAVE_V2D
+    v2d_t sum = {0.0, 0.0}, prod2 = {1.0, 1.0}, b, t, yy;
+    const v2d_t zero = {0.0, 0.0}, one = {1.0, 1.0};
+    const v2l_t sign = {(long long)0x8000000000000000ULL, (long long)0x8000000000000000ULL};
+    for (; i + 1 < n; i += 2) {
+        memcpy(&b, base + i, sizeof b); memcpy(&t, tb + i, sizeof t); memcpy(&yy, y + i, sizeof yy);
+        const v2d_t eta = b + t * v, e = exp_nonpositive2((v2d_t)((v2l_t)eta | sign)), ope = one + e;
+        const v2d_t inv = one / ope;
+        const v2l_t pos = eta >= zero;
+        const v2d_t d = yy - select2(pos, inv, e * inv);
+        d1[(size_t)i * stride] = d[0]; d1[(size_t)(i + 1) * stride] = d[1];
+        sum += yy * eta - select2(pos, eta, zero);
+        prod2 *= ope;
+        if ((i & 127) == 126) { f -= log(prod2[0] * prod2[1]); prod2 = one; }
+    }
+    f += sum[0] + sum[1] - log(prod2[0] * prod2[1]);
+#endif
+    for (; i < n; i++) {
+        const double eta = base[i] + tb[i] * v, e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e);
+        d1[(size_t)i * stride] = y[i] - (eta >= 0.0 ? inv : e * inv);
+        f += y[i] * eta - fmax(eta, 0.0);
+        prod *= 1.0 + e;
+    }
+    return f - log(prod);
+}
+
 /* Unnormalised log density of prior family `fam` (Distribution.kernel) at x, and its derivative. */
 static void family_lp(int fam, const double *a, double x, double *lp, double *d) {
     double t, nu, mu, s, lx;
@@ -1305,12 +1382,34 @@ static void node_pass(const Glmm *m, int n, const double *y, const double *ntr, 
         for (int a = 0; a < q; a++) lk[k] -= 0.5 * vk[(size_t)k * q + a] * vk[(size_t)k * q + a];
         prod[k] = 1.0;
     }
+#ifdef HAVE_V2D
+    double vkT[q * K]; /* the nodes' coordinates by dimension: contiguous pairs of nodes for the vector loop */
+    for (int k = 0; k < K; k++)
+        for (int a = 0; a < q; a++) vkT[a * K + k] = vk[(size_t)k * q + a];
+    const v2d_t zero = {0.0, 0.0}, one = {1.0, 1.0};
+    const v2l_t sign = {(long long)0x8000000000000000ULL, (long long)0x8000000000000000ULL};
+#endif
     for (int i = 0; i < n; i++) {
         const double *ti = t + (size_t)i * q;
         double *d1i = d1 + (size_t)i * K;
         if (m->fam == GLMM_BINOMIAL_LOGIT) {
             const double yi = y[i], c = w[i] * ntr[i], wy = w[i] * yi;
-            for (int k = 0; k < K; k++) {
+            int k = 0;
+#ifdef HAVE_V2D
+            if (w[i] == 1.0 && ntr[i] == 1.0) /* a bernoulli row of unit weight: two nodes at a time */
+                for (; k + 1 < K; k += 2) {
+                    v2d_t eta = {eta0[i], eta0[i]}, vv, acc;
+                    for (int a = 0; a < q; a++) { memcpy(&vv, vkT + a * K + k, sizeof vv); eta += ti[a] * vv; }
+                    const v2d_t e = exp_nonpositive2((v2d_t)((v2l_t)eta | sign)), ope = one + e, inv = one / ope;
+                    const v2l_t pos = eta >= zero;
+                    const v2d_t d = yi - select2(pos, inv, e * inv);
+                    memcpy(d1i + k, &d, sizeof d);
+                    memcpy(&acc, lk + k, sizeof acc); acc += yi * eta - select2(pos, eta, zero);
+                    memcpy(lk + k, &acc, sizeof acc);
+                    memcpy(&acc, prod + k, sizeof acc); acc *= ope; memcpy(prod + k, &acc, sizeof acc);
+                }
+#endif
+            for (; k < K; k++) {
                 double eta = eta0[i];
                 for (int a = 0; a < q; a++) eta += ti[a] * vk[(size_t)k * q + a];
                 double e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e), pk = eta >= 0.0 ? inv : e * inv;
@@ -1752,6 +1851,412 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
                 out[((size_t)d * m.G + g) * q + b] = r;
             }
         }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * GLMMs with two nested factors (glmm.py's NestedGlmmKernel documents the buffer): one term per factor, the outer
+ * level's effect u_h and its inner levels' effects v_c, standardised (b = sd u), all integrated out. Given u_h the
+ * inner levels are independent, so the outer level's integral is a nested one,
+ *   p(y_h) = int N(u) prod_c J_c(u) du,   J_c(u) = int N(v) prod_{i in c} p(y_i | eta0_i + ta_i u + tb_i v) dv,
+ * (ta_i = za_i sd_a, tb_i = zb_i sd_b), each by adaptive Gauss-Hermite quadrature: the outer rule (Ka nodes)
+ * around the joint mode's u with the scale of its Laplace marginal (the Schur complement S of the arrow-shaped
+ * negative Hessian), the inner rule (Kb nodes) around each inner level's mode given the outer node (Newton from
+ * the joint mode's linear prediction). AGQ is exact for any centring and scale up to its quadrature error, which
+ * the pilot and the check after sampling measure (K against 2K). The gradient is the nested quadrature of
+ * Fisher's identity, as for one factor: per row, E[dl/deta] and its products with u and v under the nodes'
+ * posterior weights. A pass over an outer level's rows costs Ka (Kb + the inner Newton steps) row evaluations.
+ * --------------------------------------------------------------------------------------------- */
+#define NGHEADER 16 /* total, n_dim, n_beta, Q, outer levels, n_cor, N, n_dpar, family, Ka, Kb, max rows per outer
+                       level, max inner levels per outer level, outer sd's offset, inner sd's offset, inner levels */
+
+typedef struct {
+    Priors P;
+    int p, Q, Ga, Gb, N, fam, Ka, Kb, max_rows, max_inner, off_a, off_b;
+    const double *za_nodes, *za_logw, *zb_nodes, *zb_logw, *outer, *inner, *W, *Za, *Zb, *y, *ntr, *off, *w;
+} NGlmm;
+
+static void read_nglmm(NGlmm *m, const double *buf) {
+    m->p = (int)buf[2]; m->Q = (int)buf[3]; m->Ga = (int)buf[4]; m->N = (int)buf[6]; m->fam = (int)buf[8];
+    m->Ka = (int)buf[9]; m->Kb = (int)buf[10]; m->max_rows = (int)buf[11]; m->max_inner = (int)buf[12];
+    m->off_a = (int)buf[13]; m->off_b = (int)buf[14]; m->Gb = (int)buf[15];
+    const double *o = read_priors(&m->P, buf + NGHEADER, m->p, (int)buf[7], m->Q, (int)buf[5]);
+    m->za_nodes = o; o += m->Ka;
+    m->za_logw = o; o += m->Ka;
+    m->zb_nodes = o; o += m->Kb;
+    m->zb_logw = o; o += m->Kb;
+    m->outer = o; o += m->Ga + 1; /* each outer level's first inner level */
+    m->inner = o; o += m->Gb + 1; /* each inner level's first row */
+    m->W = o; o += (size_t)m->N * m->p;
+    m->Za = o; o += m->N;
+    m->Zb = o; o += m->N;
+    m->y = o; o += m->N;
+    m->ntr = o; o += m->N;
+    m->off = o; o += m->N;
+    m->w = o;
+}
+
+/* Per-thread memory of the nested kernel: warm starts (u per outer level, v per inner level) and scratch. */
+static _Thread_local Tls ntls;
+
+/* Scratch per outer level: 4 per row (eta0, ta, tb, base), 3 Ka per row (the inner rules' E[l1], E[l1 v],
+ * E[dl/dphi] per outer node), 2 Kb per row (l1, dl/dphi per inner node), 12 per inner level, 2 (Ka + Kb). */
+static int ntls_ready(const NGlmm *m, const double *buf) {
+    size_t n_modes = (size_t)m->Ga + m->Gb;
+    size_t need = (size_t)m->max_rows * (4 + 3 * (size_t)m->Ka + 2 * (size_t)m->Kb) + 12 * (size_t)m->max_inner
+                  + 2 * ((size_t)m->Ka + m->Kb) + 8;
+    if (ntls.owner != buf || ntls.n_modes != n_modes) {
+        free(ntls.modes);
+        ntls.modes = calloc(n_modes > 0 ? n_modes : 1, sizeof(double));
+        ntls.owner = buf; ntls.n_modes = n_modes;
+    }
+    if (ntls.cap < need) {
+        free(ntls.scratch);
+        ntls.scratch = malloc(need * sizeof(double));
+        ntls.cap = ntls.scratch ? need : 0;
+    }
+    return ntls.modes != NULL && ntls.scratch != NULL;
+}
+
+/* One outer level's rows: eta0 (without the effects), ta = za sd_a, tb = zb sd_b. */
+static void nested_rows(const NGlmm *m, int s, int n, const double *beta, double sa, double sb, double *eta0,
+                        double *ta, double *tb) {
+    for (int i = 0; i < n; i++) {
+        const double *Wi = m->W + (size_t)(s + i) * m->p;
+        double e = m->off[s + i];
+        for (int j = 0; j < m->p; j++) e += Wi[j] * beta[j];
+        eta0[i] = e; ta[i] = m->Za[s + i] * sa; tb[i] = m->Zb[s + i] * sb;
+    }
+}
+
+/* F(u, v) = -u^2/2 + sum_c f_c, f_c = -v_c^2/2 + sum_{i in c} w_i l_i, over one outer level's rows (s: its first
+ * row; inner levels c0 .. c1 - 1); each f_c into fc if given. With d: dF/du and the negative Hessian's H_uu in d[0]
+ * and d[1], then per inner level lc at d[2 + 3 lc]: dF/dv_c, H_uc and H_cc. */
+static double nested_F(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *ta,
+                       const double *tb, double phi, double u, const double *v, double *fc, double *d) {
+    double F = -0.5 * u * u, d1, d2, dphi;
+    double gu = -u, huu = 1.0;
+    for (int c = c0; c < c1; c++) {
+        const int lc = c - c0, r0 = (int)m->inner[c] - s, r1 = (int)m->inner[c + 1] - s;
+        const double vc = v[lc];
+        double f = -0.5 * vc * vc, g = -vc, hv = 0.0, dv = 1.0;
+        for (int i = r0; i < r1; i++) {
+            const double wi = m->w[s + i];
+            const double l = row_ll(m->fam, m->y[s + i], m->ntr[s + i], eta0[i] + ta[i] * u + tb[i] * vc, phi,
+                                    &d1, &d2, &dphi);
+            f += wi * l;
+            if (d) {
+                g += wi * d1 * tb[i]; gu += wi * d1 * ta[i];
+                hv -= wi * d2 * ta[i] * tb[i]; dv -= wi * d2 * tb[i] * tb[i]; huu -= wi * d2 * ta[i] * ta[i];
+            }
+        }
+        F += f;
+        if (fc) fc[lc] = f;
+        if (d) { d[2 + 3 * lc] = g; d[3 + 3 * lc] = hv; d[4 + 3 * lc] = dv; }
+    }
+    if (d) { d[0] = gu; d[1] = huu; }
+    return F;
+}
+
+/* The joint mode of F over (u, v) by Newton's method with step halving (F is strictly concave for these
+ * log-concave families), from the warm start (u, v), else from 0, to a step below tol. The negative Hessian is
+ * an arrow: the Newton step is S du = gu - sum_c hv_c gv_c / dv_c with the Schur complement S = huu -
+ * sum_c hv_c^2 / dv_c, then dv_c = (gv_c - hv_c du) / dv_c. Returns F at the mode, its S and derivatives in d
+ * (nested_F's layout), or NAN. dt: scratch of the same size as d, vt: of nc. */
+static double nested_newton(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *ta,
+                            const double *tb, double phi, double *u, double *v, double tol, double *S, double *d,
+                            double *dt, double *vt) {
+    const int nc = c1 - c0;
+    double F = nested_F(m, s, c0, c1, eta0, ta, tb, phi, *u, v, NULL, d);
+    if (!isfinite(F)) {
+        *u = 0.0;
+        for (int c = 0; c < nc; c++) v[c] = 0.0;
+        F = nested_F(m, s, c0, c1, eta0, ta, tb, phi, *u, v, NULL, d);
+    }
+    for (int it = 0; it < 200 && isfinite(F); it++) {
+        double Sc = d[1], r = d[0];
+        for (int c = 0; c < nc; c++) {
+            const double hv = d[3 + 3 * c], dv = d[4 + 3 * c];
+            Sc -= hv * hv / dv; r -= hv * d[2 + 3 * c] / dv;
+        }
+        if (!(Sc > 0.0)) return NAN;
+        const double du = r / Sc;
+        double size = fabs(du), dec = du * d[0];
+        for (int c = 0; c < nc; c++) {
+            const double step = (d[2 + 3 * c] - d[3 + 3 * c] * du) / d[4 + 3 * c];
+            size = fmax(size, fabs(step)); dec += step * d[2 + 3 * c];
+        }
+        if (size < tol || dec <= 1e-20 * (1.0 + fabs(F))) { *S = Sc; return F; }
+        double scale = 1.0, Ft = -INFINITY, ut = *u;
+        for (int half = 0; half < 60; half++, scale *= 0.5) {
+            ut = *u + scale * du;
+            for (int c = 0; c < nc; c++) vt[c] = v[c] + scale * (d[2 + 3 * c] - d[3 + 3 * c] * du) / d[4 + 3 * c];
+            Ft = nested_F(m, s, c0, c1, eta0, ta, tb, phi, ut, vt, NULL, dt);
+            if (isfinite(Ft) && Ft >= F - 1e-12 * fabs(F)) break;
+        }
+        if (!isfinite(Ft)) return NAN;
+        *u = ut;
+        for (int c = 0; c < nc; c++) v[c] = vt[c];
+        for (int i = 0; i < 2 + 3 * nc; i++) d[i] = dt[i];
+        F = Ft;
+    }
+    return NAN;
+}
+
+/* One Newton step for f(v) = -v^2/2 + sum_i w_i l_i(base_i + tb_i v) over one inner level's n rows, from v (in
+ * place), and the negative second derivative D at the starting point (the inner rule's scale). A fixed number of
+ * steps keeps the rule a smooth function of the parameters; from the joint mode's linear prediction one step
+ * centres it to second order. Returns 0 where f is not finite there. */
+static int inner_step(const NGlmm *m, int n, const double *y, const double *ntr, const double *w,
+                      const double *base, const double *tb, double phi, double *v, double *D) {
+    double g = -*v, h = 1.0, d1, d2, dphi;
+    for (int i = 0; i < n; i++) {
+        const double eta = base[i] + tb[i] * *v;
+        if (m->fam == GLMM_BINOMIAL_LOGIT) { /* the derivatives alone: no log1p */
+            const double e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e), p = eta >= 0.0 ? inv : e * inv;
+            d1 = y[i] - ntr[i] * p; d2 = -ntr[i] * p * (1.0 - p);
+        } else {
+            row_ll(m->fam, y[i], ntr[i], eta, phi, &d1, &d2, &dphi);
+        }
+        g += w[i] * d1 * tb[i]; h -= w[i] * d2 * tb[i] * tb[i];
+    }
+    if (!isfinite(g) || !(h > 0.0) || !isfinite(h)) return 0;
+    *v += g / h;
+    *D = h;
+    return 1;
+}
+
+/* The inner rule's Kb nodes v_j = vc + sv z_j: f_j = log w_j + z_j^2/2 - v_j^2/2 + sum_i w_i l_i(v_j) into fj, v_j
+ * into vj, each row's dl/deta (and dl/dphi, if dp) into d1[i Kb + j]. The logit link with unit weight and trials
+ * multiplies 1 + e^-|eta| over blocks of rows and takes one log per block (node_pass's trick). */
+static void inner_nodes(const NGlmm *m, int n, const double *y, const double *ntr, const double *w,
+                        const double *base, const double *tb, double phi, double vc, double sv, double *fj,
+                        double *vj, double *d1, double *dp) {
+    const int Kb = m->Kb;
+    double d2, dphi = 0.0;
+    int unit = m->fam == GLMM_BINOMIAL_LOGIT; /* bernoulli rows of unit weight: logit_unit_pass */
+    for (int i = 0; i < n && unit; i++) unit = w[i] == 1.0 && ntr[i] == 1.0;
+    for (int j = 0; j < Kb; j++) {
+        const double vv = vc + sv * m->zb_nodes[j];
+        double f = m->zb_logw[j] - 0.5 * vv * vv;
+        if (unit) {
+            f += logit_unit_pass(n, y, base, tb, vv, d1 + j, Kb);
+        } else if (m->fam == GLMM_BINOMIAL_LOGIT) {
+            double prod = 1.0;
+            for (int i = 0; i < n; i++) {
+                const double eta = base[i] + tb[i] * vv, e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e);
+                const double c = w[i] * ntr[i];
+                d1[(size_t)i * Kb + j] = y[i] - ntr[i] * (eta >= 0.0 ? inv : e * inv);
+                f += w[i] * y[i] * eta - c * fmax(eta, 0.0);
+                if (c == 1.0) prod *= 1.0 + e; /* in [1, 2]: 64 factors cannot overflow */
+                else f -= c * log1p(e);
+                if ((i & 63) == 63) { f -= log(prod); prod = 1.0; }
+            }
+            f -= log(prod);
+        } else {
+            for (int i = 0; i < n; i++) {
+                f += w[i] * row_ll(m->fam, y[i], ntr[i], base[i] + tb[i] * vv, phi, d1 + (size_t)i * Kb + j, &d2,
+                                   &dphi);
+                if (dp) dp[(size_t)i * Kb + j] = dphi;
+            }
+        }
+        vj[j] = vv; fj[j] = f;
+    }
+}
+
+static double log_sum_exp_normalise(double *a, int K) { /* log sum exp(a), and a := softmax(a) */
+    double top = -INFINITY, sum = 0.0;
+    for (int k = 0; k < K; k++) if (a[k] > top) top = a[k];
+    if (!isfinite(top)) return NAN;
+    for (int k = 0; k < K; k++) { a[k] = exp(a[k] - top); sum += a[k]; }
+    const double inv = 1.0 / sum;
+    for (int k = 0; k < K; k++) a[k] *= inv;
+    return top + log(sum);
+}
+
+/* log p(y | beta, phi, sd_a, sd_b) by nested AGQ, and its gradient (see above). NAN on failure. */
+static double nested_glmm_marginal(const NGlmm *m, const double *beta, double phi, double sa, double sb,
+                                   double *g_beta, double *g_phi, double *g_sa, double *g_sb) {
+    const int p = m->p, Ka = m->Ka, Kb = m->Kb, nd = m->P.n_dpar, R = m->max_rows, C = m->max_inner;
+    double total = 0.0;
+    for (int j = 0; j < p; j++) g_beta[j] = 0.0;
+    *g_phi = 0.0; *g_sa = 0.0; *g_sb = 0.0;
+    double *eta0 = ntls.scratch, *ta = eta0 + R, *tb = ta + R, *base = tb + R;
+    double *EA = base + R, *EB = EA + (size_t)R * Ka, *EP = EB + (size_t)R * Ka; /* per row and outer node */
+    double *d1 = EP + (size_t)R * Ka, *dp = d1 + (size_t)R * Kb;                   /* per row and inner node */
+    double *d = dp + (size_t)R * Kb, *dt = d + 2 + 3 * (size_t)C, *vt = dt + 2 + 3 * (size_t)C;
+    double *fk = vt + C, *uk = fk + Ka, *fj = uk + Ka, *vj = fj + Kb;
+    for (int h = 0; h < m->Ga; h++) {
+        const int c0 = (int)m->outer[h], c1 = (int)m->outer[h + 1], nc = c1 - c0;
+        const int s = (int)m->inner[c0], n = (int)m->inner[c1] - s;
+        double *u = ntls.modes + h, *v = ntls.modes + m->Ga + c0, S;
+        nested_rows(m, s, n, beta, sa, sb, eta0, ta, tb);
+        if (!isfinite(nested_newton(m, s, c0, c1, eta0, ta, tb, phi, u, v, 1e-5, &S, d, dt, vt))) return NAN;
+        const double su = 1.0 / sqrt(S);
+        for (int k = 0; k < Ka; k++) {
+            const double uu = *u + su * m->za_nodes[k];
+            uk[k] = uu;
+            fk[k] = m->za_logw[k] - 0.5 * uu * uu;
+            for (int i = 0; i < n; i++) base[i] = eta0[i] + ta[i] * uu;
+            for (int c = 0; c < nc; c++) {
+                const int r0 = (int)m->inner[c0 + c] - s, r1 = (int)m->inner[c0 + c + 1] - s, nr = r1 - r0;
+                const double *y = m->y + s + r0, *ntr = m->ntr + s + r0, *w = m->w + s + r0;
+                /* centred by one Newton step from the joint mode's linear prediction: AGQ needs no exact mode */
+                double D, vc = v[c] - d[3 + 3 * c] / d[4 + 3 * c] * (uu - *u);
+                if (!inner_step(m, nr, y, ntr, w, base + r0, tb + r0, phi, &vc, &D)) return NAN;
+                inner_nodes(m, nr, y, ntr, w, base + r0, tb + r0, phi, vc, 1.0 / sqrt(D), fj, vj, d1, nd ? dp : NULL);
+                const double lj = log_sum_exp_normalise(fj, Kb);
+                if (!isfinite(lj)) return NAN;
+                fk[k] += lj - 0.5 * log(D);
+                for (int i = 0; i < nr; i++) { /* the inner rule's expectations for this outer node */
+                    double a = 0.0, b = 0.0, e = 0.0;
+                    for (int j = 0; j < Kb; j++) {
+                        const double t = fj[j] * d1[(size_t)i * Kb + j];
+                        a += t; b += t * vj[j];
+                        if (nd) e += fj[j] * dp[(size_t)i * Kb + j];
+                    }
+                    const size_t at = (size_t)(r0 + i) * Ka + k;
+                    EA[at] = a; EB[at] = b; EP[at] = e;
+                }
+            }
+        }
+        const double lk = log_sum_exp_normalise(fk, Ka);
+        if (!isfinite(lk)) return NAN;
+        total += lk - 0.5 * log(S);
+        for (int i = 0; i < n; i++) {
+            const double wi = m->w[s + i], *Wi = m->W + (size_t)(s + i) * p;
+            double e = 0.0, eu = 0.0, ev = 0.0, ep = 0.0;
+            for (int k = 0; k < Ka; k++) {
+                const size_t at = (size_t)i * Ka + k;
+                e += fk[k] * EA[at]; eu += fk[k] * uk[k] * EA[at]; ev += fk[k] * EB[at];
+                if (nd) ep += fk[k] * EP[at];
+            }
+            for (int j = 0; j < p; j++) g_beta[j] += wi * e * Wi[j];
+            *g_sa += wi * m->Za[s + i] * eu;
+            *g_sb += wi * m->Zb[s + i] * ev;
+            if (nd) {
+                double dphi_i;
+                total += wi * row_ll_phi(m->fam, m->y[s + i], phi, &dphi_i);
+                *g_phi += wi * (ep + dphi_i);
+            }
+        }
+    }
+    return total;
+}
+
+double nested_glmm_log_density(const double *x, double *grad, const double *buf) {
+    NGlmm m;
+    read_nglmm(&m, buf);
+    const Priors *P = &m.P;
+    const int Q = m.Q, nb = m.p > 0 ? m.p : 1, nc = P->n_cor > 0 ? 2 * P->n_cor : 1;
+    double vals[P->k], dxdz[P->k], g_beta[nb], cpc[nc], Lcorr[Q * Q], Lam[Q * Q], g_lam[Q * Q], g_phi, g_sa, g_sb;
+    if (!ntls_ready(&m, buf)) return NAN;
+    double lp = prior_part(P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
+    const double phi = P->n_dpar ? vals[m.p] : 0.0;
+    const double ll = nested_glmm_marginal(&m, vals, phi, Lam[m.off_a * (Q + 1)], Lam[m.off_b * (Q + 1)], g_beta,
+                                           &g_phi, &g_sa, &g_sb);
+    if (!isfinite(ll)) return -INFINITY;
+    for (int i = 0; i < Q * Q; i++) g_lam[i] = 0.0;
+    g_lam[m.off_a * (Q + 1)] = g_sa; g_lam[m.off_b * (Q + 1)] = g_sb;
+    chain_back(P, vals, dxdz, Lcorr, cpc, g_beta, &g_phi, g_lam, grad);
+    return lp + ll;
+}
+
+int64_t nested_glmm_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+    if (dim != (uint64_t)buf[1]) return -1;
+    double value = nested_glmm_log_density(x, out, buf);
+    *logp = value;
+    if (!isfinite(value)) return 4;
+    for (uint64_t i = 0; i < dim; i++)
+        if (!isfinite(out[i])) return 3;
+    return 0;
+}
+
+/* The random effects of each draw x[d] from their exact conditional, by a Metropolis-within-Gibbs chain of `steps`
+ * sweeps per outer level, started at its own proposal (the joint Laplace approximation, with t tails). With
+ * b_c = -H_uc / H_cc from the joint mode, a sweep (1) moves u in the sheared coordinates w_c = v_c - b_c u (unit
+ * Jacobian), where the Laplace approximation makes u independent of w with variance 1/S: an independence proposal
+ * u' ~ t4(uhat, 1/S), v_c' = v_c + b_c (u' - u); then (2) each v_c given u by an independence proposal
+ * t4(vhat_c + b_c (u - uhat), 1/H_cc). Both leave p(u, v | y_h, theta) invariant, and being one-dimensional they
+ * accept at the same rate however many inner levels share u (a joint proposal in 1 + n_c dimensions would not).
+ * Effects b = sd u into out_a (draws x outer levels) and out_b (draws x inner levels); accepted[d]: the share of
+ * moves after the first accepted. Returns 0, or 1 where a mode could not be found. */
+int64_t nested_glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t steps, uint64_t seed,
+                         double *out_a, double *out_b, double *accepted) {
+    NGlmm m;
+    read_nglmm(&m, buf);
+    const Priors *P = &m.P;
+    const int Q = m.Q, n_dim = (int)buf[1], nc_ = P->n_cor > 0 ? 2 * P->n_cor : 1, R = m.max_rows, C = m.max_inner;
+    const double nu = 4.0;
+    double vals[P->k], dxdz[P->k], cpc[nc_], Lcorr[Q * Q], Lam[Q * Q], grad[n_dim];
+    if (!ntls_ready(&m, buf)) return 1;
+    double *eta0 = ntls.scratch, *ta = eta0 + R, *tb = ta + R, *base = tb + R;
+    double *d = base + R, *dt = d + 2 + 3 * (size_t)C, *vt = dt + 2 + 3 * (size_t)C;
+    double *cv = vt + C, *fc = cv + C, *fp = fc + C, *vp = fp + C, *bc = vp + C;
+    for (int64_t dr = 0; dr < n_draws; dr++) {
+        uint64_t state = seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(dr + 1));
+        prior_part(P, xs + dr * n_dim, grad, vals, dxdz, Lcorr, cpc, Lam);
+        const double phi = P->n_dpar ? vals[m.p] : 0.0, sa = Lam[m.off_a * (Q + 1)], sb = Lam[m.off_b * (Q + 1)];
+        double moves = 0.0, acc = 0.0;
+        for (int h = 0; h < m.Ga; h++) {
+            const int c0 = (int)m.outer[h], c1 = (int)m.outer[h + 1], nc = c1 - c0;
+            const int s = (int)m.inner[c0], n = (int)m.inner[c1] - s;
+            double *uh = ntls.modes + h, *vh = ntls.modes + m.Ga + c0, S;
+            nested_rows(&m, s, n, vals, sa, sb, eta0, ta, tb);
+            if (!isfinite(nested_newton(&m, s, c0, c1, eta0, ta, tb, phi, uh, vh, 1e-5, &S, d, dt, vt))) return 1;
+            const double su = 1.0 / sqrt(S);
+            for (int c = 0; c < nc; c++) bc[c] = -d[3 + 3 * c] / d[4 + 3 * c];
+            double cu = 0.0, cur_lr = 0.0;
+            for (int64_t step = 0; step < steps; step++) {
+                /* (1) u in the sheared coordinates; at step 0 a draw of the whole proposal */
+                double chi = -2.0 * log(uniform(&state) * uniform(&state));
+                const double z = std_normal(&state) * sqrt(nu / chi), up = *uh + su * z;
+                for (int c = 0; c < nc; c++) {
+                    if (step == 0) {
+                        double chi_c = -2.0 * log(uniform(&state) * uniform(&state));
+                        vp[c] = vh[c] + bc[c] * (up - *uh) + std_normal(&state) * sqrt(nu / chi_c) / sqrt(d[4 + 3 * c]);
+                    } else {
+                        vp[c] = cv[c] + bc[c] * (up - cu);
+                    }
+                }
+                const double Fp = nested_F(&m, s, c0, c1, eta0, ta, tb, phi, up, vp, fp, NULL);
+                const double lr = Fp + 0.5 * (nu + 1.0) * log1p(z * z / nu);
+                if (step == 0 || (isfinite(lr) && log(uniform(&state)) < lr - cur_lr)) {
+                    cu = up;
+                    for (int c = 0; c < nc; c++) { cv[c] = vp[c]; fc[c] = fp[c]; }
+                    if (step > 0) acc += 1.0;
+                    cur_lr = lr;
+                }
+                if (step > 0) moves += 1.0;
+                /* (2) each v_c given u */
+                for (int i = 0; i < n; i++) base[i] = eta0[i] + ta[i] * cu;
+                for (int c = 0; c < nc; c++) {
+                    const int r0 = (int)m.inner[c0 + c] - s, r1 = (int)m.inner[c0 + c + 1] - s;
+                    const double centre = vh[c] + bc[c] * (cu - *uh), sd = 1.0 / sqrt(d[4 + 3 * c]);
+                    double chi_c = -2.0 * log(uniform(&state) * uniform(&state));
+                    const double zc = std_normal(&state) * sqrt(nu / chi_c), vn = centre + sd * zc;
+                    double f = -0.5 * vn * vn, d1, d2, dphi;
+                    for (int i = r0; i < r1; i++)
+                        f += m.w[s + i] * row_ll(m.fam, m.y[s + i], m.ntr[s + i], base[i] + tb[i] * vn, phi, &d1,
+                                                 &d2, &dphi);
+                    const double zo = (cv[c] - centre) / sd;
+                    const double lq = 0.5 * (nu + 1.0) * (log1p(zc * zc / nu) - log1p(zo * zo / nu));
+                    if (isfinite(f) && log(uniform(&state)) < f - fc[c] + lq) {
+                        cv[c] = vn; fc[c] = f; acc += 1.0;
+                    }
+                    moves += 1.0;
+                }
+                /* the sheared move's current value: F at the new state, with its own proposal density */
+                double F = -0.5 * cu * cu;
+                for (int c = 0; c < nc; c++) F += fc[c];
+                const double zu = (cu - *uh) / su;
+                cur_lr = F + 0.5 * (nu + 1.0) * log1p(zu * zu / nu);
+            }
+            out_a[(size_t)dr * m.Ga + h] = sa * cu;
+            for (int c = 0; c < nc; c++) out_b[(size_t)dr * m.Gb + c0 + c] = sb * cv[c];
+        }
+        accepted[dr] = moves > 0.0 ? acc / moves : 1.0;
     }
     return 0;
 }

@@ -70,12 +70,17 @@ def _library() -> ctypes.CDLL | None:
     f64p = ctypes.POINTER(ctypes.c_double)
     # the log densities take addresses (``ndarray.ctypes.data``): building pointer objects cost more per call
     # than the density of a small model, which Python calls per gradient on nutpie's Python-function path
-    for name in ("lmm_log_density", "pc_log_density", "dense_log_density", "nested_log_density", "glmm_log_density"):
+    for name in ("lmm_log_density", "pc_log_density", "dense_log_density", "nested_log_density", "glmm_log_density",
+                 "nested_glmm_log_density"):
         getattr(lib, name).restype = ctypes.c_double
         getattr(lib, name).argtypes = [ctypes.c_void_p] * 3
     lib.glmm_draw.restype = ctypes.c_int64
     lib.glmm_draw.argtypes = [f64p, f64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64, f64p,
                               f64p]
+    lib.nested_glmm_draw.restype = ctypes.c_int64
+    lib.nested_glmm_draw.argtypes = [f64p, f64p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64, f64p, f64p, f64p]
+    lib.vector_exp.restype = None
+    lib.vector_exp.argtypes = [f64p, f64p, ctypes.c_int64]
     lib.glmm_fixed_nodes.restype = ctypes.c_int64
     lib.glmm_fixed_nodes.argtypes = [f64p, f64p, ctypes.c_int64, f64p, f64p, f64p, f64p, f64p]
     return lib
