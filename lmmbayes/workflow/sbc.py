@@ -15,6 +15,7 @@ time.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -36,6 +37,16 @@ from ..spec import parse_formula
 from .priorsim import simulate, simulation_design
 
 
+
+def covers(rank: np.ndarray, n_draws: int, level: float) -> np.ndarray:
+    """Whether the central ``level`` interval of ``n_draws`` posterior draws covers the truth, from its rank (the
+    draws below it): the interval between the draws of ranks ``L (1 − level) / 2`` and ``L (1 + level) / 2``,
+    which holds ``level`` of the L + 1 equally likely ranks of a correct posterior (91 of 101 for 90% of 100
+    draws). np.quantile's interpolated 5% and 95% of 100 draws hold 0.882 of them, so that calibrated fits read
+    as covering 88%."""
+    lo, hi = n_draws * (1 - level) / 2, n_draws * (1 + level) / 2
+    return (rank >= math.ceil(lo - 1e-9)) & (rank <= math.floor(hi + 1e-9))
+
 @dataclass(frozen=True)
 class SBCResult:
     """Ranks of the true values among posterior draws, one row per simulation.
@@ -49,7 +60,7 @@ class SBCResult:
     n_draws : int
         Posterior draws each rank is computed against (after thinning).
     covered : numpy.ndarray
-        (n_sims, K) booleans: did the central ``level`` interval cover the truth.
+        (n_sims, K) booleans: did the central ``level`` interval cover the truth (`covers`).
     level : float
     divergences : numpy.ndarray
         (n_sims,) divergent transitions per simulation.
@@ -167,7 +178,6 @@ def simulation_based_calibration(
         model, hyper = joint.build_model(design, plan)
         names = ["u_std"] + [f"Lcorr__{f.name}" for f in design.factors] + [f"z__{f.name}" for f in design.factors]
         compiled = compile_nutpie(model, names, hyper.start)
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     ranks, covered, divergences, rules = [], [], [], []
     for i in range(n_sims):
         config = replace(opts.config, seed=seed + 1 + i)
@@ -191,8 +201,7 @@ def simulation_based_calibration(
         post = post.reshape(-1, post.shape[-1])[::thin]
         truth = truths[0, i]
         ranks.append((post < truth).sum(axis=0))
-        lo, hi = np.quantile(post, [lo_q, hi_q], axis=0)
-        covered.append((lo <= truth) & (truth <= hi))
+        covered.append(covers(ranks[-1], len(post), level))
         divergences.append(n_div)
     n_kept = len(range(0, chains * draws, thin))
     return SBCResult(tuple(params), np.array(ranks), n_kept, np.array(covered), level, np.array(divergences),

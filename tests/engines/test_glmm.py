@@ -633,9 +633,9 @@ def simulate_nested(family: str, outer: int = 6, inner: int = 3, per: int = 4, s
 NESTED = "y ~ x + (1 | school/klass)"
 
 
-def nested_kernel(data: pd.DataFrame, family: str) -> tuple[glmm.NestedGlmmKernel, object]:
+def nested_kernel(data: pd.DataFrame, family: str, formula_: str = NESTED) -> tuple[glmm.NestedGlmmKernel, object]:
     fam = pipeline.options(family=family).family
-    design = pipeline.design_of(NESTED, data, fam)
+    design = pipeline.design_of(formula_, data, fam)
     assert glmm.applies(design) == (True, "")
     pl = make_plan(design, resolve_priors(design, as_prior_set(None)))
     return glmm.build_nested(design, pl), pl
@@ -646,6 +646,7 @@ def exact_nested_loglik(family: str, data: pd.DataFrame, beta: np.ndarray, sa: f
     """log p(y | theta) of the nested model on a fine grid: per school, the integral over its effect of the
     product over its classes of each class's integral (constants left out as the kernel leaves them)."""
     x, y = data["x"].to_numpy(), data["y"].to_numpy(dtype=float)
+    w = data["w"].to_numpy(dtype=float) if "w" in data else np.ones_like(y)
 
     def row_ll(eta, yy):
         if family == "bernoulli":
@@ -664,18 +665,23 @@ def exact_nested_loglik(family: str, data: pd.DataFrame, beta: np.ndarray, sa: f
         for _, cls in data.iloc[rows].groupby("klass").indices.items():
             r = rows[cls]
             eta = (beta[0] + beta[1] * x[r])[None, None, :] + sa * grid[:, None, None] + sb * grid[None, :, None]
-            outer += logsum(row_ll(eta, y[r][None, None, :]).sum(-1) + log_norm[None, :], 1)
+            outer += logsum((w[r] * row_ll(eta, y[r][None, None, :])).sum(-1) + log_norm[None, :], 1)
         total += logsum(outer, 0)
     return total
 
 
-@pytest.mark.parametrize("family", ["bernoulli", "poisson", "negbinomial"])
+@pytest.mark.parametrize("family", ["bernoulli", "bernoulli-weighted", "poisson", "negbinomial"])
 def test_nested_quadrature_is_the_marginal_likelihood(family):
     """The nested kernel's value with flat priors, less the log Jacobians, is log p(y | theta) on a fine grid:
     to 1e-7 with 15 nodes per level (which checks the algebra and the rows' preparation, summed Poisson rows
-    included), to 2e-3 at the default rule; and its gradient (Fisher's identity) is the value's derivative."""
+    included), to 2e-3 at the default rule; and its gradient (Fisher's identity) is the value's derivative.
+    Unit bernoulli rows take the vector passes, weighted ones the scalar code."""
+    family, _, weighted = family.partition("-")
     data = simulate_nested(family, discrete_x=family == "poisson")
-    k, pl = nested_kernel(data, family)
+    if weighted:
+        data["w"] = np.tile([0.5, 1.0, 2.0], len(data) // 3)
+    k, pl = nested_kernel(data, family, "y | weights(w) ~ x + (1 | school/klass)" if weighted else NESTED)
+    assert k.buffer[16] == float(family == "bernoulli" and not weighted)  # the vector passes' flag
     assert (k.rows.y.shape[0] < len(data)) == (family == "poisson") and k.rows.n_original == len(data)
     flat = replace(k, params=replace(k.params, fam=np.zeros_like(k.params.fam)))
     rng = np.random.default_rng(0)

@@ -23,6 +23,11 @@
 /* The build is -O2 (setup.py). The Gaussian routes' small fixed-size blocks (level_term, the 4 x 4 products) are
  * -O3 under GCC, which unrolls them: the maximal 2 x 2 design's gradient 87 -> 66 us. Not the whole file: -O3
  * made the GLMM kernel 8% and InstEval's gather loop 13% slower. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11
+#define WIDE_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define WIDE_CLONES
+#endif
 #if defined(__GNUC__) && !defined(__clang__)
 #define SMALL_BLOCKS __attribute__((optimize("O3")))
 #define GATHER_LOOP __attribute__((optimize("O2")))
@@ -83,38 +88,67 @@ void vector_exp(const double *x, double *out, int64_t n) {
     for (; i < n; i++) out[i] = exp(x[i]);
 }
 
-/* sum_i [y_i eta_i - log(1 + e^eta_i)] over n bernoulli rows of unit weight, eta_i = base_i + tb_i v, and each row's
- * dl/deta = y_i - p_i into d1[i stride]. log(1 + e^eta) = max(eta, 0) + log(1 + e^-|eta|), the second term as a
- * product over blocks of rows with one log per block (each factor lies in [1, 2]). Two rows at a time where the
- * compiler has vectors. */
-static double logit_unit_pass(int n, const double *y, const double *base, const double *tb, double v, double *d1,
-                              int stride) {
-    double f = 0.0, prod = 1.0;
+/* For each of K values v_j, over n bernoulli rows of unit weight with eta_ij = base_i + tb_i v_j: the row's
+ * log-likelihood sum_i [y_i eta_ij - log(1 + e^eta_ij)] as f[j] - log(prod[j]) (f[j] added to, prod[j] set), and
+ * each row's dl/deta = y_i - p_ij into d1[i K + j]. log(1 + e^eta) = max(eta, 0) + log(1 + e^-|eta|), the second
+ * term kept as a product (each factor lies in [1, 2]; past 512 rows, one log per block of them goes into f), so
+ * that the caller can divide by it instead of taking K logs (logit_unit_weights). Where the compiler has vectors,
+ * two rows at a time, all K values per pair of rows: K independent chains of arithmetic, which the processor
+ * overlaps (one value at a time over a class's few rows left it waiting on each division). */
+WIDE_CLONES static void logit_unit_nodes(int n, const double *y, const double *base, const double *tb, int K,
+                                         const double *v, double *f, double *prod, double *d1) {
     int i = 0;
+    for (int j = 0; j < K; j++) prod[j] = 1.0;
 #ifdef HAVE_V2D
-    v2d_t sum = {0.0, 0.0}, prod2 = {1.0, 1.0}, b, t, yy;
+    v2d_t sum[K], pr[K], b, t, yy;
     const v2d_t zero = {0.0, 0.0}, one = {1.0, 1.0};
     const v2l_t sign = {(long long)0x8000000000000000ULL, (long long)0x8000000000000000ULL};
+    for (int j = 0; j < K; j++) { sum[j] = zero; pr[j] = one; }
     for (; i + 1 < n; i += 2) {
         memcpy(&b, base + i, sizeof b); memcpy(&t, tb + i, sizeof t); memcpy(&yy, y + i, sizeof yy);
-        const v2d_t eta = b + t * v, e = exp_nonpositive2((v2d_t)((v2l_t)eta | sign)), ope = one + e;
-        const v2d_t inv = one / ope;
-        const v2l_t pos = eta >= zero;
-        const v2d_t d = yy - select2(pos, inv, e * inv);
-        d1[(size_t)i * stride] = d[0]; d1[(size_t)(i + 1) * stride] = d[1];
-        sum += yy * eta - select2(pos, eta, zero);
-        prod2 *= ope;
-        if ((i & 127) == 126) { f -= log(prod2[0] * prod2[1]); prod2 = one; }
+        for (int j = 0; j < K; j++) {
+            const v2d_t eta = b + t * v[j], e = exp_nonpositive2((v2d_t)((v2l_t)eta | sign)), ope = one + e;
+            const v2d_t inv = one / ope;
+            const v2l_t pos = eta >= zero;
+            const v2d_t d = yy - select2(pos, inv, e * inv);
+            d1[(size_t)i * K + j] = d[0]; d1[(size_t)(i + 1) * K + j] = d[1];
+            sum[j] += yy * eta - select2(pos, eta, zero);
+            pr[j] *= ope;
+        }
+        if ((i & 511) == 510) /* 256 pairs: each lane's product is below 2^256 */
+            for (int j = 0; j < K; j++) { f[j] -= log(pr[j][0] * pr[j][1]); pr[j] = one; }
     }
-    f += sum[0] + sum[1] - log(prod2[0] * prod2[1]);
+    for (int j = 0; j < K; j++) { f[j] += sum[j][0] + sum[j][1]; prod[j] = pr[j][0] * pr[j][1]; }
 #endif
-    for (; i < n; i++) {
-        const double eta = base[i] + tb[i] * v, e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e);
-        d1[(size_t)i * stride] = y[i] - (eta >= 0.0 ? inv : e * inv);
-        f += y[i] * eta - fmax(eta, 0.0);
-        prod *= 1.0 + e;
+    for (; i < n; i++)
+        for (int j = 0; j < K; j++) {
+            const double eta = base[i] + tb[i] * v[j], e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e);
+            d1[(size_t)i * K + j] = y[i] - (eta >= 0.0 ? inv : e * inv);
+            f[j] += y[i] * eta - fmax(eta, 0.0);
+            prod[j] *= 1.0 + e;
+        }
+}
+
+/* log sum_j exp(f_j) / prod_j (logit_unit_nodes' split form), with f := the normalised weights. The exps by
+ * exp_nonpositive2 (f_j - max f <= 0) and one log: per inner level and outer node this replaces K + 1 libm logs
+ * and K exps, which cost as much as the passes over a class's few rows. NAN where no f_j is finite. */
+static double logit_unit_weights(double *f, const double *prod, int K) {
+    double top = -INFINITY, sum = 0.0;
+    for (int j = 0; j < K; j++) if (f[j] > top) top = f[j];
+    if (!isfinite(top)) return NAN;
+    int j = 0;
+#ifdef HAVE_V2D
+    for (v2d_t a, p; j + 1 < K; j += 2) {
+        memcpy(&a, f + j, sizeof a); memcpy(&p, prod + j, sizeof p);
+        a = exp_nonpositive2(a - top) / p;
+        memcpy(f + j, &a, sizeof a);
+        sum += a[0] + a[1];
     }
-    return f - log(prod);
+#endif
+    for (; j < K; j++) { f[j] = exp(f[j] - top) / prod[j]; sum += f[j]; }
+    const double inv = 1.0 / sum;
+    for (j = 0; j < K; j++) f[j] *= inv;
+    return top + log(sum);
 }
 
 /* Unnormalised log density of prior family `fam` (Distribution.kernel) at x, and its derivative. */
@@ -1372,7 +1406,7 @@ static void group_rows(const Glmm *m, int s, int n, const double *beta, const do
  * into dp). Rows outer, nodes inner. For the logit link with unit weight and trials, log(1 + e^-|eta|) is
  * accumulated as a product of 1 + e^-|eta| over blocks of rows, one log per block (exact to rounding: each
  * factor lies in [1, 2], so a block of 64 cannot overflow), which removes most of the pass's log1p calls. */
-static void node_pass(const Glmm *m, int n, const double *y, const double *ntr, const double *w, const double *eta0,
+WIDE_CLONES static void node_pass(const Glmm *m, int n, const double *y, const double *ntr, const double *w, const double *eta0,
                       const double *t, double phi, int K, const double *vk, double *lk, double *prod, double *d1,
                       double *dp) {
     const int q = m->q;
@@ -1868,19 +1902,20 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
  * Fisher's identity, as for one factor: per row, E[dl/deta] and its products with u and v under the nodes'
  * posterior weights. A pass over an outer level's rows costs Ka (Kb + the inner Newton steps) row evaluations.
  * --------------------------------------------------------------------------------------------- */
-#define NGHEADER 16 /* total, n_dim, n_beta, Q, outer levels, n_cor, N, n_dpar, family, Ka, Kb, max rows per outer
-                       level, max inner levels per outer level, outer sd's offset, inner sd's offset, inner levels */
+#define NGHEADER 17 /* total, n_dim, n_beta, Q, outer levels, n_cor, N, n_dpar, family, Ka, Kb, max rows per outer
+                       level, max inner levels per outer level, outer sd's offset, inner sd's offset, inner levels,
+                       1 where every row is bernoulli-logit of unit weight (logit_unit_nodes and the vector passes) */
 
 typedef struct {
     Priors P;
-    int p, Q, Ga, Gb, N, fam, Ka, Kb, max_rows, max_inner, off_a, off_b;
+    int p, Q, Ga, Gb, N, fam, Ka, Kb, max_rows, max_inner, off_a, off_b, unit;
     const double *za_nodes, *za_logw, *zb_nodes, *zb_logw, *outer, *inner, *W, *Za, *Zb, *y, *ntr, *off, *w;
 } NGlmm;
 
 static void read_nglmm(NGlmm *m, const double *buf) {
     m->p = (int)buf[2]; m->Q = (int)buf[3]; m->Ga = (int)buf[4]; m->N = (int)buf[6]; m->fam = (int)buf[8];
     m->Ka = (int)buf[9]; m->Kb = (int)buf[10]; m->max_rows = (int)buf[11]; m->max_inner = (int)buf[12];
-    m->off_a = (int)buf[13]; m->off_b = (int)buf[14]; m->Gb = (int)buf[15];
+    m->off_a = (int)buf[13]; m->off_b = (int)buf[14]; m->Gb = (int)buf[15]; m->unit = (int)buf[16];
     const double *o = read_priors(&m->P, buf + NGHEADER, m->p, (int)buf[7], m->Q, (int)buf[5]);
     m->za_nodes = o; o += m->Ka;
     m->za_logw = o; o += m->Ka;
@@ -1901,11 +1936,11 @@ static void read_nglmm(NGlmm *m, const double *buf) {
 static _Thread_local Tls ntls;
 
 /* Scratch per outer level: 4 per row (eta0, ta, tb, base), 3 Ka per row (the inner rules' E[l1], E[l1 v],
- * E[dl/dphi] per outer node), 2 Kb per row (l1, dl/dphi per inner node), 12 per inner level, 2 (Ka + Kb). */
+ * E[dl/dphi] per outer node), 2 Kb per row (l1, dl/dphi per inner node), 12 per inner level, 2 Ka + 3 Kb. */
 static int ntls_ready(const NGlmm *m, const double *buf) {
     size_t n_modes = (size_t)m->Ga + m->Gb;
     size_t need = (size_t)m->max_rows * (4 + 3 * (size_t)m->Ka + 2 * (size_t)m->Kb) + 12 * (size_t)m->max_inner
-                  + 2 * ((size_t)m->Ka + m->Kb) + 8;
+                  + 2 * (size_t)m->Ka + 3 * (size_t)m->Kb + 8;
     if (ntls.owner != buf || ntls.n_modes != n_modes) {
         free(ntls.modes);
         ntls.modes = calloc(n_modes > 0 ? n_modes : 1, sizeof(double));
@@ -1930,6 +1965,40 @@ static void nested_rows(const NGlmm *m, int s, int n, const double *beta, double
     }
 }
 
+/* nested_F's sums over rows r0 .. r1 - 1 of one inner level (bernoulli-logit rows of unit weight), two at a time
+ * where the compiler has vectors: sums[0] the log-likelihood, and with deriv its derivatives by v and u and the
+ * negative Hessian's entries (sums[1 .. 5]: dv, du, H_uv, H_vv, H_uu, without the prior's parts). Returns the first
+ * row it left for the scalar loop. */
+WIDE_CLONES static int logit_unit_rows(int r0, int r1, const double *y, const double *eta0, const double *ta, const double *tb,
+                           double u, double vc, int deriv, double *sums) {
+    for (int k = 0; k < 6; k++) sums[k] = 0.0;
+    int i = r0;
+#ifdef HAVE_V2D
+    const v2d_t zero = {0.0, 0.0}, one = {1.0, 1.0};
+    const v2l_t sign = {(long long)0x8000000000000000ULL, (long long)0x8000000000000000ULL};
+    v2d_t sf = zero, sg = zero, sgu = zero, shv = zero, sdv = zero, shuu = zero, prod = one, e0, a, b, yy;
+    for (; i + 1 < r1; i += 2) {
+        memcpy(&e0, eta0 + i, sizeof e0); memcpy(&a, ta + i, sizeof a); memcpy(&b, tb + i, sizeof b);
+        memcpy(&yy, y + i, sizeof yy);
+        const v2d_t eta = e0 + a * u + b * vc, e = exp_nonpositive2((v2d_t)((v2l_t)eta | sign)), ope = one + e;
+        const v2l_t pos = eta >= zero;
+        sf += yy * eta - select2(pos, eta, zero);
+        prod *= ope;
+        if (((i - r0) & 127) == 126) { sums[0] -= log(prod[0] * prod[1]); prod = one; }
+        if (deriv) {
+            const v2d_t inv = one / ope, d1 = yy - select2(pos, inv, e * inv), cv = e * inv * inv;
+            sg += d1 * b; sgu += d1 * a; shv += cv * a * b; sdv += cv * b * b; shuu += cv * a * a;
+        }
+    }
+    sums[0] += sf[0] + sf[1] - log(prod[0] * prod[1]);
+    sums[1] = sg[0] + sg[1]; sums[2] = sgu[0] + sgu[1]; sums[3] = shv[0] + shv[1]; sums[4] = sdv[0] + sdv[1];
+    sums[5] = shuu[0] + shuu[1];
+#else
+    (void)y; (void)eta0; (void)ta; (void)tb; (void)u; (void)vc; (void)deriv;
+#endif
+    return i;
+}
+
 /* F(u, v) = -u^2/2 + sum_c f_c, f_c = -v_c^2/2 + sum_{i in c} w_i l_i, over one outer level's rows (s: its first
  * row; inner levels c0 .. c1 - 1); each f_c into fc if given. With d: dF/du and the negative Hessian's H_uu in d[0]
  * and d[1], then per inner level lc at d[2 + 3 lc]: dF/dv_c, H_uc and H_cc. */
@@ -1941,7 +2010,13 @@ static double nested_F(const NGlmm *m, int s, int c0, int c1, const double *eta0
         const int lc = c - c0, r0 = (int)m->inner[c] - s, r1 = (int)m->inner[c + 1] - s;
         const double vc = v[lc];
         double f = -0.5 * vc * vc, g = -vc, hv = 0.0, dv = 1.0;
-        for (int i = r0; i < r1; i++) {
+        int i = r0;
+        if (m->unit) { /* bernoulli-logit rows of unit weight: two at a time (logit_pair) */
+            double sums[6];
+            i = logit_unit_rows(r0, r1, m->y + s, eta0, ta, tb, u, vc, d != NULL, sums);
+            f += sums[0]; g += sums[1]; gu += sums[2]; hv += sums[3]; dv += sums[4]; huu += sums[5];
+        }
+        for (; i < r1; i++) {
             const double wi = m->w[s + i];
             const double l = row_ll(m->fam, m->y[s + i], m->ntr[s + i], eta0[i] + ta[i] * u + tb[i] * vc, phi,
                                     &d1, &d2, &dphi);
@@ -2008,10 +2083,25 @@ static double nested_newton(const NGlmm *m, int s, int c0, int c1, const double 
  * place), and the negative second derivative D at the starting point (the inner rule's scale). A fixed number of
  * steps keeps the rule a smooth function of the parameters; from the joint mode's linear prediction one step
  * centres it to second order. Returns 0 where f is not finite there. */
-static int inner_step(const NGlmm *m, int n, const double *y, const double *ntr, const double *w,
+WIDE_CLONES static int inner_step(const NGlmm *m, int n, const double *y, const double *ntr, const double *w,
                       const double *base, const double *tb, double phi, double *v, double *D) {
     double g = -*v, h = 1.0, d1, d2, dphi;
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+#ifdef HAVE_V2D
+    if (m->unit) { /* bernoulli-logit rows of unit weight, two at a time: the derivatives alone */
+        const v2d_t zero = {0.0, 0.0}, one = {1.0, 1.0};
+        const v2l_t sign = {(long long)0x8000000000000000ULL, (long long)0x8000000000000000ULL};
+        v2d_t sg = zero, sh = zero, b, t, yy;
+        for (; i + 1 < n; i += 2) {
+            memcpy(&b, base + i, sizeof b); memcpy(&t, tb + i, sizeof t); memcpy(&yy, y + i, sizeof yy);
+            const v2d_t eta = b + t * *v, e = exp_nonpositive2((v2d_t)((v2l_t)eta | sign)), inv = one / (one + e);
+            sg += (yy - select2(eta >= zero, inv, e * inv)) * t;
+            sh += e * inv * inv * t * t; /* p (1 - p) = e / (1 + e)^2 on both sides of 0 */
+        }
+        g += sg[0] + sg[1]; h += sh[0] + sh[1];
+    }
+#endif
+    for (; i < n; i++) {
         const double eta = base[i] + tb[i] * *v;
         if (m->fam == GLMM_BINOMIAL_LOGIT) { /* the derivatives alone: no log1p */
             const double e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e), p = eta >= 0.0 ? inv : e * inv;
@@ -2027,22 +2117,38 @@ static int inner_step(const NGlmm *m, int n, const double *y, const double *ntr,
     return 1;
 }
 
-/* The inner rule's Kb nodes v_j = vc + sv z_j: f_j = log w_j + z_j^2/2 - v_j^2/2 + sum_i w_i l_i(v_j) into fj, v_j
- * into vj, each row's dl/deta (and dl/dphi, if dp) into d1[i Kb + j]. The logit link with unit weight and trials
- * multiplies 1 + e^-|eta| over blocks of rows and takes one log per block (node_pass's trick). */
-static void inner_nodes(const NGlmm *m, int n, const double *y, const double *ntr, const double *w,
-                        const double *base, const double *tb, double phi, double vc, double sv, double *fj,
-                        double *vj, double *d1, double *dp) {
+static double log_sum_exp_normalise(double *a, int K) { /* log sum exp(a), and a := softmax(a) */
+    double top = -INFINITY, sum = 0.0;
+    for (int k = 0; k < K; k++) if (a[k] > top) top = a[k];
+    if (!isfinite(top)) return NAN;
+    for (int k = 0; k < K; k++) { a[k] = exp(a[k] - top); sum += a[k]; }
+    const double inv = 1.0 / sum;
+    for (int k = 0; k < K; k++) a[k] *= inv;
+    return top + log(sum);
+}
+
+/* The inner rule's Kb nodes v_j = vc + sv z_j: returns log sum_j exp(f_j), f_j = log w_j + z_j^2/2 - v_j^2/2 +
+ * sum_i w_i l_i(v_j), and leaves the normalised weights in fj, v_j in vj, each row's dl/deta (and dl/dphi, if dp)
+ * in d1[i Kb + j]. Bernoulli-logit rows of unit weight take all nodes at once (logit_unit_nodes); elsewhere the
+ * logit link with unit weight and trials multiplies 1 + e^-|eta| over blocks of rows and takes one log per block
+ * (node_pass's trick). NAN where no node's value is finite. */
+static double inner_nodes(const NGlmm *m, int n, const double *y, const double *ntr, const double *w,
+                          const double *base, const double *tb, double phi, double vc, double sv, double *fj,
+                          double *vj, double *pj, double *d1, double *dp) {
     const int Kb = m->Kb;
     double d2, dphi = 0.0;
-    int unit = m->fam == GLMM_BINOMIAL_LOGIT; /* bernoulli rows of unit weight: logit_unit_pass */
-    for (int i = 0; i < n && unit; i++) unit = w[i] == 1.0 && ntr[i] == 1.0;
+    if (m->unit) {
+        for (int j = 0; j < Kb; j++) {
+            vj[j] = vc + sv * m->zb_nodes[j];
+            fj[j] = m->zb_logw[j] - 0.5 * vj[j] * vj[j];
+        }
+        logit_unit_nodes(n, y, base, tb, Kb, vj, fj, pj, d1);
+        return logit_unit_weights(fj, pj, Kb);
+    }
     for (int j = 0; j < Kb; j++) {
         const double vv = vc + sv * m->zb_nodes[j];
         double f = m->zb_logw[j] - 0.5 * vv * vv;
-        if (unit) {
-            f += logit_unit_pass(n, y, base, tb, vv, d1 + j, Kb);
-        } else if (m->fam == GLMM_BINOMIAL_LOGIT) {
+        if (m->fam == GLMM_BINOMIAL_LOGIT) {
             double prod = 1.0;
             for (int i = 0; i < n; i++) {
                 const double eta = base[i] + tb[i] * vv, e = exp(-fabs(eta)), inv = 1.0 / (1.0 + e);
@@ -2063,17 +2169,9 @@ static void inner_nodes(const NGlmm *m, int n, const double *y, const double *nt
         }
         vj[j] = vv; fj[j] = f;
     }
+    return log_sum_exp_normalise(fj, Kb);
 }
 
-static double log_sum_exp_normalise(double *a, int K) { /* log sum exp(a), and a := softmax(a) */
-    double top = -INFINITY, sum = 0.0;
-    for (int k = 0; k < K; k++) if (a[k] > top) top = a[k];
-    if (!isfinite(top)) return NAN;
-    for (int k = 0; k < K; k++) { a[k] = exp(a[k] - top); sum += a[k]; }
-    const double inv = 1.0 / sum;
-    for (int k = 0; k < K; k++) a[k] *= inv;
-    return top + log(sum);
-}
 
 /* log p(y | beta, phi, sd_a, sd_b) by nested AGQ, and its gradient (see above). NAN on failure. */
 static double nested_glmm_marginal(const NGlmm *m, const double *beta, double phi, double sa, double sb,
@@ -2086,7 +2184,7 @@ static double nested_glmm_marginal(const NGlmm *m, const double *beta, double ph
     double *EA = base + R, *EB = EA + (size_t)R * Ka, *EP = EB + (size_t)R * Ka; /* per row and outer node */
     double *d1 = EP + (size_t)R * Ka, *dp = d1 + (size_t)R * Kb;                   /* per row and inner node */
     double *d = dp + (size_t)R * Kb, *dt = d + 2 + 3 * (size_t)C, *vt = dt + 2 + 3 * (size_t)C;
-    double *fk = vt + C, *uk = fk + Ka, *fj = uk + Ka, *vj = fj + Kb;
+    double *fk = vt + C, *uk = fk + Ka, *fj = uk + Ka, *vj = fj + Kb, *pj = vj + Kb;
     for (int h = 0; h < m->Ga; h++) {
         const int c0 = (int)m->outer[h], c1 = (int)m->outer[h + 1], nc = c1 - c0;
         const int s = (int)m->inner[c0], n = (int)m->inner[c1] - s;
@@ -2105,8 +2203,8 @@ static double nested_glmm_marginal(const NGlmm *m, const double *beta, double ph
                 /* centred by one Newton step from the joint mode's linear prediction: AGQ needs no exact mode */
                 double D, vc = v[c] - d[3 + 3 * c] / d[4 + 3 * c] * (uu - *u);
                 if (!inner_step(m, nr, y, ntr, w, base + r0, tb + r0, phi, &vc, &D)) return NAN;
-                inner_nodes(m, nr, y, ntr, w, base + r0, tb + r0, phi, vc, 1.0 / sqrt(D), fj, vj, d1, nd ? dp : NULL);
-                const double lj = log_sum_exp_normalise(fj, Kb);
+                const double lj = inner_nodes(m, nr, y, ntr, w, base + r0, tb + r0, phi, vc, 1.0 / sqrt(D), fj, vj,
+                                              pj, d1, nd ? dp : NULL);
                 if (!isfinite(lj)) return NAN;
                 fk[k] += lj - 0.5 * log(D);
                 for (int i = 0; i < nr; i++) { /* the inner rule's expectations for this outer node */

@@ -501,7 +501,7 @@ class NestedGlmmKernel:
     names: tuple[str, str]
 
     callback: ClassVar[str] = "nested_glmm_logp"
-    HEADER: ClassVar[int] = 16
+    HEADER: ClassVar[int] = 17
 
     @property
     def n_dim(self) -> int:
@@ -523,9 +523,10 @@ class NestedGlmmKernel:
         max_rows = int(np.diff(i[o]).max(initial=0))
         max_inner = int(np.diff(o).max(initial=0))
         Ga, Gb = self.levels
+        unit = self.code == 1 and bool(np.all(r.n == 1.0) and np.all(r.weight == 1.0))  # bernoulli-logit rows
         header = [self.HEADER + body.size, self.n_dim, self.n_beta, 2, Ga, self.params.n_cor, r.y.shape[0],
                   self.n_dpar, self.code, self.nodes[0], self.nodes[1], max_rows, max_inner, self.off_outer,
-                  self.off_inner, Gb]
+                  self.off_inner, Gb, float(unit)]
         return np.ascontiguousarray(np.concatenate([np.asarray(header, dtype=float), body]))
 
     @property
