@@ -24,7 +24,8 @@
  * -O3 under GCC, which unrolls them: the maximal 2 x 2 design's gradient 87 -> 66 us. Not the whole file: -O3
  * made the GLMM kernel 8% and InstEval's gather loop 13% slower. */
 /* The bernoulli passes (bound by their exp) are also built for x86-64-v3 (AVX2, FMA), picked at load time through
- * glibc's ifunc; elsewhere they are built once, for the baseline. */
+ * glibc's ifunc; elsewhere they are built once, for the baseline. Measured: the nested benchmark's gradient 3.61 ->
+ * 3.33 ms, bern_N10000_G1000's 6.86 -> 6.64 ms. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 11 && defined(__GLIBC__)
 #define WIDE_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
