@@ -162,38 +162,63 @@ class GroupedRows:
     sizes: np.ndarray
 
 
-def grouped_rows(design: Design, plan: Plan) -> GroupedRows:
-    """The design's rows in the plan's standardised units, sorted by group and summed where exact."""
+@dataclass(frozen=True)
+class _Rows:
+    """The design's rows in the plan's standardised units, before sorting: ``W`` the population-level columns (a
+    leading column of ones for the centred intercept), ``Z`` each factor's scaled group-level columns, ``index``
+    each factor's level per row."""
+
+    W: np.ndarray
+    Z: tuple[np.ndarray, ...]
+    index: tuple[np.ndarray, ...]
+    y: np.ndarray
+    n: np.ndarray
+    offset: np.ndarray
+    weight: np.ndarray
+
+    def summed(self, design: Design) -> _Rows:
+        """Rows that share their levels, W, Z, offset and weight as one (sums of y and n) where the family allows
+        it (binomial: successes and trials; Poisson: counts and multiplicities), which is exact."""
+        if not design.family.sums_rows:
+            return self
+        key = np.column_stack([*self.index, self.W, *self.Z, self.offset, self.weight])
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        if first.size == self.y.shape[0]:
+            return self
+        sums = np.zeros((first.size, 2))
+        np.add.at(sums, inverse.ravel(), np.column_stack([self.y, self.n]))
+        return _Rows(self.W[first], tuple(z[first] for z in self.Z), tuple(g[first] for g in self.index),
+                     sums[:, 0], sums[:, 1], self.offset[first], self.weight[first])
+
+
+def _standard_rows(design: Design, plan: Plan) -> _Rows:
+    """The design's rows in the plan's standardised units (the GLMM families keep y as it is)."""
     rows = design.require_rows("The collapsed engine", "")
     std = plan.std
     assert rows.y is not None and std.y_scale == 1.0 and std.y_shift == 0.0
     W = (rows.X - std.x_centre) / std.x_scale
     if design.centred_intercept:
         W = np.column_stack([np.ones(W.shape[0]), W])
-    fr = rows.factors[0]
-    Z = fr.Z / std.z_scale[0]
     N = rows.y.shape[0]
-    n = rows.extra.trials.astype(float) if rows.extra.trials is not None else np.ones(N)
-    offset = rows.offset if rows.offset is not None else np.zeros(N)
-    weight = rows.weights if rows.weights is not None else np.ones(N)
-    y = rows.y.astype(float)
-    group = fr.index
+    return _Rows(W, tuple(f.Z / z for f, z in zip(rows.factors, std.z_scale)), tuple(f.index for f in rows.factors),
+                 rows.y.astype(float), rows.extra.trials.astype(float) if rows.extra.trials is not None else np.ones(N),
+                 rows.offset if rows.offset is not None else np.zeros(N),
+                 rows.weights if rows.weights is not None else np.ones(N))
+
+
+def grouped_rows(design: Design, plan: Plan) -> GroupedRows:
+    """The design's rows in the plan's standardised units, sorted by group and summed where exact."""
+    raw = _standard_rows(design, plan)
     # a group's size in trials (rows for bernoulli and count families): the same before and after summing rows
-    sizes = np.bincount(group, weights=n, minlength=design.factors[0].n_levels)
-    if design.family.sums_rows:
-        key = np.column_stack([group, W, Z, offset, weight])
-        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
-        inverse = inverse.ravel()
-        if first.size < N:
-            sums = np.zeros((first.size, 2))
-            np.add.at(sums, inverse, np.column_stack([y, n]))
-            group, W, Z, offset, weight = group[first], W[first], Z[first], offset[first], weight[first]
-            y, n = sums[:, 0], sums[:, 1]
+    sizes = np.bincount(raw.index[0], weights=raw.n, minlength=design.factors[0].n_levels)
+    r = raw.summed(design)
+    group = r.index[0]
     order = np.argsort(group, kind="stable")
     starts = np.searchsorted(group[order], np.arange(design.factors[0].n_levels + 1))
     c = np.ascontiguousarray
-    return GroupedRows(starts.astype(float), c(W[order], dtype=float), c(Z[order], dtype=float), c(y[order]),
-                       c(n[order]), c(offset[order], dtype=float), c(weight[order], dtype=float), N, sizes)
+    return GroupedRows(starts.astype(float), c(r.W[order], dtype=float), c(r.Z[0][order], dtype=float),
+                       c(r.y[order]), c(r.n[order]), c(r.offset[order], dtype=float), c(r.weight[order], dtype=float),
+                       raw.y.shape[0], sizes)
 
 
 def group_maps(rows: GroupedRows, q: int) -> np.ndarray | None:
@@ -440,29 +465,9 @@ class NestedRows:
 def nested_rows(design: Design, plan: Plan, outer: int, inner: int) -> NestedRows:
     """The design's rows in the plan's standardised units for factors ``outer`` and ``inner`` (indices into
     ``design.factors``), sorted and summed where exact."""
-    rows = design.require_rows("The collapsed engine", "")
-    std = plan.std
-    assert rows.y is not None and std.y_scale == 1.0 and std.y_shift == 0.0
-    W = (rows.X - std.x_centre) / std.x_scale
-    if design.centred_intercept:
-        W = np.column_stack([np.ones(W.shape[0]), W])
-    fo, fi = rows.factors[outer], rows.factors[inner]
-    za, zb = fo.Z[:, 0] / std.z_scale[outer], fi.Z[:, 0] / std.z_scale[inner]
-    N = rows.y.shape[0]
-    n = rows.extra.trials.astype(float) if rows.extra.trials is not None else np.ones(N)
-    offset = rows.offset if rows.offset is not None else np.zeros(N)
-    weight = rows.weights if rows.weights is not None else np.ones(N)
-    y = rows.y.astype(float)
-    g_in, g_out = fi.index, fo.index
-    if design.family.sums_rows:
-        key = np.column_stack([g_in, W, za, zb, offset, weight])
-        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
-        inverse = inverse.ravel()
-        if first.size < N:
-            sums = np.zeros((first.size, 2))
-            np.add.at(sums, inverse, np.column_stack([y, n]))
-            g_in, g_out, W, za, zb = g_in[first], g_out[first], W[first], za[first], zb[first]
-            offset, weight, y, n = offset[first], weight[first], sums[:, 0], sums[:, 1]
+    raw = _standard_rows(design, plan)
+    r = raw.summed(design)
+    g_in, g_out, za, zb = r.index[inner], r.index[outer], r.Z[outer][:, 0], r.Z[inner][:, 0]
     n_outer, n_inner = design.factors[outer].n_levels, design.factors[inner].n_levels
     parent = np.zeros(n_inner, dtype=np.int64)
     parent[g_in] = g_out
@@ -474,8 +479,9 @@ def nested_rows(design: Design, plan: Plan, outer: int, inner: int) -> NestedRow
     outer_starts = np.searchsorted(parent[inner_order], np.arange(n_outer + 1))
     c = np.ascontiguousarray
     return NestedRows(outer_starts.astype(float), inner_starts.astype(float), inner_order,
-                      c(W[order], dtype=float), c(za[order], dtype=float), c(zb[order], dtype=float), c(y[order]),
-                      c(n[order]), c(offset[order], dtype=float), c(weight[order], dtype=float), N)
+                      c(r.W[order], dtype=float), c(za[order], dtype=float), c(zb[order], dtype=float),
+                      c(r.y[order]), c(r.n[order]), c(r.offset[order], dtype=float), c(r.weight[order], dtype=float),
+                      raw.y.shape[0])
 
 
 @dataclass(frozen=True, eq=False)
