@@ -1252,6 +1252,46 @@ WIDE_CLONES static double logit_value_pairs(int n, int q, const double *y, const
 }
 #endif
 
+#ifdef HAVE_V2D
+/* group_h's log-likelihood with its gradient (added to G_) and negative Hessian (lower half added to H, q x q) for
+ * logit rows, two at a time while both rows are bernoulli of unit weight (q <= 2 terms); *stop as in
+ * logit_value_pairs. Newton's passes, a few per group and gradient, cost as much as the nodes' vector passes. */
+WIDE_CLONES static double logit_unit_h(int n, int q, const double *y, const double *ntr, const double *w,
+                                       const double *eta0, const double *t, const double *v, double *G_, double *H,
+                                       int *stop) {
+    const v2d_t zero = {0.0, 0.0}, one = {1.0, 1.0};
+    const v2l_t sign = {(long long)0x8000000000000000ULL, (long long)0x8000000000000000ULL};
+    v2d_t sum = zero, prod = one, yy, e0, g[2] = {zero, zero}, hh[3] = {zero, zero, zero}, ta[2];
+    double logs = 0.0;
+    int i = 0;
+    for (; i + 1 < n; i += 2) {
+        if (w[i] != 1.0 || w[i + 1] != 1.0 || ntr[i] != 1.0 || ntr[i + 1] != 1.0) break;
+        memcpy(&e0, eta0 + i, sizeof e0); memcpy(&yy, y + i, sizeof yy);
+        v2d_t eta = e0;
+        for (int a = 0; a < q; a++) {
+            ta[a] = (v2d_t){t[i * q + a], t[(i + 1) * q + a]};
+            eta += ta[a] * v[a];
+        }
+        const v2d_t e = exp_nonpositive2((v2d_t)((v2l_t)eta | sign)), ope = one + e, inv = one / ope;
+        const v2l_t pos = eta >= zero;
+        const v2d_t d1 = yy - select2(pos, inv, e * inv), cv = e * inv * inv; /* cv = p (1 - p) = -l2 */
+        sum += yy * eta - select2(pos, eta, zero);
+        prod *= ope;
+        if ((i & 127) == 126) { logs += log(prod[0] * prod[1]); prod = one; }
+        for (int a = 0, k = 0; a < q; a++) {
+            g[a] += d1 * ta[a];
+            for (int b = 0; b <= a; b++, k++) hh[k] += cv * ta[a] * ta[b];
+        }
+    }
+    *stop = i;
+    for (int a = 0, k = 0; a < q; a++) {
+        G_[a] += g[a][0] + g[a][1];
+        for (int b = 0; b <= a; b++, k++) H[a * q + b] += hh[k][0] + hh[k][1];
+    }
+    return sum[0] + sum[1] - logs - log(prod[0] * prod[1]);
+}
+#endif
+
 /* h_g(v) and, if G_ and H are given, its gradient and negative Hessian, over the group's n rows; if store is
  * given, each row's l1 and l2 into store[i width] and store[i width + 2] (laplace_group's layout). */
 static double group_h(const Glmm *m, int n, const double *y, const double *ntr, const double *w, const double *eta0,
@@ -1283,7 +1323,12 @@ static double group_h(const Glmm *m, int n, const double *y, const double *ntr, 
             for (int b = 0; b < q; b++) H[a * q + b] = a == b ? 1.0 : 0.0;
         }
     }
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+#ifdef HAVE_V2D
+    if (G_ && !store && m->fam == GLMM_BINOMIAL_LOGIT && q <= 2)
+        h += logit_unit_h(n, q, y, ntr, w, eta0, t, v, G_, H, &i);
+#endif
+    for (; i < n; i++) {
         double eta = eta0[i];
         for (int a = 0; a < q; a++) eta += t[i * q + a] * v[a];
         h += w[i] * row_ll(m->fam, y[i], ntr[i], eta, phi, &d1, &d2, &dphi);
