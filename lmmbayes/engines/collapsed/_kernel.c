@@ -1804,14 +1804,20 @@ double glmm_log_density(const double *x, double *grad, const double *buf) {
     return lp + ll;
 }
 
-int64_t glmm_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+/* nutpie's callback for the GLMM densities: a value of -inf (no finite mode) is reported before the gradient. */
+static int64_t glmm_callback(uint64_t dim, const double *x, double *out, double *logp, const double *buf,
+                             LogDensity f) {
     if (dim != (uint64_t)buf[1]) return -1;
-    double value = glmm_log_density(x, out, buf);
+    double value = f(x, out, buf);
     *logp = value;
     if (!isfinite(value)) return 4;
     for (uint64_t i = 0; i < dim; i++)
         if (!isfinite(out[i])) return 3;
     return 0;
+}
+
+int64_t glmm_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
+    return glmm_callback(dim, x, out, logp, buf, glmm_log_density);
 }
 
 /* fixed_group's nodes at the point x (the pilot's posterior mode), for every group: delta (G x K x q), c (G x K)
@@ -2340,13 +2346,7 @@ double nested_glmm_log_density(const double *x, double *grad, const double *buf)
 }
 
 int64_t nested_glmm_logp(uint64_t dim, const double *x, double *out, double *logp, const double *buf) {
-    if (dim != (uint64_t)buf[1]) return -1;
-    double value = nested_glmm_log_density(x, out, buf);
-    *logp = value;
-    if (!isfinite(value)) return 4;
-    for (uint64_t i = 0; i < dim; i++)
-        if (!isfinite(out[i])) return 3;
-    return 0;
+    return glmm_callback(dim, x, out, logp, buf, nested_glmm_log_density);
 }
 
 /* The random effects of each draw x[d] from their exact conditional, by a Metropolis-within-Gibbs chain of `steps`
