@@ -36,7 +36,8 @@ def main() -> None:
             priors[f"{term}|{factor}"] = bmb.Prior("Normal", mu=0, sigma=bmb.Prior("HalfNormal", sigma=spec["sd"]))
     _, family, bambi_formula, _ = FAMILIES.get(case, ("gaussian", "gaussian", None, None))
     t0 = time.perf_counter()
-    model = bmb.Model(bambi_formula or formula, data, priors=priors, family=family)
+    family, _, link = family.partition(":")  # "gamma:log": bambi's gamma defaults to the inverse link
+    model = bmb.Model(bambi_formula or formula, data, priors=priors, family=family, link=link or None)
     idata = model.fit(draws=draws, tune=draws, chains=chains, random_seed=1, inference_method=sampler,
                       progressbar=False)
     text = str(az.summary(idata))

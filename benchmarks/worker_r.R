@@ -2,7 +2,8 @@
 #
 # usage: Rscript worker_r.R DATA.csv FORMULA TOOL CHAINS DRAWS PRIORS.tsv [FAMILY]
 #   TOOL: lme4 (lmer, REML, or glmer, Laplace, for other families: a point estimate, no posterior) or brms
-#   (rstan's NUTS). FAMILY: gaussian (default), bernoulli, binomial, poisson or negbinomial (brms's names).
+#   (rstan's NUTS). FAMILY: gaussian (default), bernoulli, binomial, poisson, negbinomial, gamma (log link) or
+#   lognormal (brms's names; lme4 fits lognormal as lmer of log y, the formula run.py passes).
 #   PRIORS.tsv: brms priors, one per line as prior<TAB>class<TAB>coef<TAB>group (brms only).
 # run.py writes the data and priors from benchmarks/cases.py, so every tool fits the same
 # numbers. R is never a dependency of lmmbayes: this is only for side-by-side timings.
@@ -36,7 +37,9 @@ if (tool == "lme4") {
     gaussian = lmer(as.formula(formula), data = data, REML = TRUE),
     bernoulli = , binomial = glmer(as.formula(formula), data = data, family = binomial),
     poisson = glmer(as.formula(formula), data = data, family = poisson),
-    negbinomial = glmer.nb(as.formula(formula), data = data))
+    negbinomial = glmer.nb(as.formula(formula), data = data),
+    gamma = glmer(as.formula(formula), data = data, family = Gamma(link = "log")),
+    lognormal = lmer(as.formula(formula), data = data, REML = TRUE))  # run.py passes the formula of log y
   text <- capture.output(print(summary(fit)))
   wall <- proc.time()[["elapsed"]] - t0
   json(list(tool = "lme4", rows = nrow(data), import_s = import_s, wall_s = wall, peak_mb = peak_mb(),
@@ -47,7 +50,8 @@ if (tool == "lme4") {
     prior_string(spec[i, 1], class = spec[i, 2], coef = spec[i, 3], group = spec[i, 4])))
   t0 <- proc.time()[["elapsed"]]
   brms_family <- switch(family, gaussian = gaussian(), bernoulli = bernoulli(), binomial = binomial(),
-                        poisson = poisson(), negbinomial = negbinomial())
+                        poisson = poisson(), negbinomial = negbinomial(), gamma = Gamma(link = "log"),
+                        lognormal = lognormal())
   fit <- brm(as.formula(formula), data = data, prior = priors, family = brms_family, chains = chains,
              iter = 2 * draws,
              warmup = draws, cores = min(chains, parallel::detectCores()), seed = 1, refresh = 0,
@@ -57,7 +61,7 @@ if (tool == "lme4") {
   elapsed <- rstan::get_elapsed_time(fit$fit)  # per chain: warmup, sample
   sample_s <- max(rowSums(elapsed))  # chains run in parallel
   draws_df <- posterior::as_draws_df(fit)
-  keep <- grepl("^(b_|sd_|cor_|sigma|r_)", names(draws_df))
+  keep <- grepl("^(b_|sd_|cor_|sigma|shape|r_)", names(draws_df))  # every parameter, as lmmbayes's worker
   ess <- posterior::summarise_draws(posterior::subset_draws(draws_df, variable = names(draws_df)[keep]),
                                     "ess_bulk")
   worst <- which.min(ess$ess_bulk)

@@ -21,7 +21,7 @@ from ..errors import DataError, FitError
 from ..families import Family, r_mad
 from ..spec import FormulaSpec
 from .checks import collinear_columns, warn_collinearity
-from .crossprod import ReducedRows
+from .crossprod import ReducedRows, gaussian_response, log_jacobian
 from .encoder import FactorCoding, RowEncoder, Rows, learn_encoder
 from .fingerprint import response_fingerprint
 from .predictors import Predictors, prediction_columns, summarise_predictors
@@ -36,8 +36,9 @@ class Stats:
     ----------
     n_obs : int
     y_mean, y_sd : float
-        Mean and SD (divisor N) of the response less its offset: the
-        standardisation of identity-link location-scale families.
+        Mean and SD (divisor N) of the response less its offset, on the scale where the family is
+        normal (``log y`` for lognormal: `Family.normal_response`): the standardisation of
+        identity-link location-scale families, and the collapsed engine's centre.
     prior_median, prior_mad : float or None
         Median and R's ``mad()`` of the response as brms's default priors see
         it (`prior_response`); None where brms
@@ -51,6 +52,9 @@ class Stats:
     fingerprint : str
         A digest of the coded response (`.fingerprint`, the same for rows in memory and on Dask),
         to tell fits of different data apart.
+    log_jacobian : float
+        ``Σ w_i log t'(y_i)`` of that normal scale (lognormal: ``−Σ w_i log y_i``; 0 for the other
+        families): the constant the collapsed engine's marginal likelihood of ``t(y)`` leaves out.
     """
 
     n_obs: int
@@ -64,6 +68,7 @@ class Stats:
     x_rms: np.ndarray
     z_rms: tuple[np.ndarray, ...]
     fingerprint: str
+    log_jacobian: float = 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,7 +178,8 @@ def row_stats(spec: FormulaSpec, family: Family, rows: Rows) -> Stats:
     """The statistics of encoded training rows."""
     y = rows.y if rows.y is not None else np.zeros(rows.n)
     offset = rows.offset if rows.offset is not None else np.zeros(rows.n)
-    resid = y - offset
+    normal = family.normal_response(y)
+    resid = gaussian_response(normal, y, offset)
     prior = family.prior_response(y)
     return Stats(
         n_obs=rows.n, y_mean=float(resid.mean()), y_sd=float(resid.std()),
@@ -182,6 +188,7 @@ def row_stats(spec: FormulaSpec, family: Family, rows: Rows) -> Stats:
         offset_mean=float(offset.mean()) if rows.offset is not None else 0.0,
         x_mean=rows.X.mean(axis=0), x_sd=rows.X.std(axis=0), x_rms=_rms(rows.X),
         z_rms=tuple(_rms(f.Z) for f in rows.factors), fingerprint=response_fingerprint(y),
+        log_jacobian=log_jacobian(normal, rows.weights),
     )
 
 

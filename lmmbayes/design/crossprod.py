@@ -234,6 +234,24 @@ class RowSums:
                        tuple(x + y for x, y in zip(a.pairs, b.pairs)))
 
 
+def gaussian_response(normal: tuple[np.ndarray, np.ndarray] | None, y: np.ndarray,
+                      offset: np.ndarray | None) -> np.ndarray:
+    """The response a Gaussian model's cross-products sum: ``t(y) − offset``.
+
+    ``normal`` is the family's `Family.normal_response` of ``y`` (``log y`` for
+    lognormal); where it is None (families not normal on any scale) ``y`` stands.
+    """
+    t = y if normal is None else normal[0]
+    return t - offset if offset is not None else t
+
+
+def log_jacobian(normal: tuple[np.ndarray, np.ndarray] | None, weights: np.ndarray | None) -> float:
+    """``Σ w_i log t'(y_i)`` of the family's normal scale (`gaussian_response`; 0 where it is None)."""
+    if normal is None:
+        return 0.0
+    return float(normal[1].sum() if weights is None else np.asarray(weights, dtype=float) @ normal[1])
+
+
 def gaussian_weights(weights: np.ndarray | None, se: np.ndarray | None) -> np.ndarray | None:
     """The row weights of the cross-products of a Gaussian model: ``weights()`` times 1/se² for ``se()``.
 

@@ -47,7 +47,8 @@ from ..families import Family
 from ..spec import Call, Column, FormulaSpec
 from .build import Design, Stats
 from .checks import collinear_columns_from_gram, warn_collinearity
-from .crossprod import Layout, ReducedRows, RowSums, gaussian_weights, layout_of, reduce_rows
+from .crossprod import (Layout, ReducedRows, RowSums, gaussian_response, gaussian_weights, layout_of, log_jacobian,
+                        reduce_rows)
 from .encoder import RowEncoder, Rows, learn_encoder
 from .fingerprint import ResponseHash
 from .predictors import Moments, predictor_roles, predictors_from_moments
@@ -262,10 +263,12 @@ class PartialSums:
     x_absmax: np.ndarray
     offset_sum: float
     y_hash: ResponseHash
+    log_jacobian: float = 0.0
 
     def __add__(self, other: PartialSums) -> PartialSums:
         return PartialSums(self.sums + other.sums, np.maximum(self.x_absmax, other.x_absmax),
-                           self.offset_sum + other.offset_sum, self.y_hash + other.y_hash)
+                           self.offset_sum + other.offset_sum, self.y_hash + other.y_hash,
+                           self.log_jacobian + other.log_jacobian)
 
 
 @dataclass(frozen=True, eq=False)
@@ -302,9 +305,10 @@ class PartitionReducer:
         y = rows.y if rows.y is not None else np.zeros(rows.n)
         offset = rows.offset if rows.offset is not None else np.zeros(rows.n)
         absmax = np.abs(rows.X).max(axis=0) if rows.X.shape[1] else np.zeros(0)
-        sums = reduce_rows(self.layout, rows.X, y - offset, [f.index for f in rows.factors],
+        normal = self.encoder.family.normal_response(y)
+        sums = reduce_rows(self.layout, rows.X, gaussian_response(normal, y, offset), [f.index for f in rows.factors],
                            [f.Z for f in rows.factors], weights=gaussian_weights(rows.weights, rows.extra.se))
-        return PartialSums(sums, absmax, float(offset.sum()), ResponseHash.of(y))
+        return PartialSums(sums, absmax, float(offset.sum()), ResponseHash.of(y), log_jacobian(normal, rows.weights))
 
 
 @dataclass(frozen=True, eq=False)
@@ -495,7 +499,7 @@ def _stats(sums: RowSums, partial: PartialSums, median: float | None, mad: float
     return Stats(
         n_obs=n, y_mean=float(means[-1]), y_sd=float(np.sqrt(var[-1])), prior_median=median, prior_mad=mad,
         offset_mean=partial.offset_sum / n, x_mean=means[:p], x_sd=np.sqrt(var[:p]), x_rms=x_rms, z_rms=z_rms,
-        fingerprint=partial.y_hash.text,
+        fingerprint=partial.y_hash.text, log_jacobian=partial.log_jacobian,
     )
 
 

@@ -222,6 +222,16 @@ class Family:
                             f"but its values are of type {arr.dtype}.")
         return arr.astype(float)
 
+    def normal_response(self, y: Array) -> tuple[Array, Array] | None:
+        """``(t(y), log t'(y))`` where the family is ``t(y) ~ N(eta, sigma)`` with the identity link, else None.
+
+        Such a family has an exact marginal likelihood (the collapsed engine's):
+        the Gaussian one of ``t(y)``, less the Jacobian ``Σ w log t'(y)``, a
+        constant the sampler does not need and a marginal likelihood does
+        (`lmmbayes.workflow.bridge`).
+        """
+        return None
+
     # -- brms's default priors ------------------------------------------------------------
     @property
     def prior_link(self) -> str:

@@ -71,6 +71,9 @@ class Gaussian(Family):
         if bad.any():
             raise _bad_values(y, bad, name, self.name, "the response must be finite")
 
+    def normal_response(self, y: Array) -> tuple[Array, Array] | None:
+        return y, np.zeros(np.shape(y))
+
 
 # -- the probability of a success under the binary links ------------------------------------------
 
@@ -389,6 +392,8 @@ class LogNormal(Family):
 
     name: str = "lognormal"
     links: ClassVar[tuple[str, ...]] = ("identity",)
+    # log y is normal: the Gaussian collapsed engine integrates the random effects out exactly
+    engines: ClassVar[frozenset[str]] = frozenset({"joint", "collapsed"})
     response_text: ClassVar[str] = "positive numbers"
 
     @property
@@ -402,6 +407,10 @@ class LogNormal(Family):
         bad = ~np.isfinite(y) | (y <= 0)
         if bad.any():
             raise _bad_values(y, bad, name, self.name, "lognormal responses must be positive")
+
+    def normal_response(self, y: Array) -> tuple[Array, Array] | None:
+        ly = np.log(y)
+        return ly, -ly
 
     def logpdf(self, y: Array, eta: Array, dp: dict[str, Array], extra: Extra) -> Array:
         sigma = dp["sigma"]
@@ -435,6 +444,8 @@ class GammaFamily(Family):
 
     name: str = "gamma"
     links: ClassVar[tuple[str, ...]] = ("log", "inverse", "identity")
+    # log link: log-concave in eta, so each group's mode is unique (the other links are not, for every shape)
+    quadrature_codes: ClassVar[Mapping[str, int]] = MappingProxyType({"log": 6})
     response_text: ClassVar[str] = "positive numbers"
 
     def dpars(self, additions: tuple[str, ...] = (), se_sigma: bool = False) -> tuple[DistParam, ...]:

@@ -120,7 +120,7 @@ def _stats(st: Stats) -> dict[str, Any]:
     return {"n_obs": st.n_obs, "y_mean": st.y_mean, "y_sd": st.y_sd, "prior_median": st.prior_median,
             "prior_mad": st.prior_mad, "offset_mean": st.offset_mean, "x_mean": st.x_mean.tolist(),
             "x_sd": st.x_sd.tolist(), "x_rms": st.x_rms.tolist(), "z_rms": [z.tolist() for z in st.z_rms],
-            "fingerprint": st.fingerprint}
+            "fingerprint": st.fingerprint, "log_jacobian": st.log_jacobian}
 
 
 def _predictors(pr: Predictors | None) -> list[dict[str, Any]] | None:
@@ -398,8 +398,12 @@ def _encoder_back(v: Any, spec: Any, fam: Any) -> RowEncoder:
 
 
 def _stats_back(v: Any, p: int, qs: list[int]) -> Stats:
-    v = _obj(v, {"n_obs", "y_mean", "y_sd", "prior_median", "prior_mad", "offset_mean", "x_mean", "x_sd", "x_rms",
-                 "z_rms", "fingerprint"}, "the design statistics")
+    keys = {"n_obs", "y_mean", "y_sd", "prior_median", "prior_mad", "offset_mean", "x_mean", "x_sd", "x_rms",
+            "z_rms", "fingerprint"}
+    # log_jacobian is new: files written before it lack it (0 for every family they could hold on the collapsed engine)
+    v = _obj(v, keys | {"log_jacobian"} if isinstance(v, dict) and "log_jacobian" in v else keys,
+             "the design statistics")
+    _need(_is_num(v.get("log_jacobian", 0.0)), "log_jacobian is not a number")
     _need(_is_int(v["n_obs"], 1), "n_obs is not a positive integer")
     for key in ("y_mean", "y_sd", "offset_mean"):
         _need(_is_num(v[key]), f"{key} is not a number")
@@ -410,7 +414,8 @@ def _stats_back(v: Any, p: int, qs: list[int]) -> Stats:
     return Stats(v["n_obs"], float(v["y_mean"]), float(v["y_sd"]), v["prior_median"], v["prior_mad"],
                  float(v["offset_mean"]), _num_list(v["x_mean"], p, "x_mean"), _num_list(v["x_sd"], p, "x_sd"),
                  _num_list(v["x_rms"], p, "x_rms"),
-                 tuple(_num_list(z, q, "z_rms") for z, q in zip(v["z_rms"], qs)), v["fingerprint"])
+                 tuple(_num_list(z, q, "z_rms") for z, q in zip(v["z_rms"], qs)), v["fingerprint"],
+                 float(v.get("log_jacobian", 0.0)))
 
 
 def _predictors_back(v: Any, spec: Any) -> Predictors | None:

@@ -22,6 +22,8 @@ because sampling does not need it:
   the normal cut at 0 and needs its truncated mass (brms's ``lccdf`` terms);
 - ``−Σ_i w_i log y_scale`` where the response is modelled in standardised
   units ``(y − shift) / y_scale`` (identity-link location-scale families);
+- on the collapsed engine, the Jacobian ``Σ_i w_i log t'(y_i)`` of the scale on which the family is
+  normal (lognormal: ``t(y) = log y``; `lmmbayes.families.Family.normal_response`);
 - with ``se()`` on the collapsed engine, the known SDs' ``−½ Σ w_i log 2π s_i²``
   (that engine folds them into row weights and keeps only a constant in σ);
 - ``log (K − 1)!`` for the ordered thresholds of an ordinal model under one
@@ -344,6 +346,8 @@ def _likelihood_constant(fit: FitResult, plan: Any, collapsed: Any) -> float:
         total_w = float(design.reduced.sums.weight)
     # the model sees y* = (y − shift) / y_scale: p(y) = p(y*) / y_scale per (weighted) row
     out = -total_w * math.log(plan.std.y_scale)
+    if collapsed is not None:  # its likelihood is that of t(y) (lognormal: log y): p(y) = p(t(y)) t'(y)
+        out += design.stats.log_jacobian
     if collapsed is not None and design.spec.additions.se is not None:
         from ..engines.collapsed import fixed_sigma
 

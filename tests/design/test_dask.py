@@ -159,6 +159,24 @@ def test_cross_products_equal_the_in_memory_ones(client, frames, formula):
         np.testing.assert_allclose(z_r, z_m, rtol=1e-12)
 
 
+def test_lognormal_is_reduced_on_the_log_scale_as_in_memory(client, frames):
+    """lognormal's sums are those of log y (`Family.normal_response`), with its Jacobian −Σ log y, on Dask too."""
+    df, ddf = frames
+    spec, fam = parse_formula(FORMULA), family("lognormal")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lb.DataWarning)
+        memory, reduced = build_design(spec, fam, df), dist.build_dask_design(spec, fam, ddf)
+        gaussian = build_design(spec, GAUSSIAN, df.assign(y=np.log(df["y"])))
+    a, b, c = cl.sums(memory), cl.sums(reduced), cl.sums(gaussian)
+    assert_close(sums_arrays(a), sums_arrays(b.recentred(a.shift)), rtol=1e-8)
+    assert_close(sums_arrays(a), sums_arrays(c.recentred(a.shift)), rtol=1e-12)
+    assert memory.stats.y_mean == pytest.approx(gaussian.stats.y_mean, rel=1e-12)
+    assert reduced.stats.y_sd == pytest.approx(gaussian.stats.y_sd, rel=1e-10)
+    assert reduced.stats.log_jacobian == pytest.approx(memory.stats.log_jacobian, rel=1e-12)
+    assert memory.stats.log_jacobian == pytest.approx(-np.log(memory.y).sum(), rel=1e-12)
+    assert gaussian.stats.log_jacobian == 0.0
+
+
 def test_default_priors_equal_the_in_memory_ones_exactly(client, frames):
     memory, reduced = designs(FORMULA, *frames)
     assert (reduced.stats.prior_median, reduced.stats.prior_mad) == (memory.stats.prior_median,

@@ -49,10 +49,21 @@ def simulate(family: str, q: int = 1, groups: int = 30, per: int = 6, sd: float 
         data["y"] = rng.binomial(data["n"], INVERSE_LINKS[link](eta))
     elif family == "poisson":
         data["y"] = rng.poisson(np.exp(eta))
+    elif family == "gamma":
+        data["y"] = rng.gamma(GAMMA_SHAPE, np.exp(eta) / GAMMA_SHAPE)
     else:
         mu = np.exp(eta)
         data["y"] = rng.poisson(rng.gamma(2.0, mu / 2.0))
     return pd.DataFrame(data)
+
+
+#: The gamma family's shape in the simulations (mean exp(eta), CV 1/sqrt(3)).
+GAMMA_SHAPE = 3.0
+
+
+def gamma_ll(eta, yy, phi):
+    """The gamma (log link) log density of ``yy`` without its -log y, the constant the kernel leaves out."""
+    return phi * (np.log(phi) + np.log(yy) - eta - yy * np.exp(-eta)) - special.gammaln(phi)
 
 
 def formula(family: str, q: int = 1) -> str:
@@ -92,6 +103,8 @@ def exact_loglik(family: str, data: pd.DataFrame, beta: np.ndarray, Lam: np.ndar
             return yy * eta - nn * np.logaddexp(0.0, eta)
         if family == "poisson":
             return yy * eta - np.exp(eta)
+        if family == "gamma":
+            return gamma_ll(eta, yy, phi)
         lt = np.logaddexp(np.log(phi), eta)
         return special.gammaln(yy + phi) - special.gammaln(phi) + phi * (np.log(phi) - lt) + yy * (eta - lt)
 
@@ -115,7 +128,8 @@ def exact_loglik(family: str, data: pd.DataFrame, beta: np.ndarray, Lam: np.ndar
     return total
 
 
-CASES = [("bernoulli", 1), ("binomial", 1), ("poisson", 1), ("negbinomial", 1), ("bernoulli", 2), ("poisson", 2)]
+CASES = [("bernoulli", 1), ("binomial", 1), ("poisson", 1), ("negbinomial", 1), ("bernoulli", 2), ("poisson", 2),
+         ("gamma", 1), ("gamma", 2)]
 
 
 def kernel_and_exact(k: glmm.GlmmKernel, pl, family: str, data: pd.DataFrame, x: np.ndarray,
@@ -184,6 +198,25 @@ def test_other_links_integrate_their_own_marginal_likelihood(family, q, link):
             h = 1e-5
             fd = np.array([(kk.logp(x + h * e)[0] - kk.logp(x - h * e)[0]) / (2 * h) for e in np.eye(kk.n_dim)])
             np.testing.assert_allclose(grad, fd, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("q", [1, 2])
+def test_gamma_gradient_is_the_values_derivative_at_many_nodes_and_at_one(q):
+    """The gamma family (log link; its shape is the family's parameter, as the negative binomial's): the gradient
+    by Fisher's identity at many nodes, and the Laplace rule's exact gradient (the rows' third derivative and the
+    derivatives of the first two by the shape), against finite differences of the value; also far from the
+    mode, where y e^-eta is large."""
+    k, _, pl = kernel_of("gamma", q, groups=6, per=5)
+    assert k.code == 6 and k.n_dpar == 1 and k.maps is None
+    base = k.unconstrain_start() + np.random.default_rng(1).uniform(-0.4, 0.4, k.n_dim)
+    for shift in (0.0, 3.0, -3.0):
+        x = base + shift * (np.arange(k.n_dim) == 0)
+        for kk in (k.with_nodes(20 if q == 1 else 14), k.with_nodes(1)):
+            value, grad = kk.logp(x)
+            assert np.isfinite(value) and np.isfinite(grad).all()
+            h = 1e-5
+            fd = np.array([(kk.logp(x + h * e)[0] - kk.logp(x - h * e)[0]) / (2 * h) for e in np.eye(kk.n_dim)])
+            np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-5)
 
 
 # -- nodes precomputed once per fit ----------------------------------------------------------------
@@ -406,18 +439,32 @@ def test_random_effect_draws_follow_their_exact_conditional():
     assert_exact_conditional(k, pl.to_std(k.constrained(x)[0]), r)
 
 
-def assert_exact_conditional(k: glmm.GlmmKernel, std: np.ndarray, r: np.ndarray) -> None:
-    """Each group's draws ``r[:, g, 0]`` (one binomial-logit term) have the mean, SD and CDF at the mean of
-    the exact conditional at ``std`` (standardised parameters), by numerical integration."""
+def test_gamma_random_effect_draws_follow_their_exact_conditional():
+    """As above for gamma groups of 2 rows (shape 1.5, SD 1.5): a skewed conditional (the e^-eta term)."""
+    k, design, pl = kernel_of("gamma", 1, groups=5, per=2, sd=1.5)
+    x = k.unconstrain_start()
+    x[k.n_beta] = np.log(1.5 / pl.params[k.n_beta].beta)  # the shape
+    x[k.n_beta + 1] = np.log(1.5 / pl.params[k.n_beta + 1].beta)  # the sd
+    r, accepted = k.effects(np.tile(x, (4000, 1)), seed=3)
+    assert accepted.mean() > 0.5
+    std = pl.to_std(k.constrained(x)[0])
+    assert_exact_conditional(k, std, r, lambda eta, y, n: gamma_ll(eta, y, std[k.n_beta]))
+
+
+def assert_exact_conditional(k: glmm.GlmmKernel, std: np.ndarray, r: np.ndarray, row_ll=None) -> None:
+    """Each group's draws ``r[:, g, 0]`` (one term; binomial-logit rows unless ``row_ll(eta, y, n)`` says
+    otherwise) have the mean, SD and CDF at the mean of the exact conditional at ``std`` (standardised
+    parameters), by numerical integration."""
     W, Z, y, n, s = k.rows.W, k.rows.Z[:, 0], k.rows.y, k.rows.n, k.rows.starts.astype(int)
+    row_ll = row_ll or (lambda eta, yy, nn: yy * eta - nn * np.logaddexp(0, eta))
     for g in range(k.n_groups):
         rows = slice(s[g], s[g + 1])
         eta0 = W[rows] @ std[:k.n_beta]
-        lam = std[k.n_beta]
+        lam = std[k.n_beta + k.n_dpar]
 
         def dens(b, eta0=eta0, rows=rows):
             eta = eta0 + Z[rows] * b
-            return np.exp((y[rows] * eta - n[rows] * np.logaddexp(0, eta)).sum() - 0.5 * (b / lam) ** 2)
+            return np.exp(row_ll(eta, y[rows], n[rows]).sum() - 0.5 * (b / lam) ** 2)
 
         norm = integrate.quad(dens, -30, 30, limit=200)[0]
         mean = integrate.quad(lambda b: b * dens(b), -30, 30, limit=200)[0] / norm
@@ -484,11 +531,13 @@ PAIRS = [("bernoulli", 1, 60, 3, 2.0), ("poisson", 2, 30, 8, 0.7), ("negbinomial
          ("binomial", 1, 30, 6, 1.0), ("binomial", 2, 30, 6, 1.0), ("poisson", 1, 30, 8, 0.7),
          ("negbinomial", 2, 30, 8, 0.7), ("bernoulli", 2, 40, 8, 1.0),
          # the other links of the binomial families
-         ("bernoulli:probit", 2, 40, 8, 1.0), ("binomial:cloglog", 1, 30, 6, 1.0)]
+         ("bernoulli:probit", 2, 40, 8, 1.0), ("binomial:cloglog", 1, 30, 6, 1.0),
+         # the gamma family (log link), whose shape is sampled as the negative binomial's
+         ("gamma", 1, 30, 8, 0.7), ("gamma", 2, 30, 8, 0.7)]
 #: The rule each pair's pilot is expected to choose (words of `GlmmKernel.rule_text`).
 RULES = ["9 nodes per group", "nodes per group", "nodes per group", "precomputed at the posterior mode for every group",
          "for every group (each has 50 rows or more)", "per group", "per group", "per group", "per group",
-         "per group", "per group", "per group"]
+         "per group", "per group", "per group", "per group", "per group"]
 
 
 #: CI fits the hard case and the precomputed nodes' case; `make validate` all of them (each pair compiles a
@@ -625,6 +674,8 @@ def simulate_nested(family: str, outer: int = 6, inner: int = 3, per: int = 4, s
         data["y"] = (rng.random(a.size) < special.expit(eta)).astype(int)
     elif family == "poisson":
         data["y"] = rng.poisson(np.exp(eta))
+    elif family == "gamma":
+        data["y"] = rng.gamma(GAMMA_SHAPE, np.exp(eta) / GAMMA_SHAPE)
     else:
         data["y"] = rng.poisson(rng.gamma(2.0, np.exp(eta) / 2.0))
     return pd.DataFrame(data)
@@ -653,6 +704,8 @@ def exact_nested_loglik(family: str, data: pd.DataFrame, beta: np.ndarray, sa: f
             return yy * eta - np.logaddexp(0.0, eta)
         if family == "poisson":
             return yy * eta - np.exp(eta)
+        if family == "gamma":
+            return gamma_ll(eta, yy, phi)
         lt = np.logaddexp(np.log(phi), eta)
         return special.gammaln(yy + phi) - special.gammaln(phi) + phi * (np.log(phi) - lt) + yy * (eta - lt)
 
@@ -670,11 +723,11 @@ def exact_nested_loglik(family: str, data: pd.DataFrame, beta: np.ndarray, sa: f
     return total
 
 
-@pytest.mark.parametrize("family", ["bernoulli", "bernoulli-weighted", "poisson", "negbinomial"])
+@pytest.mark.parametrize("family", ["bernoulli", "bernoulli-weighted", "poisson", "negbinomial", "gamma"])
 def test_nested_quadrature_is_the_marginal_likelihood(family):
     """The nested kernel's value with flat priors, less the log Jacobians, is log p(y | theta) on a fine grid:
-    to 1e-7 with 15 nodes per level (which checks the algebra and the rows' preparation, summed Poisson rows
-    included), to 2e-3 at the default rule; and its gradient (Fisher's identity) is the value's derivative.
+    to 1e-7 with 19 nodes per level (which checks the algebra and the rows' preparation, summed Poisson rows
+    included; gamma's integrands, with their e^-eta, need more than 15 for that), to 2e-3 at the default rule; and its gradient (Fisher's identity) is the value's derivative.
     Unit bernoulli rows take the vector passes, weighted ones the scalar code."""
     family, _, weighted = family.partition("-")
     data = simulate_nested(family, discrete_x=family == "poisson")
@@ -695,7 +748,7 @@ def test_nested_quadrature_is_the_marginal_likelihood(family):
         sa, sb = sds[k.off_outer] / pl.std.z_scale[k.outer][0], sds[k.off_inner] / pl.std.z_scale[k.inner][0]
         exact = exact_nested_loglik(family, data, beta, sa, sb, std[k.n_beta] if k.n_dpar else None)
         jac = x[:bounded.size][bounded].sum()
-        assert flat.with_nodes(15, 15).logp(x)[0] - jac == pytest.approx(exact, abs=1e-7)
+        assert flat.with_nodes(19, 19).logp(x)[0] - jac == pytest.approx(exact, abs=1e-7)
         assert flat.logp(x)[0] - jac == pytest.approx(exact, abs=2e-3)
     x = k.unconstrain_start() + rng.uniform(-0.4, 0.4, k.n_dim)
     for kk, tol in ((k.with_nodes(15, 15), 1e-5), (k, 1e-2)):
@@ -762,7 +815,8 @@ def test_nested_refusals_name_what_would_work():
 #: (family, schools, classes per school, rows per class, SDs): CI fits the first; `make validate` all, the hard
 #: case (3 bernoulli rows per class, SDs 2 and 1.5) among them.
 NESTED_PAIRS = [("bernoulli", 20, 5, 6, (1.0, 0.8)), ("bernoulli", 30, 4, 3, (2.0, 1.5)),
-                ("poisson", 20, 4, 5, (0.7, 0.5)), ("negbinomial", 20, 4, 5, (0.7, 0.5))]
+                ("poisson", 20, 4, 5, (0.7, 0.5)), ("negbinomial", 20, 4, 5, (0.7, 0.5)),
+                ("gamma", 20, 4, 5, (0.7, 0.5))]
 
 
 @pytest.fixture(scope="module", params=[p if i == 0 else pytest.param(p, marks=pytest.mark.slow)

@@ -362,6 +362,19 @@ def test_files_without_predictor_summaries_load_and_say_so(saved, tmp_path):
     assert list(fit.design.predictor_rows.columns) == ["std_age", "county"]
 
 
+def test_files_without_the_normal_scale_jacobian_load(saved, tmp_path):
+    """Files written before ``log_jacobian`` was stored (a Gaussian fit's is 0) load with it 0; a bad one is refused."""
+    path, fit = saved
+
+    def drop(m: dict) -> None:
+        del m["design"]["stats"]["log_jacobian"]
+
+    old = lb.load(rewrite(path, tmp_path / "old.lmmb", manifest=drop))
+    assert old.design.stats.log_jacobian == 0.0 == fit.design.stats.log_jacobian
+    with pytest.raises(lb.FitFileError, match="log_jacobian is not a number"):
+        lb.load(rewrite(path, tmp_path / "bad.lmmb", manifest=lambda m: m["design"]["stats"].update(log_jacobian="x")))
+
+
 def test_save_errors(bounce_slope_fit, tmp_path):
     with pytest.raises(lb.FitFileError, match="Could not write"):
         bounce_slope_fit.save(tmp_path / "no" / "such" / "dir" / "fit.lmmb")

@@ -145,6 +145,21 @@ def test_collapsed_random_intercept_with_sigma_against_2d_quadrature(tmp_path):
     assert back.bridge_sampler().logml == res.logml
 
 
+def test_collapsed_lognormal_is_the_gaussian_model_of_log_y_with_its_jacobian(tmp_path):
+    """lognormal on exp(y) is the normal model of y, whose density is that of exp(y) times Π exp(y_i): the
+    collapsed engine integrates log y (`Family.normal_response`), and the bridge adds back Σ log t'(y) = −Σ y."""
+    data = RI.assign(y=np.exp(RI_Y))
+    fit = quiet_fit("y ~ 1 + (1 | g)", data, [*RI_PRIORS, lb.prior("student_t(3, 0, 2)", class_="sigma")],
+                    family="lognormal", chains=2, draws=1000, seed=1)
+    assert fit.engine == "collapsed"
+    res = fit.bridge_sampler()
+    assert res.integrated and res.dimension == 3
+    assert res.logml == pytest.approx(exact_random_intercept_sigma() - RI_Y.sum(), abs=TOL)
+    back = lb.load(fit.save(tmp_path / "lognormal.lmmb"))
+    assert back.design.stats.log_jacobian == pytest.approx(-RI_Y.sum(), rel=1e-12)
+    assert back.bridge_sampler().logml == res.logml
+
+
 def test_collapsed_random_intercept_with_known_sds_against_1d_quadrature():
     """se() on the collapsed engine: its likelihood keeps the known SDs as row weights and drops their constant."""
     priors = [RI_PRIORS[0], lb.prior("normal(0.5, 1)", class_="sd")]

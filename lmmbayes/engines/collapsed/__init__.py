@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...design import Design
-from ...design.crossprod import Layout, RowSums, gaussian_weights, layout_of, reduce_rows
+from ...design.crossprod import Layout, RowSums, gaussian_response, gaussian_weights, layout_of, reduce_rows
 from ...errors import FitError
 from ..base import EngineResult, finish, flat, unflat
 from ..plan import Plan
@@ -89,7 +89,8 @@ def preferred(design: Design, plan: Plan | None = None, sampler: str = "nutpie")
 
 
 def sums(design: Design) -> RowSums:
-    """The cross-products of ``[X, y − offset]`` and Z (reduced here for rows in memory)."""
+    """The cross-products of ``[X, t(y) − offset]`` and Z (reduced here for rows in memory; ``t`` is the
+    family's normal scale: `Family.normal_response`)."""
     if design.reduced is not None:
         return design.reduced.sums
     lay, why = layout(design)
@@ -97,7 +98,7 @@ def sums(design: Design) -> RowSums:
         raise FitError(f"The collapsed engine does not apply to {design.spec.formula!r}: {why}. Use method=\"joint\".")
     rows = design.require_rows("The collapsed engine", "")
     assert rows.y is not None
-    y = rows.y - rows.offset if rows.offset is not None else rows.y
+    y = gaussian_response(design.family.normal_response(rows.y), rows.y, rows.offset)
     shift = np.append(design.stats.x_mean, design.stats.y_mean) if design.centred_intercept \
         else np.zeros(rows.X.shape[1] + 1)
     return reduce_rows(lay, rows.X, y, [f.index for f in rows.factors], [f.Z for f in rows.factors], shift,

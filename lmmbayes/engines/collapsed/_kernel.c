@@ -1041,7 +1041,7 @@ int64_t dense_logp(uint64_t dim, const double *x, double *out, double *logp, con
                       nodes of rule 1, precomputed nodes per group of rule 2 (0: none) */
 
 enum { GLMM_BINOMIAL_LOGIT = 1, GLMM_POISSON_LOG = 2, GLMM_NEGBINOMIAL_LOG = 3, GLMM_BINOMIAL_PROBIT = 4,
-       GLMM_BINOMIAL_CLOGLOG = 5 };
+       GLMM_BINOMIAL_CLOGLOG = 5, GLMM_GAMMA_LOG = 6 };
 
 static double digamma(double x) { /* x > 0: recurrence up to 6, then the asymptotic series */
     double r = 0.0;
@@ -1110,6 +1110,12 @@ static double row_ll(int fam, double y, double n, double eta, double phi, double
         *d1 = y - mu; *d2 = -mu;
         return y * eta - mu;
     }
+    case GLMM_GAMMA_LOG: { /* shape phi, mean e^eta: -phi (eta + y e^-eta); the terms in phi alone: row_ll_phi */
+        const double r = y * exp(-eta);
+        *d1 = phi * (r - 1.0); *d2 = -phi * r;
+        *dphi = -(eta + r);
+        return -phi * (eta + r);
+    }
     default: { /* GLMM_NEGBINOMIAL_LOG; the terms in phi alone are in row_ll_phi */
         double lphi = log(phi);
         double lt = eta > lphi ? eta + log1p(exp(lphi - eta)) : lphi + log1p(exp(eta - lphi)); /* log(phi + mu) */
@@ -1144,6 +1150,11 @@ static double row_d3(int fam, double y, double n, double eta, double phi, double
     }
     case GLMM_POISSON_LOG:
         return -n * exp(eta);
+    case GLMM_GAMMA_LOG: {
+        const double r = y * exp(-eta);
+        *d1_phi = r - 1.0; *d2_phi = -r;
+        return phi * r;
+    }
     default: {
         double lphi = log(phi);
         double lt = eta > lphi ? eta + log1p(exp(lphi - eta)) : lphi + log1p(exp(eta - lphi));
@@ -1158,6 +1169,11 @@ static double row_d3(int fam, double y, double n, double eta, double phi, double
 /* The part of a row's log-likelihood that depends on the family's parameter but not on eta (so not on
  * the random effects either: it leaves the quadrature), and its derivative by phi. */
 static double row_ll_phi(int fam, double y, double phi, double *dphi) {
+    if (fam == GLMM_GAMMA_LOG) { /* phi log phi - lgamma(phi) + phi log y (the -log y of the density is a constant) */
+        const double lp = log(phi), ly = log(y);
+        *dphi = lp + 1.0 - digamma(phi) + ly;
+        return phi * (lp + ly) - lgamma(phi);
+    }
     if (fam != GLMM_NEGBINOMIAL_LOG) { *dphi = 0.0; return 0.0; }
     *dphi = digamma(y + phi) - digamma(phi);
     return lgamma(y + phi) - lgamma(phi);

@@ -263,7 +263,7 @@ class GlmmKernel:
     """The numbers ``glmm_log_density`` reads for one model, and the maps to and from ``x``.
 
     Parameters in the plan's order: the population-level effects (centred
-    intercept first), the family's parameters (negative binomial: shape), the
+    intercept first), the family's parameters (negative binomial and gamma: shape), the
     sds, one ``z`` per correlated pair (see `kernel.ParamArrays`).
     """
 
