@@ -82,8 +82,10 @@ SHAPES = {  # name: (formula, engine, family)
     # the collapsed engine's quadrature for GLMMs (issue 13), through the whole lb.fit
     **{f"{fam} {what}, collapsed engine": (("y | trials(n)" if fam == "binomial" else "y") + f" ~ x + {term}",
                                             "collapsed", fam)
-       for fam in ("bernoulli", "binomial", "poisson", "negbinomial")
+       for fam in ("bernoulli", "binomial", "poisson", "negbinomial", "gamma")
        for what, term in (("random intercept", "(1 | g)"), ("correlated random slope", "(1 + x | g)"))},
+    # lognormal on the exact Gaussian engine (normal on log y)
+    "lognormal correlated random slope, collapsed engine": ("y ~ x + (1 + x | g)", "collapsed", "lognormal"),
     # the precomputed nodes (issue 13): no pass over the rows per gradient
     "bernoulli correlated random slope, precomputed nodes": ("y ~ x + (1 + x | g)", "collapsed", "bernoulli"),
     **NESTED_SHAPES,

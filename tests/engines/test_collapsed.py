@@ -123,6 +123,26 @@ def test_marginal_loglik_equals_multivariate_normal(case):
     check_loglik(case)
 
 
+@pytest.mark.parametrize("case", ["correlated", "nested_slopes", "crossed_dense"])
+def test_lognormal_marginal_loglik_is_the_normal_one_of_log_y_with_its_jacobian(case):
+    """lognormal, with an offset: the collapsed likelihood plus the design's log_jacobian is the exact marginal
+    density of y, log N(log y − offset; Xβ, σ²I + ZΛΛ'Z') − Σ log y (the density of log y times 1/y)."""
+    formula, kind = UNIT_CASES[case]
+    data = unit_data().assign(y=lambda d: np.exp(d["y"] / 10.0), o=np.linspace(-0.5, 0.5, 150))
+    design = build_design(parse_formula(formula + " + offset(o)"), family("lognormal"), data)
+    collapsed = raw_collapse(design)
+    assert isinstance(collapsed, kind) and cl.applies(design) == (True, "")
+    assert design.stats.log_jacobian == pytest.approx(-np.log(data["y"]).sum(), rel=1e-12)
+    rng = np.random.default_rng(8)
+    beta, sigma, scales = random_parameters(design, rng)
+    mean, Z, lam = dense_model(design, beta, sigma, scales)
+    cov = sigma**2 * np.eye(design.n_obs) + Z @ lam @ lam.T @ Z.T
+    log_y = np.log(data["y"].to_numpy())
+    expected = scipy.stats.multivariate_normal(mean, cov).logpdf(log_y - data["o"].to_numpy()) - log_y.sum()
+    got = algebra.marginal_loglik(collapsed, beta, sigma, scales).eval() + design.stats.log_jacobian
+    assert got == pytest.approx(expected, rel=1e-10, abs=1e-8)
+
+
 @pytest.mark.parametrize("case", ["intercept", "correlated", "nested_slopes", "crossed_dense"])
 def test_weighted_marginal_loglik_is_brms_weighted_likelihood(case):
     """brms's weights(): each row's log density times w_i, random effects integrated out. That is a normal

@@ -846,14 +846,19 @@ def test_nested_glmm_agrees_with_the_joint_engine(nested_pair):
 def test_the_vector_exp_of_the_bernoulli_passes_is_exact_to_rounding():
     """The bernoulli node passes take e^-|eta| two at a time from their own exp (Cody-Waite reduction, Taylor to
     r^12, Estrin's scheme): within 4 ulp of numpy's over [-708, 0], and clamped below, where e is 3e-308 or less
-    and only 1 + e, e / (1 + e) ~ 0 are read."""
+    and only 1 + e, e / (1 + e) ~ 0 are read. The gamma node passes take e^-eta of either sign from the same
+    code: within 4 ulp over (0, 709], and clamped above at e^709."""
     import ctypes
 
-    x = np.concatenate([-np.geomspace(1e-300, 708.0, 200_001), np.linspace(-708.0, 0.0, 100_001), [0.0, -0.0]])
+    x = np.concatenate([-np.geomspace(1e-300, 708.0, 200_001), np.linspace(-708.0, 0.0, 100_001), [0.0, -0.0],
+                        np.geomspace(1e-300, 709.0, 200_001), np.linspace(0.0, 709.0, 100_001)])
     out = np.empty_like(x)
     f64p = ctypes.POINTER(ctypes.c_double)
     kernel._library().vector_exp(x.ctypes.data_as(f64p), out.ctypes.data_as(f64p), x.size)
     assert np.all(np.abs(out - np.exp(x)) <= 4 * np.spacing(np.exp(x)))
+    high = np.array([709.5, 800.0, np.inf, 1e300])
+    kernel._library().vector_exp(high.ctypes.data_as(f64p), (top := np.empty(4)).ctypes.data_as(f64p), 4)
+    assert np.all(np.abs(top - np.exp(709.0)) <= 4 * np.spacing(np.exp(709.0)))
     far = np.array([-709.0, -745.0, -1e4, -np.inf, -800.0, -1e300])
     kernel._library().vector_exp(far.ctypes.data_as(f64p), (low := np.empty(6)).ctypes.data_as(f64p), 6)
     assert np.all((low >= 0) & (low <= np.exp(-708.0) * (1 + 1e-15)))
