@@ -281,6 +281,11 @@ CASES["gamma_G200"] = ("y ~ x + (1 + x | g)", lambda: positive_sim("gamma"),
                        [*_GLMM_PRIORS, ("normal(0, 5)", "shape", "", "")],
                        {**_BAMBI_POSITIVE, "alpha": ("HalfNormal", {"sigma": 5})})
 FAMILIES["gamma_G200"] = ("gamma", "gamma:log", None, None)
+# 100 rows per group: the precomputed nodes (the shape rescales their weights), no pass over the rows per gradient
+CASES["gamma_N100000_G1000"] = ("y ~ x + (1 + x | g)", lambda: positive_sim("gamma", 100_000, 1000),
+                                [*_GLMM_PRIORS, ("normal(0, 5)", "shape", "", "")],
+                                {**_BAMBI_POSITIVE, "alpha": ("HalfNormal", {"sigma": 5})})
+FAMILIES["gamma_N100000_G1000"] = ("gamma", "gamma:log", None, None)
 CASES["lognormal_G200"] = ("y ~ x + (1 + x | g)", lambda: positive_sim("lognormal"),
                            [*_GLMM_PRIORS, ("normal(0, 2)", "sigma", "", "")],
                            {**_BAMBI_POSITIVE, "sigma": ("HalfNormal", {"sigma": 2})})

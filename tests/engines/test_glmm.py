@@ -207,7 +207,7 @@ def test_gamma_gradient_is_the_values_derivative_at_many_nodes_and_at_one(q):
     derivatives of the first two by the shape), against finite differences of the value; also far from the
     mode, where y e^-eta is large."""
     k, _, pl = kernel_of("gamma", q, groups=6, per=5)
-    assert k.code == 6 and k.n_dpar == 1 and k.maps is None
+    assert k.code == 6 and k.n_dpar == 1
     base = k.unconstrain_start() + np.random.default_rng(1).uniform(-0.4, 0.4, k.n_dim)
     for shift in (0.0, 3.0, -3.0):
         x = base + shift * (np.arange(k.n_dim) == 0)
@@ -235,25 +235,28 @@ def design_of(formula_: str, data: pd.DataFrame, family: str) -> tuple[glmm.Glmm
 def test_group_maps_find_the_population_columns_in_each_groups_span():
     """A predictor with a random slope, or constant within groups, lies in the span of the group's own columns
     (W_g = Z_g A_g, checked row by row); one that varies within groups without a slope does not, and a family
-    parameter (the negative binomial's shape) enters every group's likelihood: no precomputed nodes there."""
+    parameter (the negative binomial's shape) enters every group's likelihood: no precomputed nodes there (gamma's
+    shape only scales it: they stay)."""
     k, _, _ = kernel_of("bernoulli", 2)
     r = k.rows
     group = np.repeat(np.arange(k.n_groups), np.diff(r.starts.astype(int)))
     np.testing.assert_allclose(np.einsum("nq,nqp->np", r.Z, k.maps[group]), r.W, atol=1e-12)
     assert kernel_of("bernoulli", 1)[0].maps is None
     assert kernel_of("negbinomial", 2)[0].maps is None
+    assert kernel_of("gamma", 2)[0].maps is not None  # its shape scales the rows' log-likelihood: SCALED_CODES
     data = simulate("poisson", 1)
     data["z"] = data.groupby("g")["x"].transform("mean")  # a group-level predictor
     assert design_of("y ~ z + (1 | g)", data, "poisson")[0].maps is not None
     assert design_of("y ~ z + x + (1 | g)", data, "poisson")[0].maps is None
 
 
-@pytest.mark.parametrize("family", ["binomial", "poisson"])
+@pytest.mark.parametrize("family", ["binomial", "poisson", "gamma"])
 def test_precomputed_nodes_integrate_the_same_marginal_likelihood(family):
     """Placed at one point they are adaptive quadrature's nodes there (same value); at other points they stay
     a quadrature of the same integral: against scipy's dense grid, to 2e-3 as adaptive quadrature. Their
     gradient is the value's exact derivative (finite differences, 1e-5). (Bernoulli is binomial with one trial
-    per row, in the same code.)"""
+    per row, in the same code.) Gamma's shape moves with the other parameters: the nodes keep their places and
+    their weights follow it (`FixedNodes.scaled`)."""
     k, _, pl = kernel_of(family, 2, groups=6, per=30)
     k = flat_priors(k)
     data = simulate(family, 2, groups=6, per=30)

@@ -1196,12 +1196,16 @@ static double row_ll_phi(int fam, double y, double phi, double *dphi) {
 /* The quadrature rules, `rule` per group: 0 for groups with few rows, 1 (fewer nodes) for groups with many,
  * whose conditional distributions are close to normal; 2 (small) and 3 (large groups) read nodes precomputed once
  * per fit (fixed_group) instead of the rows: beta_hat (p), then per group A_g (q x p), delta (K x q) and c (K),
- * K = n_fixed. Odd rules mark the large groups (fewer Metropolis steps in glmm_draw). */
+ * K = n_fixed, and for gamma per group S (K) and (sum w, sum w log y). Odd rules mark the large groups (fewer
+ * Metropolis steps in glmm_draw). */
 typedef struct {
     Priors P;
     int p, q, G, N, fam, n_nodes[2], max_nodes, max_ng, n_fixed;
     const double *nodes[2], *logw[2], *rule, *starts, *W, *Z, *y, *ntr, *off, *w;
     const double *beta_hat, *A, *delta, *fc;
+    /* gamma's precomputed nodes (its shape phi scales the eta part, l_g = phi S_g(theta) + terms in phi alone):
+     * S_gk per group and node, and per group sum w_i and sum w_i log y_i; NULL for the other families */
+    const double *fs, *phi_sums;
 } Glmm;
 
 static void read_glmm(Glmm *m, const double *buf) {
@@ -1226,7 +1230,9 @@ static void read_glmm(Glmm *m, const double *buf) {
     m->beta_hat = o; o += m->p;
     m->A = o; o += (size_t)m->n_fixed ? (size_t)m->G * m->q * m->p : 0;
     m->delta = o; o += (size_t)m->G * m->n_fixed * m->q;
-    m->fc = o;
+    m->fc = o; o += (size_t)m->G * m->n_fixed;
+    m->fs = m->phi_sums = NULL;
+    if (m->n_fixed && m->fam == GLMM_GAMMA_LOG) { m->fs = o; o += (size_t)m->G * m->n_fixed; m->phi_sums = o; }
 }
 
 /* Per-thread memory: the last modes (warm starts) of the buffer they belong to, and scratch space. */
@@ -1654,7 +1660,9 @@ static double laplace_group(const Glmm *m, int s, int n, const double *y, const 
 /* One group's integral by the nodes precomputed at the pilot's point (beta_hat, Lam_hat), for models whose
  * population-level columns lie, within each group, in the span of its group-level columns (W_g = Z_g A_g):
  * the rows then depend on theta = A_g beta + b only, theta ~ N(A_g beta, Lam Lam'), and the group's
- * log-likelihood l_g(theta) does not depend on the sampled parameters (no family parameter). With the nodes
+ * log-likelihood l_g(theta) does not depend on the sampled parameters (no family parameter; gamma's shape phi
+ * multiplies its eta part, l_g = phi S_g(theta) + terms in phi alone, so c_k leaves phi S_k out and each
+ * evaluation adds it back: the nodes' weights then follow phi, their places do not). With the nodes
  * theta_k = A_g beta_hat + delta_k (delta_k = Lam_hat v_k, v_k AGQ's nodes at the pilot's point) and
  * c_k = log omega_k + |z_k|^2/2 + l_g(theta_k) + log|Lam_hat| - log|L| computed once (glmm_fixed_nodes),
  *   log p(y_g) = -log|Lam| + log sum_k exp(c_k - |u_k|^2/2),   u_k = Lam^-1 (delta_k + A_g (beta_hat - beta)),
@@ -1664,9 +1672,11 @@ static double laplace_group(const Glmm *m, int s, int n, const double *y, const 
  * A_g' Lam^-T E[u] to g_beta and E[u u'] to *euu (the caller adds Lam^-T (sum E[u u'] - G I) to g_lam). */
 /* fixed_group's nodes at (beta, Lam): u_k into uk (K x q) and the normalised weights pi_k into lk; returns
  * log sum_k exp(c_k - |u_k|^2/2), or NAN. Linv = Lam^-1 (lower triangular). */
-static double fixed_weights(const Glmm *m, int g, const double *beta, const double *Linv, double *lk, double *uk) {
+static double fixed_weights(const Glmm *m, int g, const double *beta, const double *Linv, double phi, double *lk,
+                            double *uk) {
     const int p = m->p, q = m->q, K = m->n_fixed;
     const double *A = m->A + (size_t)g * q * p, *delta = m->delta + (size_t)g * K * q, *c = m->fc + (size_t)g * K;
+    const double *sk = m->fs ? m->fs + (size_t)g * K : NULL;
     double shift[q], s0[q], top = -INFINITY, sum = 0.0;
     for (int a = 0; a < q; a++) {
         shift[a] = 0.0;
@@ -1685,7 +1695,7 @@ static double fixed_weights(const Glmm *m, int g, const double *beta, const doub
             u[a] = v;
             r2 += v * v;
         }
-        lk[k] = c[k] - 0.5 * r2;
+        lk[k] = c[k] - 0.5 * r2 + (sk ? phi * sk[k] : 0.0);
         if (lk[k] > top) top = lk[k];
     }
     if (!isfinite(top)) return NAN;
@@ -1695,13 +1705,21 @@ static double fixed_weights(const Glmm *m, int g, const double *beta, const doub
     return top + log(sum);
 }
 
-static double fixed_group(const Glmm *m, int g, const double *beta, const double *Linv, double *lk, double *uk,
-                          double *g_beta, double *euu) {
+static double fixed_group(const Glmm *m, int g, const double *beta, const double *Linv, double phi, double *lk,
+                          double *uk, double *g_beta, double *g_phi, double *euu) {
     const int p = m->p, q = m->q, K = m->n_fixed;
     const double *A = m->A + (size_t)g * q * p;
     double ubar[q];
-    const double value = fixed_weights(m, g, beta, Linv, lk, uk);
+    double value = fixed_weights(m, g, beta, Linv, phi, lk, uk);
     if (!isfinite(value)) return NAN;
+    if (m->fs) { /* gamma: d/dphi of phi S_k under the nodes' weights, and the rows' terms in phi alone (row_ll_phi
+                  * summed: phi (log phi sum w + sum w log y) - lgamma(phi) sum w) */
+        const double *sk = m->fs + (size_t)g * K, sw = m->phi_sums[2 * g], swl = m->phi_sums[2 * g + 1];
+        const double lp = log(phi);
+        for (int k = 0; k < K; k++) *g_phi += lk[k] * sk[k];
+        value += phi * (lp * sw + swl) - lgamma(phi) * sw;
+        *g_phi += sw * (lp + 1.0 - digamma(phi)) + swl;
+    }
     for (int a = 0; a < q; a++) ubar[a] = 0.0;
     for (int k = 0; k < K; k++) {
         const double *u = uk + (size_t)k * q;
@@ -1747,7 +1765,7 @@ static double glmm_marginal(const Glmm *m, const double *beta, double phi, const
         double *dp = d1 + (size_t)m->max_ng * KM, *lk = dp + (size_t)m->max_ng * KM * nd, *prod = lk + KM;
         double *vk = prod + KM;
         if (r >= 2) {
-            double h = fixed_group(m, g, beta, Linv, lk, vk, g_beta, euu);
+            double h = fixed_group(m, g, beta, Linv, phi, lk, vk, g_beta, g_phi, euu);
             if (!isfinite(h)) return NAN;
             total += h;
             n_fixed_groups++;
@@ -1869,7 +1887,7 @@ int64_t glmm_logp(uint64_t dim, const double *x, double *out, double *logp, cons
  * and beta_hat (p); z and logw: K standard-normal Gauss-Hermite nodes and log(weight) + |z|^2/2. One Newton solve
  * and one pass over each group's rows at K nodes. Returns 0, or 1 where a group's mode could not be found. */
 int64_t glmm_fixed_nodes(const double *buf, const double *x, int64_t K, const double *z, const double *logw,
-                         double *delta, double *c, double *beta_hat) {
+                         double *delta, double *c, double *beta_hat, double *sk) {
     Glmm m;
     read_glmm(&m, buf);
     const Priors *P = &m.P;
@@ -1879,6 +1897,10 @@ int64_t glmm_fixed_nodes(const double *buf, const double *x, int64_t K, const do
     if (!tls_ready(&m, buf)) return 1;
     prior_part(P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
     for (int j = 0; j < m.p; j++) beta_hat[j] = vals[j];
+    /* gamma: the nodes are placed for the shape at x, and l_g(theta_k) = phi S_k splits into c_k (without it)
+     * and S_k (into sk), so that fixed_weights can scale S_k by each draw's shape */
+    const double phi = sk && P->n_dpar ? vals[m.p] : 0.0;
+    if (sk && !(phi > 0.0)) return 1;
     double logdet_lam = 0.0;
     for (int a = 0; a < q; a++) logdet_lam += log(Lam[a * q + a]);
     const int KM = m.max_nodes;
@@ -1889,7 +1911,7 @@ int64_t glmm_fixed_nodes(const double *buf, const double *x, int64_t K, const do
         double *v = tls.modes + (size_t)g * q;
         const double *y = m.y + s, *ntr = m.ntr + s, *w = m.w + s;
         group_rows(&m, s, n, vals, Lam, eta0, t);
-        if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, 0.0, v, L, 1e-10, NULL, 0, NULL))) return 1;
+        if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, v, L, 1e-10, NULL, 0, NULL))) return 1;
         double logdet_l = 0.0;
         for (int a = 0; a < q; a++) logdet_l += log(L[a * q + a]);
         for (int k = 0; k < K; k++) {
@@ -1897,13 +1919,15 @@ int64_t glmm_fixed_nodes(const double *buf, const double *x, int64_t K, const do
             chol_back(L, q, z + (size_t)k * q, vv);
             for (int a = 0; a < q; a++) vv[a] += v[a];
         }
-        node_pass(&m, n, y, ntr, w, eta0, t, 0.0, (int)K, vk, lk, prod, d1, NULL);
+        node_pass(&m, n, y, ntr, w, eta0, t, phi, (int)K, vk, lk, prod, d1, NULL);
         for (int k = 0; k < K; k++) {
             const double *vv = vk + (size_t)k * q;
             double r2 = 0.0;
             for (int a = 0; a < q; a++) r2 += vv[a] * vv[a];
             /* node_pass's h_g includes -|v|^2/2, the prior in v; fixed_group evaluates the prior itself */
-            c[(size_t)g * K + k] = logw[k] + lk[k] + 0.5 * r2 + logdet_lam - logdet_l;
+            const double l = lk[k] + 0.5 * r2; /* the rows' log-likelihood at the node */
+            if (sk) sk[(size_t)g * K + k] = l / phi;
+            c[(size_t)g * K + k] = logw[k] + (sk ? 0.0 : l) + logdet_lam - logdet_l;
             for (int a = 0; a < q; a++) {
                 double d = 0.0;
                 for (int b = 0; b <= a; b++) d += Lam[a * q + b] * vv[b];
@@ -1928,11 +1952,11 @@ static double std_normal(uint64_t *s) { return sqrt(-2.0 * log(uniform(s))) * co
 /* The mean and the Cholesky factor C of the covariance of v given y_g, by the group's precomputed nodes at (beta,
  * Lam) (v_k = u_k of fixed_weights); scratch holds K (1 + q) numbers. 0 where they fail (a covariance not
  * positive definite: all weight on one node, far from the pilot's point). */
-static int fixed_moments(const Glmm *m, int g, const double *beta, const double *Linv, double *scratch,
+static int fixed_moments(const Glmm *m, int g, const double *beta, const double *Linv, double phi, double *scratch,
                          double *mean, double *C) {
     const int q = m->q, K = m->n_fixed;
     double *lk = scratch, *uk = scratch + K;
-    if (!isfinite(fixed_weights(m, g, beta, Linv, lk, uk))) return 0;
+    if (!isfinite(fixed_weights(m, g, beta, Linv, phi, lk, uk))) return 0;
     for (int a = 0; a < q; a++) {
         mean[a] = 0.0;
         for (int k = 0; k < K; k++) mean[a] += lk[k] * uk[(size_t)k * q + a];
@@ -1982,7 +2006,7 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
             group_rows(&m, s, n, vals, Lam, eta0, t);
             /* the proposal's centre and scale: the precomputed nodes' moments of v where the group has them (no
              * Newton solve, no pass over the rows), else the mode and the inverse negative Hessian there */
-            int by_nodes = r >= 2 && fixed_moments(&m, g, vals, Linv, tls.scratch + lk_at, centre, C);
+            int by_nodes = r >= 2 && fixed_moments(&m, g, vals, Linv, phi, tls.scratch + lk_at, centre, C);
             if (!by_nodes) {
                 if (!isfinite(group_mode(&m, n, y, ntr, w, eta0, t, phi, mode, L, 1e-5, NULL, 0, NULL))) return 1;
                 for (int a = 0; a < q; a++) centre[a] = mode[a];

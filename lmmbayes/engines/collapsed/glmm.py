@@ -88,6 +88,10 @@ FIXED_NODES = {1: (9, 15), 2: (5, 7)}
 #: against 2K of one rule, a second method, whose nodes follow every draw. Each check costs CHECK_DRAWS x K^q
 #: passes over the large groups' rows.
 FIXED_CHECK_NODES = {1: 5, 2: 4}
+#: Family codes (``_kernel.c``) whose parameter phi multiplies the linear predictor's part of each row's
+#: log-likelihood (gamma: -phi (eta + y e^-eta)), so that precomputed nodes keep their places and only rescale
+#: their weights as phi moves (`FixedNodes.scaled`).
+SCALED_CODES = frozenset({6})
 #: Largest number of correlated terms per group the quadrature handles (the cost grows as K^q).
 MAX_TERMS = 2
 #: The accuracy rule: the SD over posterior draws of log p_2K − log p_K at most this.
@@ -256,6 +260,9 @@ class FixedNodes:
     c: np.ndarray
     #: Which groups use them (the others keep their adaptive rule).
     groups: np.ndarray
+    #: Gamma (`SCALED_CODES`): per group and node S_gk, the rows' log-likelihood at shape 1 (``c`` leaves
+    #: shape x S_gk out), and per group (sum w, sum w log y) for its terms in the shape alone; None otherwise.
+    scaled: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -300,7 +307,8 @@ class GlmmKernel:
         r, f = self.rows, self.fixed
         # _kernel.c's rule codes: 0 and 1 adaptive (small, large groups), 2 and 3 precomputed (small, large)
         rule = self.large_groups.astype(float) + (2.0 * f.groups if f is not None else 0.0)
-        precomputed = [f.beta_hat, self.maps, f.delta, f.c] if f is not None else [np.zeros(self.n_beta)]
+        precomputed = [f.beta_hat, self.maps, f.delta, f.c, *(f.scaled or ())] if f is not None \
+            else [np.zeros(self.n_beta)]
         parts = self.params.packed() + [*small, *large, rule, r.starts, r.W, r.Z, r.y, r.n, r.offset, r.weight,
                                         *precomputed]
         body = np.concatenate([np.asarray(p, dtype=float).ravel() for p in parts])
@@ -330,22 +338,30 @@ class GlmmKernel:
         they do not apply (`group_maps`, no family parameter) or a group's mode could not be found there."""
         import ctypes
 
-        if self.maps is None or self.n_dpar:
+        scaled = self.code in SCALED_CODES
+        if self.maps is None or (self.n_dpar and not scaled):
             return None
         z, logw = gauss_hermite(nodes_per_dim, self.q)
         K = z.shape[0]
         delta, c, beta_hat = np.empty((self.n_groups, K, self.q)), np.empty((self.n_groups, K)), np.empty(self.n_beta)
+        sk = np.empty((self.n_groups, K)) if scaled else None
         lib = kernel._library()
         assert lib is not None
         f64p = ctypes.POINTER(ctypes.c_double)
         ptr = lambda a: np.ascontiguousarray(a, dtype=float).ctypes.data_as(f64p)  # noqa: E731
         x, z, logw = (np.ascontiguousarray(a, dtype=float) for a in (x, z, logw))
-        if lib.glmm_fixed_nodes(ptr(self.buffer), ptr(x), K, ptr(z), ptr(logw), ptr(delta), ptr(c), ptr(beta_hat)):
+        if lib.glmm_fixed_nodes(ptr(self.buffer), ptr(x), K, ptr(z), ptr(logw), ptr(delta), ptr(c), ptr(beta_hat),
+                                None if sk is None else ptr(sk)):
             return None
-        if not (np.isfinite(c).all() and np.isfinite(delta).all()):
+        if not (np.isfinite(c).all() and np.isfinite(delta).all() and (sk is None or np.isfinite(sk).all())):
             return None
         chosen = self.large_groups if groups is None else np.asarray(groups, dtype=bool)
-        return replace(self, fixed=FixedNodes(nodes_per_dim, beta_hat, delta, c, chosen))
+        sums = None
+        if sk is not None:
+            r, first = self.rows, self.rows.starts[:-1].astype(np.int64)
+            sums = np.column_stack([np.add.reduceat(r.weight, first), np.add.reduceat(r.weight * np.log(r.y), first)])
+        return replace(self, fixed=FixedNodes(nodes_per_dim, beta_hat, delta, c, chosen,
+                                              None if sk is None else (sk, sums)))
 
     @property
     def rule_text(self) -> str:
@@ -616,7 +632,8 @@ def build(design: Design, plan: Plan) -> GlmmKernel:
     n_dpar = len(plan.dpars)
     rows = grouped_rows(design, plan)
     return GlmmKernel(code(design), len(plan.params) - n_dpar - f.q, n_dpar, f.q, params, NODES[f.q],
-                      LARGE_NODES[f.q], rows, None if n_dpar else group_maps(rows, f.q))
+                      LARGE_NODES[f.q], rows,
+                      None if n_dpar and code(design) not in SCALED_CODES else group_maps(rows, f.q))
 
 
 def choose_nodes(k: GlmmKernel, seed: int) -> GlmmKernel:

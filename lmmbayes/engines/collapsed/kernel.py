@@ -82,7 +82,7 @@ def _library() -> ctypes.CDLL | None:
     lib.vector_exp.restype = None
     lib.vector_exp.argtypes = [f64p, f64p, ctypes.c_int64]
     lib.glmm_fixed_nodes.restype = ctypes.c_int64
-    lib.glmm_fixed_nodes.argtypes = [f64p, f64p, ctypes.c_int64, f64p, f64p, f64p, f64p, f64p]
+    lib.glmm_fixed_nodes.argtypes = [f64p, f64p, ctypes.c_int64, f64p, f64p, f64p, f64p, f64p, f64p]
     return lib
 
 
