@@ -356,12 +356,12 @@ class GlmmKernel:
         if not (np.isfinite(c).all() and np.isfinite(delta).all() and (sk is None or np.isfinite(sk).all())):
             return None
         chosen = self.large_groups if groups is None else np.asarray(groups, dtype=bool)
-        sums = None
+        scale = None
         if sk is not None:
             r, first = self.rows, self.rows.starts[:-1].astype(np.int64)
             sums = np.column_stack([np.add.reduceat(r.weight, first), np.add.reduceat(r.weight * np.log(r.y), first)])
-        return replace(self, fixed=FixedNodes(nodes_per_dim, beta_hat, delta, c, chosen,
-                                              None if sk is None else (sk, sums)))
+            scale = (sk, sums)
+        return replace(self, fixed=FixedNodes(nodes_per_dim, beta_hat, delta, c, chosen, scale))
 
     @property
     def rule_text(self) -> str:
