@@ -535,12 +535,14 @@ PAIRS = [("bernoulli", 1, 60, 3, 2.0), ("poisson", 2, 30, 8, 0.7), ("negbinomial
          ("negbinomial", 2, 30, 8, 0.7), ("bernoulli", 2, 40, 8, 1.0),
          # the other links of the binomial families
          ("bernoulli:probit", 2, 40, 8, 1.0), ("binomial:cloglog", 1, 30, 6, 1.0),
-         # the gamma family (log link), whose shape is sampled as the negative binomial's
-         ("gamma", 1, 30, 8, 0.7), ("gamma", 2, 30, 8, 0.7)]
+         # the gamma family (log link), whose shape is sampled as the negative binomial's; with 60 rows per group
+         # and slopes, precomputed nodes whose weights follow the shape
+         ("gamma", 1, 30, 8, 0.7), ("gamma", 2, 30, 8, 0.7), ("gamma", 2, 30, 60, 0.7)]
 #: The rule each pair's pilot is expected to choose (words of `GlmmKernel.rule_text`).
 RULES = ["9 nodes per group", "nodes per group", "nodes per group", "precomputed at the posterior mode for every group",
          "for every group (each has 50 rows or more)", "per group", "per group", "per group", "per group",
-         "per group", "per group", "per group", "per group", "per group"]
+         "per group", "per group", "per group", "per group", "per group",
+         "precomputed at the posterior mode for every group"]
 
 
 #: CI fits the hard case and the precomputed nodes' case; `make validate` all of them (each pair compiles a

@@ -14,7 +14,8 @@ posterior draw from their exact conditional distribution.
 
 Where each group's rows depend on its coefficients ``A_g beta + b_g`` alone (predictors
 with random slopes, or constant within groups) and the family has no parameter of
-its own, the nodes can be computed once, at the posterior mode (`FixedNodes`),
+its own (or one that only scales the log-likelihood: gamma's shape), the nodes can be computed once, at the
+posterior mode (`FixedNodes`),
 where the pilot shows they integrate as well: a gradient then reads G x K numbers
 instead of the rows, so its cost no longer grows with the data.
 
@@ -249,8 +250,8 @@ class FixedNodes:
     """Quadrature nodes per group computed once, at the pilot's posterior mode, for ``_kernel.c``'s
     ``fixed_group``: ``theta_gk = A_g beta_hat + delta_gk`` and ``c_gk`` (the rows' log-likelihood there, with
     the node's weight and the rule's Jacobian). Where every group's rows depend on ``theta_g`` alone
-    (`group_maps`) and the family has no parameter of its own, a gradient reads these G x K numbers instead of
-    the rows. It is the adaptive rule with its nodes held where the pilot put them: equal to it at the pilot's
+    (`group_maps`) and the family has no parameter of its own (or gamma's shape, which scales the log-likelihood
+    at every node: `scaled`), a gradient reads these G x K numbers instead of the rows. It is the adaptive rule with its nodes held where the pilot put them: equal to it at the pilot's
     point, and a quadrature of the same integral elsewhere, accurate while the posterior's hyperparameters move
     each group's conditional little against its width (informative groups, many of them)."""
 
@@ -282,7 +283,8 @@ class GlmmKernel:
     nodes_per_dim: int
     large_nodes_per_dim: int
     rows: GroupedRows
-    #: `group_maps`, where every group's rows depend on theta_g alone and the family has no parameter.
+    #: `group_maps`, where every group's rows depend on theta_g alone and the family has no parameter (or one of
+    #: `SCALED_CODES`).
     maps: np.ndarray | None = None
     #: Precomputed nodes for some groups (`FixedNodes.groups`), or None.
     fixed: FixedNodes | None = None
@@ -335,7 +337,8 @@ class GlmmKernel:
 
     def with_fixed(self, x: np.ndarray, nodes_per_dim: int, groups: np.ndarray | None = None) -> GlmmKernel | None:
         """``groups`` (default: the large ones) integrated by `FixedNodes` placed at the point ``x``; None where
-        they do not apply (`group_maps`, no family parameter) or a group's mode could not be found there."""
+        they do not apply (`group_maps`, a family parameter other than `SCALED_CODES`') or a group's mode could not
+        be found there."""
         import ctypes
 
         scaled = self.code in SCALED_CODES
