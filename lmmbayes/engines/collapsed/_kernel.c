@@ -1182,12 +1182,16 @@ static double row_d3(int fam, double y, double n, double eta, double phi, double
 
 /* The part of a row's log-likelihood that depends on the family's parameter but not on eta (so not on
  * the random effects either: it leaves the quadrature), and its derivative by phi. */
+/* Gamma's terms in the shape phi alone over rows of total weight sw and sum_i w_i log y_i = swl: phi (log phi sw +
+ * swl) - lgamma(phi) sw (the density's -log y is a constant), and their derivative by phi into *dphi. */
+static double gamma_phi_terms(double phi, double sw, double swl, double *dphi) {
+    const double lp = log(phi);
+    *dphi = sw * (lp + 1.0 - digamma(phi)) + swl;
+    return phi * (lp * sw + swl) - lgamma(phi) * sw;
+}
+
 static double row_ll_phi(int fam, double y, double phi, double *dphi) {
-    if (fam == GLMM_GAMMA_LOG) { /* phi log phi - lgamma(phi) + phi log y (the -log y of the density is a constant) */
-        const double lp = log(phi), ly = log(y);
-        *dphi = lp + 1.0 - digamma(phi) + ly;
-        return phi * (lp + ly) - lgamma(phi);
-    }
+    if (fam == GLMM_GAMMA_LOG) return gamma_phi_terms(phi, 1.0, log(y), dphi);
     if (fam != GLMM_NEGBINOMIAL_LOG) { *dphi = 0.0; return 0.0; }
     *dphi = digamma(y + phi) - digamma(phi);
     return lgamma(y + phi) - lgamma(phi);
@@ -1713,12 +1717,12 @@ static double fixed_group(const Glmm *m, int g, const double *beta, const double
     double value = fixed_weights(m, g, beta, Linv, phi, lk, uk);
     if (!isfinite(value)) return NAN;
     if (m->fs) { /* gamma: d/dphi of phi S_k under the nodes' weights, and the rows' terms in phi alone (row_ll_phi
-                  * summed: phi (log phi sum w + sum w log y) - lgamma(phi) sum w) */
-        const double *sk = m->fs + (size_t)g * K, sw = m->phi_sums[2 * g], swl = m->phi_sums[2 * g + 1];
-        const double lp = log(phi);
+                  * summed over the group from its two sums) */
+        const double *sk = m->fs + (size_t)g * K;
+        double d;
         for (int k = 0; k < K; k++) *g_phi += lk[k] * sk[k];
-        value += phi * (lp * sw + swl) - lgamma(phi) * sw;
-        *g_phi += sw * (lp + 1.0 - digamma(phi)) + swl;
+        value += gamma_phi_terms(phi, m->phi_sums[2 * g], m->phi_sums[2 * g + 1], &d);
+        *g_phi += d;
     }
     for (int a = 0; a < q; a++) ubar[a] = 0.0;
     for (int k = 0; k < K; k++) {
