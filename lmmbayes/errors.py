@@ -33,6 +33,16 @@ class FitError(LmmbayesError):
     """A fitting option is invalid or the sampler failed."""
 
 
+class InaccurateIntegration(FitError):
+    """The collapsed engine measured, before sampling, that its approximation would not pass its own accuracy
+    check; ``method="auto"`` then fits on the joint engine instead (``why`` says what was measured)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"The collapsed engine's integration is not accurate enough here: {why}. "
+                         'Use method="joint".')
+        self.why = why
+
+
 class FitFileError(FitError):
     """A fit file cannot be written or read: missing, foreign, malformed, corrupted or too new."""
 

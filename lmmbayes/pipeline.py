@@ -21,7 +21,7 @@ from .engines.base import EngineResult
 from .engines.plan import Plan
 from .engines.plan import plan as make_plan
 from .engines.sampling import DEFAULT_TARGET_ACCEPT, SAMPLERS, SamplerConfig
-from .errors import DataError, FitError
+from .errors import DataError, FitError, InaccurateIntegration
 from .families import Family
 from .families import family as make_family
 from .priors import Prior, PriorSet, ResolvedPriors, as_prior_set, resolve_priors
@@ -121,7 +121,12 @@ def run(formula: Any, data: Any, priors: Prior | PriorSet | Iterable[Prior] | No
         return FitResult(design, resolved, "prior", config, idata, timings, {}, data_name)
     check_identified(design, resolved)
     method = choose_engine(design, opts.method, plan, config.sampler)
-    result = _engine_run(method, design, plan, config)
+    try:
+        result = _engine_run(method, design, plan, config, auto=opts.method == "auto")
+    except InaccurateIntegration as refused:  # measured before sampling: one fit, on the joint engine
+        method = "joint"
+        result = _engine_run(method, design, plan, config)
+        result.info["fallback"] = f"fitted on the joint engine because, before sampling, {refused.why}"
     if result.info.get("quadrature_ok") is False and opts.method == "auto":
         # the quadrature's own check failed: pay for a second fit, on the engine that needs no approximation
         why = str(result.info.get("quadrature_check", ""))
@@ -141,15 +146,19 @@ def run(formula: Any, data: Any, priors: Prior | PriorSet | Iterable[Prior] | No
     return FitResult(design, resolved, method, config, idata, timings, dict(result.info), data_name)
 
 
-def _engine_run(method: str, design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
-    """Run one engine, with its default target acceptance where the user left it unset."""
-    if method == "collapsed":
-        from .engines import collapsed as engine
-    else:
-        from .engines import joint as engine  # type: ignore[no-redef]
+def _engine_run(method: str, design: Design, plan: Plan, config: SamplerConfig, auto: bool = False) -> EngineResult:
+    """Run one engine, with its default target acceptance where the user left it unset. With ``auto`` the
+    collapsed engine may refuse, before sampling, an integration it measured to be inaccurate
+    (`InaccurateIntegration`)."""
     if config.target_accept is None:
         config = replace(config, target_accept=DEFAULT_TARGET_ACCEPT[method])
-    return engine.run(design, plan, config)
+    if method == "collapsed":
+        from .engines import collapsed
+
+        return collapsed.run(design, plan, config, refuse_inaccurate=auto)
+    from .engines import joint
+
+    return joint.run(design, plan, config)
 
 
 def data_name_of(data: Any) -> str:

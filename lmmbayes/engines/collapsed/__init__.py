@@ -167,19 +167,22 @@ def build_model(design: Design, plan: Plan, collapsed: Collapsed | None = None):
     return model, hyper
 
 
-def run(design: Design, plan: Plan, config: SamplerConfig) -> EngineResult:
+def run(design: Design, plan: Plan, config: SamplerConfig, refuse_inaccurate: bool = False) -> EngineResult:
     """Reduce, build, sample the hyperparameters and draw the random effects exactly.
 
     Raises
     ------
     FitError
         If the design is not one the collapsed engine handles, or sampling fails.
+    InaccurateIntegration
+        With ``refuse_inaccurate`` (``method="auto"``), where the GLMM engine measured before sampling that its
+        approximation would fail its accuracy check.
     """
     from ..pymc_model import u_from_std
 
     lay = layout(design)[0]
     if lay is not None and lay.kind == "quadrature":
-        return glmm.run(design, plan, config)
+        return glmm.run(design, plan, config, refuse_inaccurate)
     t0 = time.perf_counter()
     collapsed = collapse(design, plan)
     fast = kernel.build(design, plan, collapsed) if config.sampler == "nutpie" else None

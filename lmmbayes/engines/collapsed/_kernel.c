@@ -2059,13 +2059,15 @@ int64_t glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t 
  * Fisher's identity, as for one factor: per row, E[dl/deta] and its products with u and v under the nodes'
  * posterior weights. A pass over an outer level's rows costs Ka (Kb + the inner Newton steps) row evaluations.
  * --------------------------------------------------------------------------------------------- */
-#define NGHEADER 17 /* total, n_dim, n_beta, Q, outer levels, n_cor, N, n_dpar, family, Ka, Kb, max rows per outer
-                       level, max inner levels per outer level, outer sd's offset, inner sd's offset, inner levels,
-                       1 where every row is bernoulli-logit of unit weight (logit_unit_nodes and the vector passes) */
+#define NGHEADER 19 /* total, n_dim, n_beta, Q, outer levels, n_cor, N, n_dpar, family, Ka, Kb, max rows per outer
+                       level, max inner levels per outer level, outer sds' offset, inner sds' offset, inner levels,
+                       1 where every row is bernoulli-logit of unit weight (logit_unit_nodes and the vector passes),
+                       the outer factor's terms qa, the inner factor's qb */
 
 typedef struct {
     Priors P;
-    int p, Q, Ga, Gb, N, fam, Ka, Kb, max_rows, max_inner, off_a, off_b, unit;
+    /* Ka, Kb: nodes per dimension of the outer and inner rules; nA = Ka^qa and nB = Kb^qb nodes in all */
+    int p, Q, Ga, Gb, N, fam, Ka, Kb, max_rows, max_inner, off_a, off_b, unit, qa, qb, nA, nB;
     const double *za_nodes, *za_logw, *zb_nodes, *zb_logw, *outer, *inner, *W, *Za, *Zb, *y, *ntr, *off, *w;
 } NGlmm;
 
@@ -2073,16 +2075,20 @@ static void read_nglmm(NGlmm *m, const double *buf) {
     m->p = (int)buf[2]; m->Q = (int)buf[3]; m->Ga = (int)buf[4]; m->N = (int)buf[6]; m->fam = (int)buf[8];
     m->Ka = (int)buf[9]; m->Kb = (int)buf[10]; m->max_rows = (int)buf[11]; m->max_inner = (int)buf[12];
     m->off_a = (int)buf[13]; m->off_b = (int)buf[14]; m->Gb = (int)buf[15]; m->unit = (int)buf[16];
+    m->qa = (int)buf[17]; m->qb = (int)buf[18];
+    m->nA = 1; m->nB = 1;
+    for (int a = 0; a < m->qa; a++) m->nA *= m->Ka;
+    for (int b = 0; b < m->qb; b++) m->nB *= m->Kb;
     const double *o = read_priors(&m->P, buf + NGHEADER, m->p, (int)buf[7], m->Q, (int)buf[5]);
-    m->za_nodes = o; o += m->Ka;
-    m->za_logw = o; o += m->Ka;
-    m->zb_nodes = o; o += m->Kb;
-    m->zb_logw = o; o += m->Kb;
+    m->za_nodes = o; o += (size_t)m->nA * m->qa;
+    m->za_logw = o; o += m->nA;
+    m->zb_nodes = o; o += (size_t)m->nB * m->qb;
+    m->zb_logw = o; o += m->nB;
     m->outer = o; o += m->Ga + 1; /* each outer level's first inner level */
     m->inner = o; o += m->Gb + 1; /* each inner level's first row */
     m->W = o; o += (size_t)m->N * m->p;
-    m->Za = o; o += m->N;
-    m->Zb = o; o += m->N;
+    m->Za = o; o += (size_t)m->N * m->qa;
+    m->Zb = o; o += (size_t)m->N * m->qb;
     m->y = o; o += m->N;
     m->ntr = o; o += m->N;
     m->off = o; o += m->N;
@@ -2094,10 +2100,14 @@ static _Thread_local Tls ntls;
 
 /* Scratch per outer level: 4 per row (eta0, ta, tb, base), 3 Ka per row (the inner rules' E[l1], E[l1 v],
  * E[dl/dphi] per outer node), 2 Kb per row (l1, dl/dphi per inner node), 12 per inner level, 2 Ka + 3 Kb. */
+static size_t vn_scratch(const NGlmm *m);
+
 static int ntls_ready(const NGlmm *m, const double *buf) {
-    size_t n_modes = (size_t)m->Ga + m->Gb;
-    size_t need = (size_t)m->max_rows * (4 + 3 * (size_t)m->Ka + 2 * (size_t)m->Kb) + 12 * (size_t)m->max_inner
-                  + 2 * (size_t)m->Ka + 3 * (size_t)m->Kb + 8;
+    size_t n_modes = (size_t)m->Ga * m->qa + (size_t)m->Gb * m->qb;
+    size_t need = m->qa == 1 && m->qb == 1
+                ? (size_t)m->max_rows * (4 + 3 * (size_t)m->Ka + 2 * (size_t)m->Kb) + 12 * (size_t)m->max_inner
+                  + 2 * (size_t)m->Ka + 3 * (size_t)m->Kb + 8
+                : vn_scratch(m);
     if (ntls.owner != buf || ntls.n_modes != n_modes) {
         free(ntls.modes);
         ntls.modes = calloc(n_modes > 0 ? n_modes : 1, sizeof(double));
@@ -2330,6 +2340,506 @@ static double inner_nodes(const NGlmm *m, int n, const double *y, const double *
 }
 
 
+/* ---------------------------------------------------------------------------------------------
+ * Two nested factors with several terms (qa outer, qb inner, not both 1): the Laplace approximation of each outer
+ * level's integral over its effect u (qa) and its inner levels' v_c (qb each) jointly, standardised (b = Lam u),
+ *   F(u, v) = -|u|^2/2 - sum_c |v_c|^2/2 + sum_i w_i l_i(eta0_i + ta_i'u + tb_i'v_c),  ta_i = Lam_a' za_i,
+ *   log p(y_h) ~ F(uhat, vhat) - log|H|/2,
+ * with the exact gradient (implicit-function theorem, laplace_group's formulas for the stacked rows T_i, which
+ * hold ta_i at u's place and tb_i at v_c's). A tensor rule would cost Ka^qa Kb^qb row evaluations per row; the
+ * negative Hessian H is an arrow, so Newton's method and every solve with H cost O(rows + levels q^3):
+ *   H_uu = I + sum_i c_i ta_i ta_i',  H_uc = sum_{i in c} c_i ta_i tb_i',  D_c = H_cc = I + sum_{i in c} c_i tb_i tb_i'
+ * (c_i = -w_i l2_i), M_c = D_c^-1 H_uc', S = H_uu - sum_c H_uc M_c (the Schur complement), |H| = |S| prod_c |D_c|;
+ * H x = r by x_u = S^-1 (r_u - sum_c M_c' r_c), x_c = D_c^-1 r_c - M_c x_u. The nested adaptive quadrature of
+ * the same integral (Ka^qa outer nodes around uhat scaled by S, Kb^qb inner nodes per level around one Newton
+ * step from vhat_c - M_c (u - uhat)) gives the value alone: the accuracy check's reference (3 nodes per dimension
+ * and level), whose cost per evaluation is Ka^qa (Kb^qb + 1) passes over the rows.
+ * Layouts per outer level of nc inner levels: the derivatives blk = [g_u (qa), H_uu (qa^2), then per inner level
+ * g_c (qb), H_uc (qa x qb), H_cc (qb^2)]; the factor fac = [chol S (qa^2), then per inner level chol D_c (qb^2),
+ * M_c (qb x qa)]; vectors over all effects [u, v_0, v_1, ...]. Rows store l1, l2, e_i, dl1/dphi (4 each).
+ * --------------------------------------------------------------------------------------------- */
+#define VN_PC(qa, qb) ((qb) + (qa) * (qb) + (qb) * (qb))
+#define VN_FC(qa, qb) ((qb) * (qb) + (qb) * (qa))
+
+static size_t vn_scratch(const NGlmm *m) {
+    const size_t qa = m->qa, qb = m->qb, R = m->max_rows, C = m->max_inner;
+    const size_t BS = qa + qa * qa + C * VN_PC(qa, qb), FS = qa * qa + C * VN_FC(qa, qb), D = qa + C * qb;
+    return R * (7 + qa + qb) + 2 * BS + FS + 6 * D + qa * qa + C * qb * qb + 3 * C + m->nA + m->nB + 64;
+}
+
+/* One outer level's rows: eta0 without the effects, TA = Lam_a' za_i (qa per row) and TB = Lam_b' zb_i (qb). */
+static void vn_rows(const NGlmm *m, int s, int n, const double *beta, const double *Lam, double *eta0, double *TA,
+                    double *TB) {
+    const int qa = m->qa, qb = m->qb, oa = m->off_a, ob = m->off_b, Q = m->Q;
+    for (int i = 0; i < n; i++) {
+        const double *Wi = m->W + (size_t)(s + i) * m->p;
+        const double *za = m->Za + (size_t)(s + i) * qa, *zb = m->Zb + (size_t)(s + i) * qb;
+        double e = m->off[s + i];
+        for (int j = 0; j < m->p; j++) e += Wi[j] * beta[j];
+        eta0[i] = e;
+        for (int b = 0; b < qa; b++) {
+            double t = 0.0;
+            for (int a = b; a < qa; a++) t += za[a] * Lam[(oa + a) * Q + oa + b];
+            TA[(size_t)i * qa + b] = t;
+        }
+        for (int b = 0; b < qb; b++) {
+            double t = 0.0;
+            for (int a = b; a < qb; a++) t += zb[a] * Lam[(ob + a) * Q + ob + b];
+            TB[(size_t)i * qb + b] = t;
+        }
+    }
+}
+
+static inline double dot(const double *a, const double *b, int q) {
+    double s = 0.0;
+    for (int k = 0; k < q; k++) s += a[k] * b[k];
+    return s;
+}
+
+/* F at (u, v) over one outer level (first row s, inner levels c0 .. c1 - 1); each inner level's part
+ * -|v_c|^2/2 + sum_i w_i l_i into fc if given; with blk the derivatives (layout above), with store each row's
+ * l1 and l2 (rows relative to s). */
+static double vn_F(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *TA, const double *TB,
+                   double phi, const double *u, const double *v, double *fc, double *blk, double *store) {
+    const int qa = m->qa, qb = m->qb, PC = VN_PC(qa, qb);
+    double F = -0.5 * dot(u, u, qa), d1, d2, dphi;
+    double *gu = blk, *Huu = blk ? blk + qa : NULL;
+    if (blk)
+        for (int a = 0; a < qa; a++) {
+            gu[a] = -u[a];
+            for (int b = 0; b < qa; b++) Huu[a * qa + b] = a == b ? 1.0 : 0.0;
+        }
+    for (int c = c0; c < c1; c++) {
+        const int lc = c - c0, r0 = (int)m->inner[c] - s, r1 = (int)m->inner[c + 1] - s;
+        const double *vc = v + (size_t)lc * qb;
+        double f = -0.5 * dot(vc, vc, qb), *gv = NULL, *Huc = NULL, *Hcc = NULL;
+        if (blk) {
+            gv = blk + qa + qa * qa + (size_t)lc * PC; Huc = gv + qb; Hcc = Huc + qa * qb;
+            for (int b = 0; b < qb; b++) {
+                gv[b] = -vc[b];
+                for (int b2 = 0; b2 < qb; b2++) Hcc[b * qb + b2] = b == b2 ? 1.0 : 0.0;
+            }
+            for (int k = 0; k < qa * qb; k++) Huc[k] = 0.0;
+        }
+        for (int i = r0; i < r1; i++) {
+            const double *ta = TA + (size_t)i * qa, *tb = TB + (size_t)i * qb, wi = m->w[s + i];
+            const double eta = eta0[i] + dot(ta, u, qa) + dot(tb, vc, qb);
+            f += wi * row_ll(m->fam, m->y[s + i], m->ntr[s + i], eta, phi, &d1, &d2, &dphi);
+            if (store) { store[4 * (size_t)i] = d1; store[4 * (size_t)i + 1] = d2; }
+            if (blk) {
+                const double g = wi * d1, h = -wi * d2;
+                for (int a = 0; a < qa; a++) {
+                    gu[a] += g * ta[a];
+                    for (int b = 0; b <= a; b++) Huu[a * qa + b] += h * ta[a] * ta[b];
+                    for (int b = 0; b < qb; b++) Huc[a * qb + b] += h * ta[a] * tb[b];
+                }
+                for (int b = 0; b < qb; b++) {
+                    gv[b] += g * tb[b];
+                    for (int b2 = 0; b2 <= b; b2++) Hcc[b * qb + b2] += h * tb[b] * tb[b2];
+                }
+            }
+        }
+        if (blk)
+            for (int b = 0; b < qb; b++)
+                for (int b2 = b + 1; b2 < qb; b2++) Hcc[b * qb + b2] = Hcc[b2 * qb + b];
+        if (fc) fc[lc] = f;
+        F += f;
+    }
+    if (blk)
+        for (int a = 0; a < qa; a++)
+            for (int b = a + 1; b < qa; b++) Huu[a * qa + b] = Huu[b * qa + a];
+    return F;
+}
+
+/* The arrow's factor (layout above) from the derivatives blk; returns log|H|/2, or NAN where H is not positive
+ * definite. */
+static double vn_factor(const NGlmm *m, int nc, const double *blk, double *fac) {
+    const int qa = m->qa, qb = m->qb, PC = VN_PC(qa, qb), FC = VN_FC(qa, qb);
+    double *S = fac, half = 0.0, col[qb], x[qb];
+    for (int k = 0; k < qa * qa; k++) S[k] = blk[qa + k];
+    for (int c = 0; c < nc; c++) {
+        const double *Huc = blk + qa + qa * qa + (size_t)c * PC + qb, *Hcc = Huc + qa * qb;
+        double *D = fac + qa * qa + (size_t)c * FC, *M = D + qb * qb;
+        for (int k = 0; k < qb * qb; k++) D[k] = Hcc[k];
+        if (!cholesky_inplace(D, qb)) return NAN;
+        for (int b = 0; b < qb; b++) half += log(D[b * qb + b]);
+        for (int a = 0; a < qa; a++) { /* column a of M = D^-1 (row a of H_uc) */
+            for (int b = 0; b < qb; b++) col[b] = Huc[a * qb + b];
+            chol_solve(D, qb, col, x);
+            for (int b = 0; b < qb; b++) M[b * qa + a] = x[b];
+        }
+        for (int a = 0; a < qa; a++)
+            for (int a2 = 0; a2 <= a; a2++) {
+                double t = 0.0;
+                for (int b = 0; b < qb; b++) t += Huc[a * qb + b] * M[b * qa + a2];
+                S[a * qa + a2] -= t;
+            }
+    }
+    if (!cholesky_inplace(S, qa)) return NAN;
+    for (int a = 0; a < qa; a++) half += log(S[a * qa + a]);
+    return half;
+}
+
+/* H x = r with the arrow's factor (x and r over all effects; they may not overlap). */
+static void vn_solve(const NGlmm *m, int nc, const double *fac, const double *r, double *x) {
+    const int qa = m->qa, qb = m->qb, FC = VN_FC(qa, qb);
+    double t[qa], y[qb];
+    for (int a = 0; a < qa; a++) t[a] = r[a];
+    for (int c = 0; c < nc; c++) {
+        const double *M = fac + qa * qa + (size_t)c * FC + qb * qb, *rc = r + qa + (size_t)c * qb;
+        for (int a = 0; a < qa; a++)
+            for (int b = 0; b < qb; b++) t[a] -= M[b * qa + a] * rc[b];
+    }
+    chol_solve(fac, qa, t, x);
+    for (int c = 0; c < nc; c++) {
+        const double *D = fac + qa * qa + (size_t)c * FC, *M = D + qb * qb, *rc = r + qa + (size_t)c * qb;
+        double *xc = x + qa + (size_t)c * qb;
+        chol_solve(D, qb, rc, y);
+        for (int b = 0; b < qb; b++) xc[b] = y[b] - dot(M + (size_t)b * qa, x, qa);
+    }
+}
+
+/* The gradient in blk as a vector over all effects. */
+static void vn_gradient(const NGlmm *m, int nc, const double *blk, double *g) {
+    const int qa = m->qa, qb = m->qb, PC = VN_PC(qa, qb);
+    for (int a = 0; a < qa; a++) g[a] = blk[a];
+    for (int c = 0; c < nc; c++)
+        for (int b = 0; b < qb; b++) g[qa + (size_t)c * qb + b] = blk[qa + qa * qa + (size_t)c * PC + b];
+}
+
+/* The joint mode of F from the warm start (u, v contiguous: u, then v; updated in place), else from 0, by Newton's
+ * method with step halving (F is strictly concave for these log-concave families), to a last step below tol.
+ * Returns F there, leaving its derivatives in blk, the arrow's factor in fac, log|H|/2 in *half and (with store)
+ * each row's l1 and l2; NAN where it failed. w: scratch of 3 vectors over all effects and one blk. */
+static double vn_newton(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *TA,
+                        const double *TB, double phi, double *uv, double tol, double *blk, double *fac, double *half,
+                        double *store, double *w) {
+    const int qa = m->qa, qb = m->qb, nc = c1 - c0, d = qa + nc * qb, BS = qa + qa * qa + nc * VN_PC(qa, qb);
+    double *g = w, *step = g + d, *trial = step + d, *blk_t = trial + d;
+    double F = vn_F(m, s, c0, c1, eta0, TA, TB, phi, uv, uv + qa, NULL, blk, store);
+    if (!isfinite(F)) {
+        for (int k = 0; k < d; k++) uv[k] = 0.0;
+        F = vn_F(m, s, c0, c1, eta0, TA, TB, phi, uv, uv + qa, NULL, blk, store);
+    }
+    for (int it = 0; it < 200 && isfinite(F); it++) {
+        *half = vn_factor(m, nc, blk, fac);
+        if (!isfinite(*half)) return NAN;
+        vn_gradient(m, nc, blk, g);
+        vn_solve(m, nc, fac, g, step);
+        double size = 0.0, dec = 0.0;
+        for (int k = 0; k < d; k++) { size = fmax(size, fabs(step[k])); dec += step[k] * g[k]; }
+        if (size < tol || dec <= 1e-20 * (1.0 + fabs(F))) return F;
+        double scale = 1.0, Ft = -INFINITY;
+        for (int h = 0; h < 60; h++, scale *= 0.5) {
+            for (int k = 0; k < d; k++) trial[k] = uv[k] + scale * step[k];
+            Ft = vn_F(m, s, c0, c1, eta0, TA, TB, phi, trial, trial + qa, NULL, blk_t, store);
+            if (isfinite(Ft) && Ft >= F - 1e-12 * fabs(F)) break;
+        }
+        if (!isfinite(Ft)) return NAN;
+        for (int k = 0; k < d; k++) uv[k] = trial[k];
+        for (int k = 0; k < BS; k++) blk[k] = blk_t[k];
+        F = Ft;
+    }
+    return NAN;
+}
+
+/* Where H^-1 T_i has row i's nonzero parts: x_u = S^-1 (ta - M_c' tb), x_c = D_c^-1 tb - M_c x_u (Sinv, Dinv:
+ * the explicit inverses); returns a_i = T_i' H^-1 T_i. */
+static double vn_hinv_row(int qa, int qb, const double *Sinv, const double *Dinv, const double *M, const double *ta,
+                          const double *tb, double *xu, double *xc) {
+    double r[qa];
+    for (int a = 0; a < qa; a++) {
+        r[a] = ta[a];
+        for (int b = 0; b < qb; b++) r[a] -= M[b * qa + a] * tb[b];
+    }
+    for (int a = 0; a < qa; a++) xu[a] = dot(Sinv + (size_t)a * qa, r, qa);
+    for (int b = 0; b < qb; b++) xc[b] = dot(Dinv + (size_t)b * qb, tb, qb) - dot(M + (size_t)b * qa, xu, qa);
+    return dot(ta, xu, qa) + dot(tb, xc, qb);
+}
+
+static void chol_inverse(const double *L, int q, double *inv) { /* (L L')^-1, q x q */
+    double e[q], col[q];
+    for (int a = 0; a < q; a++) {
+        for (int b = 0; b < q; b++) e[b] = a == b ? 1.0 : 0.0;
+        chol_solve(L, q, e, col);
+        for (int b = 0; b < q; b++) inv[b * q + a] = col[b];
+    }
+}
+
+/* One outer level's Laplace approximation F - log|H|/2 at the mode uv (vn_newton's blk, fac, store there) and its
+ * exact gradient, added to g_beta, g_phi and g_lam (Q x Q): laplace_group's formulas with T_i for t_i. w: scratch
+ * of 2 vectors over all effects, qa^2 + nc qb^2. */
+static double vn_laplace(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *TA,
+                         const double *TB, double phi, const double *uv, const double *fac, double F, double half,
+                         double *store, double *w, double *g_beta, double *g_phi, double *g_lam) {
+    const int qa = m->qa, qb = m->qb, nc = c1 - c0, d = qa + nc * qb, FC = VN_FC(qa, qb), Q = m->Q, p = m->p;
+    const int oa = m->off_a, ob = m->off_b;
+    double *uvec = w, *lam = uvec + d, *Sinv = lam + d, *Dinv = Sinv + qa * qa;
+    double xu[qa], xc[qb], d1, d2, dphi = 0.0, d1_phi, d2_phi;
+    chol_inverse(fac, qa, Sinv);
+    for (int c = 0; c < nc; c++) chol_inverse(fac + qa * qa + (size_t)c * FC, qb, Dinv + (size_t)c * qb * qb);
+    for (int k = 0; k < d; k++) uvec[k] = 0.0;
+    for (int c = c0; c < c1; c++) { /* l3 and each row's e_i = w_i l3_i a_i / 2; u = sum_i e_i T_i */
+        const int lc = c - c0, r0 = (int)m->inner[c] - s, r1 = (int)m->inner[c + 1] - s;
+        const double *vc = uv + qa + (size_t)lc * qb, *M = fac + qa * qa + (size_t)lc * FC + qb * qb;
+        const double *Di = Dinv + (size_t)lc * qb * qb;
+        double *uc = uvec + qa + (size_t)lc * qb;
+        for (int i = r0; i < r1; i++) {
+            const double *ta = TA + (size_t)i * qa, *tb = TB + (size_t)i * qb, wi = m->w[s + i];
+            const double eta = eta0[i] + dot(ta, uv, qa) + dot(tb, vc, qb), y = m->y[s + i], n = m->ntr[s + i];
+            double *st = store + 4 * (size_t)i;
+            if (m->P.n_dpar) row_ll(m->fam, y, n, eta, phi, &d1, &d2, &dphi);
+            const double d3 = row_d3(m->fam, y, n, eta, phi, &d1_phi, &d2_phi);
+            const double ai = vn_hinv_row(qa, qb, Sinv, Di, M, ta, tb, xu, xc), e = 0.5 * wi * d3 * ai;
+            st[2] = e; st[3] = d1_phi;
+            for (int a = 0; a < qa; a++) uvec[a] += e * ta[a];
+            for (int b = 0; b < qb; b++) uc[b] += e * tb[b];
+            if (m->P.n_dpar) *g_phi += wi * (dphi + 0.5 * d2_phi * ai);
+        }
+    }
+    vn_solve(m, nc, fac, uvec, lam);
+    for (int c = c0; c < c1; c++) {
+        const int lc = c - c0, r0 = (int)m->inner[c] - s, r1 = (int)m->inner[c + 1] - s;
+        const double *vc = uv + qa + (size_t)lc * qb, *M = fac + qa * qa + (size_t)lc * FC + qb * qb;
+        const double *Di = Dinv + (size_t)lc * qb * qb, *lc_ = lam + qa + (size_t)lc * qb;
+        for (int i = r0; i < r1; i++) {
+            const double *ta = TA + (size_t)i * qa, *tb = TB + (size_t)i * qb, wi = m->w[s + i];
+            const double *Wi = m->W + (size_t)(s + i) * p, *st = store + 4 * (size_t)i;
+            const double *za = m->Za + (size_t)(s + i) * qa, *zb = m->Zb + (size_t)(s + i) * qb;
+            vn_hinv_row(qa, qb, Sinv, Di, M, ta, tb, xu, xc);
+            const double lt = dot(lam, ta, qa) + dot(lc_, tb, qb);
+            const double A = wi * st[0] + st[2] + wi * st[1] * lt;
+            for (int j = 0; j < p; j++) g_beta[j] += A * Wi[j];
+            for (int a = 0; a < qa; a++)
+                for (int b = 0; b < qa; b++)
+                    g_lam[(oa + a) * Q + oa + b] += za[a] * (A * uv[b] + wi * (st[0] * lam[b] + st[1] * xu[b]));
+            for (int a = 0; a < qb; a++)
+                for (int b = 0; b < qb; b++)
+                    g_lam[(ob + a) * Q + ob + b] += zb[a] * (A * vc[b] + wi * (st[0] * lc_[b] + st[1] * xc[b]));
+            if (m->P.n_dpar) *g_phi += wi * st[3] * lt;
+        }
+    }
+    return F - half;
+}
+
+/* One outer level's integral by nested adaptive quadrature (the value alone) from the joint mode uv and its
+ * factor fac; NAN where an inner level's Newton step fails. w: scratch of n + nA + nB. */
+static double vn_agq(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *TA, const double *TB,
+                     double phi, const double *uv, const double *fac, double *w) {
+    const int qa = m->qa, qb = m->qb, nA = m->nA, nB = m->nB, FC = VN_FC(qa, qb);
+    const int n = (int)m->inner[c1] - s;
+    double *base = w, *fk = base + n, *fj = fk + nA;
+    double uk[qa], du[qa], vc[qb], vj[qb], g[qb], H[qb * qb], step[qb], d1, d2, dphi;
+    double half_S = 0.0;
+    for (int a = 0; a < qa; a++) half_S += log(fac[a * qa + a]);
+    for (int k = 0; k < nA; k++) {
+        chol_back(fac, qa, m->za_nodes + (size_t)k * qa, du);
+        for (int a = 0; a < qa; a++) uk[a] = uv[a] + du[a];
+        fk[k] = m->za_logw[k] - 0.5 * dot(uk, uk, qa);
+        for (int i = 0; i < n; i++) base[i] = eta0[i] + dot(TA + (size_t)i * qa, uk, qa);
+        for (int c = c0; c < c1; c++) {
+            const int lc = c - c0, r0 = (int)m->inner[c] - s, r1 = (int)m->inner[c + 1] - s;
+            const double *M = fac + qa * qa + (size_t)lc * FC + qb * qb, *vhat = uv + qa + (size_t)lc * qb;
+            for (int b = 0; b < qb; b++) { /* the inner mode's linear prediction, then one Newton step */
+                vc[b] = vhat[b] - dot(M + (size_t)b * qa, du, qa);
+                g[b] = -vc[b];
+                for (int b2 = 0; b2 < qb; b2++) H[b * qb + b2] = b == b2 ? 1.0 : 0.0;
+            }
+            for (int i = r0; i < r1; i++) {
+                const double *tb = TB + (size_t)i * qb, wi = m->w[s + i];
+                row_ll(m->fam, m->y[s + i], m->ntr[s + i], base[i] + dot(tb, vc, qb), phi, &d1, &d2, &dphi);
+                for (int b = 0; b < qb; b++) {
+                    g[b] += wi * d1 * tb[b];
+                    for (int b2 = 0; b2 <= b; b2++) H[b * qb + b2] -= wi * d2 * tb[b] * tb[b2];
+                }
+            }
+            if (!cholesky_inplace(H, qb)) return NAN;
+            chol_solve(H, qb, g, step);
+            double half_D = 0.0;
+            for (int b = 0; b < qb; b++) { vc[b] += step[b]; half_D += log(H[b * qb + b]); }
+            for (int j = 0; j < nB; j++) {
+                chol_back(H, qb, m->zb_nodes + (size_t)j * qb, vj);
+                for (int b = 0; b < qb; b++) vj[b] += vc[b];
+                double f = m->zb_logw[j] - 0.5 * dot(vj, vj, qb);
+                for (int i = r0; i < r1; i++)
+                    f += m->w[s + i] * row_ll(m->fam, m->y[s + i], m->ntr[s + i],
+                                              base[i] + dot(TB + (size_t)i * qb, vj, qb), phi, &d1, &d2, &dphi);
+                fj[j] = f;
+            }
+            const double lj = log_sum_exp_normalise(fj, nB);
+            if (!isfinite(lj)) return NAN;
+            fk[k] += lj - half_D;
+        }
+    }
+    return log_sum_exp_normalise(fk, nA) - half_S;
+}
+
+/* log p(y | beta, phi, Lam) for qa or qb above 1: Laplace (Ka = Kb = 1) with its gradient, else nested AGQ's value
+ * alone (the gradient then NAN). NAN on failure. */
+static double vnested_marginal(const NGlmm *m, const double *beta, double phi, const double *Lam, double *g_beta,
+                               double *g_phi, double *g_lam) {
+    const int qa = m->qa, qb = m->qb, R = m->max_rows, C = m->max_inner, Q = m->Q;
+    const int laplace = m->Ka == 1 && m->Kb == 1;
+    const size_t D = (size_t)qa + (size_t)C * qb, BS = qa + qa * qa + (size_t)C * VN_PC(qa, qb);
+    double *eta0 = ntls.scratch, *TA = eta0 + R, *TB = TA + (size_t)R * qa, *store = TB + (size_t)R * qb;
+    double *blk = store + 4 * (size_t)R, *fac = blk + BS, *w = fac + qa * qa + (size_t)C * VN_FC(qa, qb);
+    double total = 0.0, half;
+    for (int j = 0; j < m->p; j++) g_beta[j] = 0.0;
+    for (int k = 0; k < Q * Q; k++) g_lam[k] = 0.0;
+    *g_phi = 0.0;
+    (void)D;
+    for (int h = 0; h < m->Ga; h++) {
+        const int c0 = (int)m->outer[h], c1 = (int)m->outer[h + 1];
+        const int s = (int)m->inner[c0], n = (int)m->inner[c1] - s;
+        double *uv = w, *rest = uv + qa + (size_t)(c1 - c0) * qb, *mu = ntls.modes + (size_t)h * qa;
+        double *mv = ntls.modes + (size_t)m->Ga * qa + (size_t)c0 * qb;
+        for (int a = 0; a < qa; a++) uv[a] = mu[a]; /* the warm start, contiguous */
+        for (int k = 0; k < (c1 - c0) * qb; k++) uv[qa + k] = mv[k];
+        vn_rows(m, s, n, beta, Lam, eta0, TA, TB);
+        const double F = vn_newton(m, s, c0, c1, eta0, TA, TB, phi, uv, laplace ? 1e-9 : 1e-5, blk, fac, &half,
+                                   laplace ? store : NULL, rest);
+        if (!isfinite(F)) return NAN;
+        for (int a = 0; a < qa; a++) mu[a] = uv[a];
+        for (int k = 0; k < (c1 - c0) * qb; k++) mv[k] = uv[qa + k];
+        const double lh = laplace ? vn_laplace(m, s, c0, c1, eta0, TA, TB, phi, uv, fac, F, half, store, rest,
+                                               g_beta, g_phi, g_lam)
+                                  : vn_agq(m, s, c0, c1, eta0, TA, TB, phi, uv, fac, rest);
+        if (!isfinite(lh)) return NAN;
+        total += lh;
+        if (m->P.n_dpar)
+            for (int i = 0; i < n; i++) {
+                double dphi_i;
+                total += m->w[s + i] * row_ll_phi(m->fam, m->y[s + i], phi, &dphi_i);
+                *g_phi += m->w[s + i] * dphi_i;
+            }
+    }
+    if (!laplace) { /* the check's reference: never sampled */
+        for (int j = 0; j < m->p; j++) g_beta[j] = NAN;
+        for (int k = 0; k < Q * Q; k++) g_lam[k] = NAN;
+        *g_phi = NAN;
+    }
+    return total;
+}
+
+/* A multivariate t4 draw around 0 with scale L (L L' the precision): x = L'^-1 z sqrt(nu / chi2); its |z|^2 nu /
+ * chi2 (the proposal density's argument) into *r2. */
+static void vn_t_draw(uint64_t *state, const double *L, int q, double nu, double *x, double *r2) {
+    double z[q];
+    const double chi = -2.0 * log(uniform(state) * uniform(state)), scale = sqrt(nu / chi);
+    *r2 = 0.0;
+    for (int a = 0; a < q; a++) { z[a] = std_normal(state) * scale; *r2 += z[a] * z[a]; }
+    chol_back(L, q, z, x);
+}
+
+static double vn_t_r2(const double *L, int q, const double *x) { /* |L' x|^2 */
+    double r2 = 0.0;
+    for (int a = 0; a < q; a++) {
+        double t = 0.0;
+        for (int b = a; b < q; b++) t += L[b * q + a] * x[b];
+        r2 += t * t;
+    }
+    return r2;
+}
+
+/* nested_glmm_draw for qa or qb above 1: the scalar chain's two moves with multivariate t4 proposals from the
+ * joint Laplace approximation, in the sheared coordinates w_c = v_c + M_c u (unit Jacobian): (1) u' ~ t4(uhat,
+ * S^-1), v_c' = v_c - M_c (u' - u); (2) each v_c given u ~ t4(vhat_c - M_c (u - uhat), D_c^-1). Effects b = Lam u
+ * into out_a (draws x outer levels x qa) and out_b (draws x inner levels x qb). */
+static int64_t vnested_draw(const NGlmm *m, const double *buf, const double *xs, int64_t n_draws, int64_t steps,
+                            uint64_t seed, double *out_a, double *out_b, double *accepted) {
+    const Priors *P = &m->P;
+    const int Q = m->Q, n_dim = (int)buf[1], nc_ = P->n_cor > 0 ? 2 * P->n_cor : 1, R = m->max_rows;
+    const int C = m->max_inner, qa = m->qa, qb = m->qb, FC = VN_FC(qa, qb), oa = m->off_a, ob = m->off_b;
+    const double nu = 4.0;
+    const size_t BS = qa + qa * qa + (size_t)C * VN_PC(qa, qb), D = (size_t)qa + (size_t)C * qb;
+    double vals[P->k], dxdz[P->k], cpc[nc_], Lcorr[Q * Q], Lam[Q * Q], grad[n_dim], du[qa], dv[qb], half;
+    double *eta0 = ntls.scratch, *TA = eta0 + R, *TB = TA + (size_t)R * qa, *base = TB + (size_t)R * qb;
+    double *blk = base + R, *fac = blk + BS, *uv = fac + qa * qa + (size_t)C * FC, *cur = uv + D, *prop = cur + D;
+    double *fc = prop + D, *fp = fc + C, *w = fp + C;
+    for (int64_t dr = 0; dr < n_draws; dr++) {
+        uint64_t state = seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(dr + 1));
+        prior_part(P, xs + dr * n_dim, grad, vals, dxdz, Lcorr, cpc, Lam);
+        const double phi = P->n_dpar ? vals[m->p] : 0.0;
+        double moves = 0.0, acc = 0.0;
+        for (int h = 0; h < m->Ga; h++) {
+            const int c0 = (int)m->outer[h], c1 = (int)m->outer[h + 1], nc = c1 - c0;
+            const int s = (int)m->inner[c0], n = (int)m->inner[c1] - s;
+            double *mu = ntls.modes + (size_t)h * qa, *mv = ntls.modes + (size_t)m->Ga * qa + (size_t)c0 * qb;
+            for (int a = 0; a < qa; a++) uv[a] = mu[a];
+            for (int k = 0; k < nc * qb; k++) uv[qa + k] = mv[k];
+            vn_rows(m, s, n, vals, Lam, eta0, TA, TB);
+            if (!isfinite(vn_newton(m, s, c0, c1, eta0, TA, TB, phi, uv, 1e-5, blk, fac, &half, NULL, w))) return 1;
+            for (int a = 0; a < qa; a++) mu[a] = uv[a];
+            for (int k = 0; k < nc * qb; k++) mv[k] = uv[qa + k];
+            double cur_lr = 0.0, r2;
+            for (int64_t step = 0; step < steps; step++) {
+                /* (1) u in the sheared coordinates; at step 0 a draw of the whole proposal */
+                vn_t_draw(&state, fac, qa, nu, du, &r2);
+                for (int a = 0; a < qa; a++) prop[a] = uv[a] + du[a];
+                for (int c = 0; c < nc; c++) {
+                    const double *M = fac + qa * qa + (size_t)c * FC + qb * qb, *Dc = M - qb * qb;
+                    double *pc = prop + qa + (size_t)c * qb, shift[qa];
+                    if (step == 0) {
+                        double r2c;
+                        vn_t_draw(&state, Dc, qb, nu, dv, &r2c);
+                        for (int b = 0; b < qb; b++) pc[b] = uv[qa + (size_t)c * qb + b] - dot(M + (size_t)b * qa, du, qa) + dv[b];
+                    } else {
+                        for (int a = 0; a < qa; a++) shift[a] = prop[a] - cur[a];
+                        for (int b = 0; b < qb; b++) pc[b] = cur[qa + (size_t)c * qb + b] - dot(M + (size_t)b * qa, shift, qa);
+                    }
+                }
+                const double Fp = vn_F(m, s, c0, c1, eta0, TA, TB, phi, prop, prop + qa, fp, NULL, NULL);
+                const double lr = Fp + 0.5 * (nu + qa) * log1p(r2 / nu);
+                if (step == 0 || (isfinite(lr) && log(uniform(&state)) < lr - cur_lr)) {
+                    for (int k = 0; k < qa + nc * qb; k++) cur[k] = prop[k];
+                    for (int c = 0; c < nc; c++) fc[c] = fp[c];
+                    if (step > 0) acc += 1.0;
+                }
+                if (step > 0) moves += 1.0;
+                /* (2) each v_c given u */
+                for (int a = 0; a < qa; a++) du[a] = cur[a] - uv[a];
+                for (int i = 0; i < n; i++) base[i] = eta0[i] + dot(TA + (size_t)i * qa, cur, qa);
+                for (int c = 0; c < nc; c++) {
+                    const int r0 = (int)m->inner[c0 + c] - s, r1 = (int)m->inner[c0 + c + 1] - s;
+                    const double *M = fac + qa * qa + (size_t)c * FC + qb * qb, *Dc = M - qb * qb;
+                    double centre[qb], vn[qb], off[qb], r2n, d1, d2, dphi;
+                    double *cc = cur + qa + (size_t)c * qb;
+                    for (int b = 0; b < qb; b++) centre[b] = uv[qa + (size_t)c * qb + b] - dot(M + (size_t)b * qa, du, qa);
+                    vn_t_draw(&state, Dc, qb, nu, vn, &r2n);
+                    for (int b = 0; b < qb; b++) { vn[b] += centre[b]; off[b] = cc[b] - centre[b]; }
+                    double f = -0.5 * dot(vn, vn, qb);
+                    for (int i = r0; i < r1; i++)
+                        f += m->w[s + i] * row_ll(m->fam, m->y[s + i], m->ntr[s + i],
+                                                  base[i] + dot(TB + (size_t)i * qb, vn, qb), phi, &d1, &d2, &dphi);
+                    const double lq = 0.5 * (nu + qb) * (log1p(r2n / nu) - log1p(vn_t_r2(Dc, qb, off) / nu));
+                    if (isfinite(f) && log(uniform(&state)) < f - fc[c] + lq) {
+                        for (int b = 0; b < qb; b++) cc[b] = vn[b];
+                        fc[c] = f; acc += 1.0;
+                    }
+                    moves += 1.0;
+                }
+                /* the sheared move's current value: F at the new state, with its own proposal density */
+                double F = -0.5 * dot(cur, cur, qa);
+                for (int c = 0; c < nc; c++) F += fc[c];
+                cur_lr = F + 0.5 * (nu + qa) * log1p(vn_t_r2(fac, qa, du) / nu);
+            }
+            for (int b = 0; b < qa; b++) {
+                double t = 0.0;
+                for (int a = 0; a <= b; a++) t += Lam[(oa + b) * Q + oa + a] * cur[a];
+                out_a[((size_t)dr * m->Ga + h) * qa + b] = t;
+            }
+            for (int c = 0; c < nc; c++)
+                for (int b = 0; b < qb; b++) {
+                    double t = 0.0;
+                    for (int a = 0; a <= b; a++) t += Lam[(ob + b) * Q + ob + a] * cur[qa + (size_t)c * qb + a];
+                    out_b[((size_t)dr * m->Gb + c0 + c) * qb + b] = t;
+                }
+        }
+        accepted[dr] = moves > 0.0 ? acc / moves : 1.0;
+    }
+    return 0;
+}
+
 /* log p(y | beta, phi, sd_a, sd_b) by nested AGQ, and its gradient (see above). NAN on failure. */
 static double nested_glmm_marginal(const NGlmm *m, const double *beta, double phi, double sa, double sb,
                                    double *g_beta, double *g_phi, double *g_sa, double *g_sb) {
@@ -2409,6 +2919,12 @@ double nested_glmm_log_density(const double *x, double *grad, const double *buf)
     if (!ntls_ready(&m, buf)) return NAN;
     double lp = prior_part(P, x, grad, vals, dxdz, Lcorr, cpc, Lam);
     const double phi = P->n_dpar ? vals[m.p] : 0.0;
+    if (m.qa > 1 || m.qb > 1) {
+        const double ll = vnested_marginal(&m, vals, phi, Lam, g_beta, &g_phi, g_lam);
+        if (!isfinite(ll)) return -INFINITY;
+        chain_back(P, vals, dxdz, Lcorr, cpc, g_beta, &g_phi, g_lam, grad);
+        return lp + ll;
+    }
     const double ll = nested_glmm_marginal(&m, vals, phi, Lam[m.off_a * (Q + 1)], Lam[m.off_b * (Q + 1)], g_beta,
                                            &g_phi, &g_sa, &g_sb);
     if (!isfinite(ll)) return -INFINITY;
@@ -2429,8 +2945,9 @@ int64_t nested_glmm_logp(uint64_t dim, const double *x, double *out, double *log
  * u' ~ t4(uhat, 1/S), v_c' = v_c + b_c (u' - u); then (2) each v_c given u by an independence proposal
  * t4(vhat_c + b_c (u - uhat), 1/H_cc). Both leave p(u, v | y_h, theta) invariant, and being one-dimensional they
  * accept at the same rate however many inner levels share u (a joint proposal in 1 + n_c dimensions would not).
- * Effects b = sd u into out_a (draws x outer levels) and out_b (draws x inner levels); accepted[d]: the share of
- * moves after the first accepted. Returns 0, or 1 where a mode could not be found. */
+ * Several terms per level: vnested_draw. Effects b = sd u into out_a (draws x outer levels) and out_b (draws x
+ * inner levels); accepted[d]: the share of moves after the first accepted. Returns 0, or 1 where a mode could not
+ * be found. */
 int64_t nested_glmm_draw(const double *buf, const double *xs, int64_t n_draws, int64_t steps, uint64_t seed,
                          double *out_a, double *out_b, double *accepted) {
     NGlmm m;
@@ -2440,6 +2957,7 @@ int64_t nested_glmm_draw(const double *buf, const double *xs, int64_t n_draws, i
     const double nu = 4.0;
     double vals[P->k], dxdz[P->k], cpc[nc_], Lcorr[Q * Q], Lam[Q * Q], grad[n_dim];
     if (!ntls_ready(&m, buf)) return 1;
+    if (m.qa > 1 || m.qb > 1) return vnested_draw(&m, buf, xs, n_draws, steps, seed, out_a, out_b, accepted);
     double *eta0 = ntls.scratch, *ta = eta0 + R, *tb = ta + R, *base = tb + R;
     double *d = base + R, *dt = d + 2 + 3 * (size_t)C, *vt = dt + 2 + 3 * (size_t)C;
     double *cv = vt + C, *fc = cv + C, *fp = fc + C, *vp = fp + C, *bc = vp + C;
