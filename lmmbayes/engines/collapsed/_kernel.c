@@ -2356,15 +2356,17 @@ static double inner_nodes(const NGlmm *m, int n, const double *y, const double *
  * and level), whose cost per evaluation is Ka^qa (Kb^qb + 1) passes over the rows.
  * Layouts per outer level of nc inner levels: the derivatives blk = [g_u (qa), H_uu (qa^2), then per inner level
  * g_c (qb), H_uc (qa x qb), H_cc (qb^2)]; the factor fac = [chol S (qa^2), then per inner level chol D_c (qb^2),
- * M_c (qb x qa)]; vectors over all effects [u, v_0, v_1, ...]. Rows store l1, l2, e_i, dl1/dphi (4 each).
+ * M_c (qb x qa)]; vectors over all effects [u, v_0, v_1, ...]. Rows store l1, l2, e_i, dl1/dphi and H^-1 T_i's
+ * parts at u (qa) and at v_c (qb): VN_SW each.
  * --------------------------------------------------------------------------------------------- */
 #define VN_PC(qa, qb) ((qb) + (qa) * (qb) + (qb) * (qb))
 #define VN_FC(qa, qb) ((qb) * (qb) + (qb) * (qa))
+#define VN_SW(qa, qb) (4 + (qa) + (qb))
 
 static size_t vn_scratch(const NGlmm *m) {
     const size_t qa = m->qa, qb = m->qb, R = m->max_rows, C = m->max_inner;
     const size_t BS = qa + qa * qa + C * VN_PC(qa, qb), FS = qa * qa + C * VN_FC(qa, qb), D = qa + C * qb;
-    return R * (7 + qa + qb) + 2 * BS + FS + 6 * D + qa * qa + C * qb * qb + 3 * C + m->nA + m->nB + 64;
+    return R * (8 + 2 * qa + 2 * qb) + 2 * BS + FS + 6 * D + qa * qa + C * qb * qb + 3 * C + m->nA + m->nB + 64;
 }
 
 /* One outer level's rows: eta0 without the effects, TA = Lam_a' za_i (qa per row) and TB = Lam_b' zb_i (qb). */
@@ -2425,7 +2427,7 @@ static double vn_F(const NGlmm *m, int s, int c0, int c1, const double *eta0, co
             const double *ta = TA + (size_t)i * qa, *tb = TB + (size_t)i * qb, wi = m->w[s + i];
             const double eta = eta0[i] + dot(ta, u, qa) + dot(tb, vc, qb);
             f += wi * row_ll(m->fam, m->y[s + i], m->ntr[s + i], eta, phi, &d1, &d2, &dphi);
-            if (store) { store[4 * (size_t)i] = d1; store[4 * (size_t)i + 1] = d2; }
+            if (store) { store[VN_SW(qa, qb) * (size_t)i] = d1; store[VN_SW(qa, qb) * (size_t)i + 1] = d2; }
             if (blk) {
                 const double g = wi * d1, h = -wi * d2;
                 for (int a = 0; a < qa; a++) {
@@ -2575,7 +2577,7 @@ static double vn_laplace(const NGlmm *m, int s, int c0, int c1, const double *et
     const int qa = m->qa, qb = m->qb, nc = c1 - c0, d = qa + nc * qb, FC = VN_FC(qa, qb), Q = m->Q, p = m->p;
     const int oa = m->off_a, ob = m->off_b;
     double *uvec = w, *lam = uvec + d, *Sinv = lam + d, *Dinv = Sinv + qa * qa;
-    double xu[qa], xc[qb], d1, d2, dphi = 0.0, d1_phi, d2_phi;
+    double d1, d2, dphi = 0.0, d1_phi = 0.0, d2_phi = 0.0;
     chol_inverse(fac, qa, Sinv);
     for (int c = 0; c < nc; c++) chol_inverse(fac + qa * qa + (size_t)c * FC, qb, Dinv + (size_t)c * qb * qb);
     for (int k = 0; k < d; k++) uvec[k] = 0.0;
@@ -2587,10 +2589,16 @@ static double vn_laplace(const NGlmm *m, int s, int c0, int c1, const double *et
         for (int i = r0; i < r1; i++) {
             const double *ta = TA + (size_t)i * qa, *tb = TB + (size_t)i * qb, wi = m->w[s + i];
             const double eta = eta0[i] + dot(ta, uv, qa) + dot(tb, vc, qb), y = m->y[s + i], n = m->ntr[s + i];
-            double *st = store + 4 * (size_t)i;
-            if (m->P.n_dpar) row_ll(m->fam, y, n, eta, phi, &d1, &d2, &dphi);
-            const double d3 = row_d3(m->fam, y, n, eta, phi, &d1_phi, &d2_phi);
-            const double ai = vn_hinv_row(qa, qb, Sinv, Di, M, ta, tb, xu, xc), e = 0.5 * wi * d3 * ai;
+            double *st = store + VN_SW(qa, qb) * (size_t)i, d3;
+            if (m->fam == GLMM_BINOMIAL_LOGIT) { /* l3 = l2 (1 - 2p), p from l1 = y - n p: no exp */
+                d3 = n > 0.0 ? st[1] * (1.0 - 2.0 * (y - st[0]) / n) : 0.0;
+            } else if (m->fam == GLMM_POISSON_LOG) {
+                d3 = st[1];
+            } else {
+                if (m->P.n_dpar) row_ll(m->fam, y, n, eta, phi, &d1, &d2, &dphi);
+                d3 = row_d3(m->fam, y, n, eta, phi, &d1_phi, &d2_phi);
+            }
+            const double ai = vn_hinv_row(qa, qb, Sinv, Di, M, ta, tb, st + 4, st + 4 + qa), e = 0.5 * wi * d3 * ai;
             st[2] = e; st[3] = d1_phi;
             for (int a = 0; a < qa; a++) uvec[a] += e * ta[a];
             for (int b = 0; b < qb; b++) uc[b] += e * tb[b];
@@ -2600,13 +2608,12 @@ static double vn_laplace(const NGlmm *m, int s, int c0, int c1, const double *et
     vn_solve(m, nc, fac, uvec, lam);
     for (int c = c0; c < c1; c++) {
         const int lc = c - c0, r0 = (int)m->inner[c] - s, r1 = (int)m->inner[c + 1] - s;
-        const double *vc = uv + qa + (size_t)lc * qb, *M = fac + qa * qa + (size_t)lc * FC + qb * qb;
-        const double *Di = Dinv + (size_t)lc * qb * qb, *lc_ = lam + qa + (size_t)lc * qb;
+        const double *vc = uv + qa + (size_t)lc * qb, *lc_ = lam + qa + (size_t)lc * qb;
         for (int i = r0; i < r1; i++) {
             const double *ta = TA + (size_t)i * qa, *tb = TB + (size_t)i * qb, wi = m->w[s + i];
-            const double *Wi = m->W + (size_t)(s + i) * p, *st = store + 4 * (size_t)i;
+            const double *Wi = m->W + (size_t)(s + i) * p, *st = store + VN_SW(qa, qb) * (size_t)i;
             const double *za = m->Za + (size_t)(s + i) * qa, *zb = m->Zb + (size_t)(s + i) * qb;
-            vn_hinv_row(qa, qb, Sinv, Di, M, ta, tb, xu, xc);
+            const double *xu = st + 4, *xc = xu + qa;
             const double lt = dot(lam, ta, qa) + dot(lc_, tb, qb);
             const double A = wi * st[0] + st[2] + wi * st[1] * lt;
             for (int j = 0; j < p; j++) g_beta[j] += A * Wi[j];
@@ -2682,7 +2689,7 @@ static double vnested_marginal(const NGlmm *m, const double *beta, double phi, c
     const int laplace = m->Ka == 1 && m->Kb == 1;
     const size_t D = (size_t)qa + (size_t)C * qb, BS = qa + qa * qa + (size_t)C * VN_PC(qa, qb);
     double *eta0 = ntls.scratch, *TA = eta0 + R, *TB = TA + (size_t)R * qa, *store = TB + (size_t)R * qb;
-    double *blk = store + 4 * (size_t)R, *fac = blk + BS, *w = fac + qa * qa + (size_t)C * VN_FC(qa, qb);
+    double *blk = store + VN_SW(qa, qb) * (size_t)R, *fac = blk + BS, *w = fac + qa * qa + (size_t)C * VN_FC(qa, qb);
     double total = 0.0, half;
     for (int j = 0; j < m->p; j++) g_beta[j] = 0.0;
     for (int k = 0; k < Q * Q; k++) g_lam[k] = 0.0;
