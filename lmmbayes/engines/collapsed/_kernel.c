@@ -2509,11 +2509,11 @@ static void vn_gradient(const NGlmm *m, int nc, const double *blk, double *g) {
         for (int b = 0; b < qb; b++) g[qa + (size_t)c * qb + b] = blk[qa + qa * qa + (size_t)c * PC + b];
 }
 
-/* The joint mode of F from the warm start (u, v contiguous: u, then v; updated in place), else from 0, by Newton's
- * method with step halving (F is strictly concave for these log-concave families), to a last step below tol.
- * Returns F there, leaving its derivatives in blk, the arrow's factor in fac, log|H|/2 in *half and (with store)
- * each row's l1 and l2; NAN where it failed. w: scratch of 3 vectors over all effects and one blk. */
-static double vn_newton(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *TA,
+/* The joint mode of F from the warm start (u, v contiguous: u, then v; updated in place) by Newton's method with
+ * step halving (F is strictly concave for these log-concave families), to a last step below tol. Returns F there,
+ * leaving its derivatives in blk, the arrow's factor in fac, log|H|/2 in *half and (with store) each row's l1 and
+ * l2; NAN where it failed. w: scratch of 3 vectors over all effects and one blk. */
+static double vn_newton_from(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *TA,
                         const double *TB, double phi, double *uv, double tol, double *blk, double *fac, double *half,
                         double *store, double *w) {
     const int qa = m->qa, qb = m->qb, nc = c1 - c0, d = qa + nc * qb, BS = qa + qa * qa + nc * VN_PC(qa, qb);
@@ -2543,6 +2543,18 @@ static double vn_newton(const NGlmm *m, int s, int c0, int c1, const double *eta
         F = Ft;
     }
     return NAN;
+}
+
+/* vn_newton_from the warm start, and from 0 (the prior's mode) where that fails: a warm start left by an extreme
+ * point can sit where exp overflows in the Hessian, and without the second try every later call would start there
+ * and fail again (group_mode's reason; measured: a Poisson chain stuck for its whole run). */
+static double vn_newton(const NGlmm *m, int s, int c0, int c1, const double *eta0, const double *TA,
+                        const double *TB, double phi, double *uv, double tol, double *blk, double *fac, double *half,
+                        double *store, double *w) {
+    double F = vn_newton_from(m, s, c0, c1, eta0, TA, TB, phi, uv, tol, blk, fac, half, store, w);
+    if (isfinite(F)) return F;
+    for (int k = 0; k < m->qa + (c1 - c0) * m->qb; k++) uv[k] = 0.0;
+    return vn_newton_from(m, s, c0, c1, eta0, TA, TB, phi, uv, tol, blk, fac, half, store, w);
 }
 
 /* Where H^-1 T_i has row i's nonzero parts: x_u = S^-1 (ta - M_c' tb), x_c = D_c^-1 tb - M_c x_u (Sinv, Dinv:
