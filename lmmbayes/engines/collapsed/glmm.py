@@ -2,8 +2,9 @@
 
 For a non-Gaussian family with one grouping factor, the groups are
 independent given the hyperparameters, so the marginal likelihood is a product
-of q-dimensional integrals, one per group (with two nested factors of one term
-each, one nested integral per outer level: `NestedGlmmKernel`). ``_kernel.c`` evaluates each by
+of q-dimensional integrals, one per group (with two nested factors, one nested
+integral per outer level: `NestedGlmmKernel`; with two terms at either level its
+Laplace approximation, checked against nested quadrature before and after sampling). ``_kernel.c`` evaluates each by
 adaptive Gauss-Hermite quadrature (lme4's ``nAGQ``, here also for two
 correlated terms by a tensor-product rule) around the group's mode, found by
 Newton's method, and its gradient by the same quadrature of Fisher's
