@@ -1401,6 +1401,16 @@ static void chol_solve(const double *L, int q, const double *r, double *x) {
     }
 }
 
+/* (L L')^-1 (q x q), column by column: once per group, so that each row's H^-1 t_i is a product, not two solves. */
+static void chol_inverse(const double *L, int q, double *inv) {
+    double e[q], col[q];
+    for (int a = 0; a < q; a++) {
+        for (int b = 0; b < q; b++) e[b] = a == b ? 1.0 : 0.0;
+        chol_solve(L, q, e, col);
+        for (int b = 0; b < q; b++) inv[b * q + a] = col[b];
+    }
+}
+
 /* Solve L' x = z (the node's offset from the mode). */
 static void chol_back(const double *L, int q, const double *z, double *x) {
     for (int i = q - 1; i >= 0; i--) {
@@ -1610,14 +1620,10 @@ static double laplace_group(const Glmm *m, int s, int n, const double *y, const 
                             const double *eta0, const double *t, double phi, const double *v, const double *L,
                             double h, double *store, double *g_beta, double *g_phi, double *g_lam) {
     const int p = m->p, q = m->q, width = 4 + q; /* per row: l1, w l1 + e, l2, l1_phi, H^-1 t_i */
-    double u[q], lam[q], Hinv[q * q], e_a[q], col[q], dphi = 0.0, d1_phi = 0.0, d2_phi = 0.0;
+    double u[q], lam[q], Hinv[q * q], dphi = 0.0, d1_phi = 0.0, d2_phi = 0.0;
     double logdet = 0.0;
     for (int a = 0; a < q; a++) { logdet += log(L[a * q + a]); u[a] = 0.0; }
-    for (int a = 0; a < q; a++) { /* H^-1 once, so that each row's H^-1 t_i is a product, not two solves */
-        for (int b = 0; b < q; b++) e_a[b] = a == b ? 1.0 : 0.0;
-        chol_solve(L, q, e_a, col);
-        for (int b = 0; b < q; b++) Hinv[b * q + a] = col[b];
-    }
+    chol_inverse(L, q, Hinv);
     for (int i = 0; i < n; i++) { /* l1, l2 at the mode are in store (group_mode's last pass); now l3 and u */
         const double *ti = t + (size_t)i * q;
         double *st = store + (size_t)i * width, *Ht = st + 4;
@@ -2569,15 +2575,6 @@ static double vn_hinv_row(int qa, int qb, const double *Sinv, const double *Dinv
     for (int a = 0; a < qa; a++) xu[a] = dot(Sinv + (size_t)a * qa, r, qa);
     for (int b = 0; b < qb; b++) xc[b] = dot(Dinv + (size_t)b * qb, tb, qb) - dot(M + (size_t)b * qa, xu, qa);
     return dot(ta, xu, qa) + dot(tb, xc, qb);
-}
-
-static void chol_inverse(const double *L, int q, double *inv) { /* (L L')^-1, q x q */
-    double e[q], col[q];
-    for (int a = 0; a < q; a++) {
-        for (int b = 0; b < q; b++) e[b] = a == b ? 1.0 : 0.0;
-        chol_solve(L, q, e, col);
-        for (int b = 0; b < q; b++) inv[b * q + a] = col[b];
-    }
 }
 
 /* One outer level's Laplace approximation F - log|H|/2 at the mode uv (vn_newton's blk, fac, store there) and its
