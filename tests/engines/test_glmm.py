@@ -1069,6 +1069,10 @@ def test_the_pilot_refuses_a_nested_laplace_that_would_fail_its_check():
     fit = quiet_fit(SLOPES, hard, family="bernoulli", chains=1, draws=100, tune=100, seed=5)
     assert fit.engine == "joint" and "before sampling" in fit.info["fallback"]
     assert "differed from nested adaptive quadrature" in str(fit.summary())
+    # forced, the rule samples, and its check after sampling fails and warns
+    forced = quiet_fit(SLOPES, hard, family="bernoulli", chains=1, draws=100, tune=100, seed=5, method="collapsed")
+    assert forced.engine == "collapsed" and not forced.info["quadrature_ok"]
+    assert any("not accurate enough" in w for w in forced.warnings)
 
 
 #: (family, schools, classes, rows per class, SDs, slope SDs, formula): each family with several terms per factor,
