@@ -730,24 +730,28 @@ def choose_nested_nodes(k: NestedGlmmKernel, seed: int) -> NestedGlmmKernel:
         return k
     return next((c for c in (k.with_nodes(*n) for n in NESTED_FEWER) if close(c)), k)
 
+
 def laplace_pilot(k: NestedGlmmKernel, seed: int) -> str | None:
     """Why the nested Laplace rule would fail its accuracy check, measured before sampling at the pilot's points
     (`_pilot`) against `NESTED_CHECK`'s quadrature: None where its log-likelihood differs by an SD over the points
-    of at most half `ACCURACY_SD` (or where the pilot found no mode to judge at)."""
+    of at most half `ACCURACY_SD` (or where the pilot found no mode, or the reference no value, to judge by)."""
     pilot = _pilot(k, seed)
     if pilot is None:
         return None
-    points = pilot[1]
+    points, reference_rule = pilot[1], k.finer()
     values = np.array([k.logp(x)[0] for x in points])
-    reference = np.array([k.finer().logp(x)[0] for x in points])
-    ok = np.isfinite(values) & np.isfinite(reference)
-    if ok.sum() < 2:
+    reference = np.array([reference_rule.logp(x)[0] for x in points])
+    judged = np.isfinite(reference)
+    if judged.sum() < 2:
         return None
-    sd = float((values - reference)[ok].std())
+    if not np.isfinite(values[judged]).all():
+        return (f"{k.rule_text} found no mode at {int((~np.isfinite(values[judged])).sum())} of the pilot's "
+                f"{int(judged.sum())} points near the posterior mode, where nested adaptive quadrature had a value")
+    sd = float((values - reference)[judged].std())
     if sd <= ACCURACY_SD / 2:
         return None
-    return (f"{k.rule_text} differed from nested adaptive quadrature ({k.finer().rule_text}) with SD {sd:.2g} "
-            f"over {int(ok.sum())} points near the posterior mode, more than half the check's rule "
+    return (f"{k.rule_text} differed from nested adaptive quadrature ({reference_rule.rule_text}) with SD {sd:.2g} "
+            f"over {int(judged.sum())} points near the posterior mode, more than half the check's rule "
             f"SD <= {ACCURACY_SD:g}")
 
 
