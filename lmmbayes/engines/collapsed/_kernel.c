@@ -2127,17 +2127,6 @@ static int ntls_ready(const NGlmm *m, const double *buf) {
     return ntls.modes != NULL && ntls.scratch != NULL;
 }
 
-/* One outer level's rows: eta0 (without the effects), ta = za sd_a, tb = zb sd_b. */
-static void nested_rows(const NGlmm *m, int s, int n, const double *beta, double sa, double sb, double *eta0,
-                        double *ta, double *tb) {
-    for (int i = 0; i < n; i++) {
-        const double *Wi = m->W + (size_t)(s + i) * m->p;
-        double e = m->off[s + i];
-        for (int j = 0; j < m->p; j++) e += Wi[j] * beta[j];
-        eta0[i] = e; ta[i] = m->Za[s + i] * sa; tb[i] = m->Zb[s + i] * sb;
-    }
-}
-
 /* nested_F's sums over rows r0 .. r1 - 1 of one inner level (bernoulli-logit rows of unit weight), two at a time
  * where the compiler has vectors: sums[0] the log-likelihood, and with deriv its derivatives by v and u and the
  * negative Hessian's entries (sums[1 .. 5]: dv, du, H_uv, H_vv, H_uu, without the prior's parts). Returns the first
@@ -2375,7 +2364,8 @@ static size_t vn_scratch(const NGlmm *m) {
     return R * (8 + 2 * qa + 2 * qb) + 2 * BS + FS + 6 * D + qa * qa + C * qb * qb + 3 * C + m->nA + m->nB + 64;
 }
 
-/* One outer level's rows: eta0 without the effects, TA = Lam_a' za_i (qa per row) and TB = Lam_b' zb_i (qb). */
+/* One outer level's rows: eta0 without the effects, TA = Lam_a' za_i (qa per row) and TB = Lam_b' zb_i (qb; with one
+ * term each, za sd_a and zb sd_b: the scalar nested rule's rows too). */
 static void vn_rows(const NGlmm *m, int s, int n, const double *beta, const double *Lam, double *eta0, double *TA,
                     double *TB) {
     const int qa = m->qa, qb = m->qb, oa = m->off_a, ob = m->off_b, Q = m->Q;
@@ -2696,14 +2686,13 @@ static double vnested_marginal(const NGlmm *m, const double *beta, double phi, c
                                double *g_phi, double *g_lam) {
     const int qa = m->qa, qb = m->qb, R = m->max_rows, C = m->max_inner, Q = m->Q;
     const int laplace = m->Ka == 1 && m->Kb == 1;
-    const size_t D = (size_t)qa + (size_t)C * qb, BS = qa + qa * qa + (size_t)C * VN_PC(qa, qb);
+    const size_t BS = qa + qa * qa + (size_t)C * VN_PC(qa, qb);
     double *eta0 = ntls.scratch, *TA = eta0 + R, *TB = TA + (size_t)R * qa, *store = TB + (size_t)R * qb;
     double *blk = store + VN_SW(qa, qb) * (size_t)R, *fac = blk + BS, *w = fac + qa * qa + (size_t)C * VN_FC(qa, qb);
     double total = 0.0, half;
     for (int j = 0; j < m->p; j++) g_beta[j] = 0.0;
     for (int k = 0; k < Q * Q; k++) g_lam[k] = 0.0;
     *g_phi = 0.0;
-    (void)D;
     for (int h = 0; h < m->Ga; h++) {
         const int c0 = (int)m->outer[h], c1 = (int)m->outer[h + 1];
         const int s = (int)m->inner[c0], n = (int)m->inner[c1] - s;
@@ -2857,7 +2846,7 @@ static int64_t vnested_draw(const NGlmm *m, const double *buf, const double *xs,
 }
 
 /* log p(y | beta, phi, sd_a, sd_b) by nested AGQ, and its gradient (see above). NAN on failure. */
-static double nested_glmm_marginal(const NGlmm *m, const double *beta, double phi, double sa, double sb,
+static double nested_glmm_marginal(const NGlmm *m, const double *beta, double phi, const double *Lam,
                                    double *g_beta, double *g_phi, double *g_sa, double *g_sb) {
     const int p = m->p, Ka = m->Ka, Kb = m->Kb, nd = m->P.n_dpar, R = m->max_rows, C = m->max_inner;
     double total = 0.0;
@@ -2872,7 +2861,7 @@ static double nested_glmm_marginal(const NGlmm *m, const double *beta, double ph
         const int c0 = (int)m->outer[h], c1 = (int)m->outer[h + 1], nc = c1 - c0;
         const int s = (int)m->inner[c0], n = (int)m->inner[c1] - s;
         double *u = ntls.modes + h, *v = ntls.modes + m->Ga + c0, S;
-        nested_rows(m, s, n, beta, sa, sb, eta0, ta, tb);
+        vn_rows(m, s, n, beta, Lam, eta0, ta, tb);
         if (!isfinite(nested_newton(m, s, c0, c1, eta0, ta, tb, phi, u, v, 1e-5, &S, d, dt, vt))) return NAN;
         const double su = 1.0 / sqrt(S);
         for (int k = 0; k < Ka; k++) {
@@ -2941,8 +2930,7 @@ double nested_glmm_log_density(const double *x, double *grad, const double *buf)
         chain_back(P, vals, dxdz, Lcorr, cpc, g_beta, &g_phi, g_lam, grad);
         return lp + ll;
     }
-    const double ll = nested_glmm_marginal(&m, vals, phi, Lam[m.off_a * (Q + 1)], Lam[m.off_b * (Q + 1)], g_beta,
-                                           &g_phi, &g_sa, &g_sb);
+    const double ll = nested_glmm_marginal(&m, vals, phi, Lam, g_beta, &g_phi, &g_sa, &g_sb);
     if (!isfinite(ll)) return -INFINITY;
     for (int i = 0; i < Q * Q; i++) g_lam[i] = 0.0;
     g_lam[m.off_a * (Q + 1)] = g_sa; g_lam[m.off_b * (Q + 1)] = g_sb;
@@ -2986,7 +2974,7 @@ int64_t nested_glmm_draw(const double *buf, const double *xs, int64_t n_draws, i
             const int c0 = (int)m.outer[h], c1 = (int)m.outer[h + 1], nc = c1 - c0;
             const int s = (int)m.inner[c0], n = (int)m.inner[c1] - s;
             double *uh = ntls.modes + h, *vh = ntls.modes + m.Ga + c0, S;
-            nested_rows(&m, s, n, vals, sa, sb, eta0, ta, tb);
+            vn_rows(&m, s, n, vals, Lam, eta0, ta, tb);
             if (!isfinite(nested_newton(&m, s, c0, c1, eta0, ta, tb, phi, uh, vh, 1e-5, &S, d, dt, vt))) return 1;
             const double su = 1.0 / sqrt(S);
             for (int c = 0; c < nc; c++) bc[c] = -d[3 + 3 * c] / d[4 + 3 * c];
